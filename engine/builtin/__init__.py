@@ -1,0 +1,90 @@
+"""Built-in models: "builtin:<name>" resolves to a local diffusers pipeline folder built offline.
+
+Each built-in is built on first use into cache_root()/builtin/<name> and reused after. Adding one is
+a single entry in BUILTINS (short name -> function that writes a pipeline folder at a given path).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from engine.builtin.tiny import build_tiny_sd, build_tiny_sdxl
+from engine.paths import cache_root
+
+BUILTIN_PREFIX = "builtin:"
+
+BUILTINS: dict[str, Callable[[Path], None]] = {
+    "tiny-sd": build_tiny_sd,
+    "tiny-sdxl": build_tiny_sdxl,
+}
+
+# Only finished builds are renamed into place, so a cached folder holding this file is complete.
+_MARKER = "model_index.json"
+
+
+def is_builtin(name: str) -> bool:
+    """True for any "builtin:..." reference (known or not), so typos get resolve_builtin's error
+    listing the valid names instead of being looked up as a hub id or a path."""
+    return isinstance(name, str) and name.startswith(BUILTIN_PREFIX)
+
+
+def builtin_names() -> list[str]:
+    return [BUILTIN_PREFIX + short for short in BUILTINS]
+
+
+def resolve_builtin(name: str) -> Path:
+    """The pipeline folder for a built-in, building it (once, atomically) if the cache lacks it."""
+    short = name[len(BUILTIN_PREFIX):] if is_builtin(name) else None
+    if short not in BUILTINS:
+        raise ValueError(f"unknown built-in model {name!r}; valid names: {', '.join(builtin_names())}")
+    parent = cache_root() / "builtin"
+    parent.mkdir(parents=True, exist_ok=True)
+    final = parent / short
+    if _is_complete(final):
+        return final
+    if final.exists():
+        # A folder without the marker is not one of ours (renames are atomic): set it aside.
+        _discard(final, parent)
+
+    # Build next to the target (same filesystem) so the rename into place is atomic.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{short}.building-", dir=parent))
+    try:
+        BUILTINS[short](tmp)
+        if not _is_complete(tmp):
+            # e.g. transformers 5 writes weights only on rank 0 once torch.distributed is up
+            raise RuntimeError(f"building {name} left an incomplete folder {tmp}; build it from one process")
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            # Another process finished first (the target is now a non-empty folder): use theirs.
+            if not _is_complete(final):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
+    return final
+
+
+def _is_complete(folder: Path) -> bool:
+    """model_index.json present and every model part in it has its weights (not just a config)."""
+    index = folder / _MARKER
+    if not index.is_file():
+        return False
+    for part in json.loads(index.read_text()):
+        sub = folder / part
+        if (sub / "config.json").is_file() and not any(sub.glob("*.safetensors")):
+            return False
+    return True
+
+
+def _discard(folder: Path, parent: Path) -> None:
+    """Rename a stale folder to a unique name, then delete it; tolerate a racer doing the same."""
+    trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.stale-", dir=parent))
+    try:
+        os.rename(folder, trash / "old")
+    except FileNotFoundError:
+        pass
+    shutil.rmtree(trash, ignore_errors=True)

@@ -1,0 +1,70 @@
+"""Resumable checkpoints: accelerate's save_state with LoRA-only weights, written atomically.
+
+A checkpoint folder `checkpoints/checkpoint-{step}/` holds the optimizer, scheduler and RNG states
+(accelerate), `lora_state.safetensors` (exact PEFT weights for resuming) and both adaptor files.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.config import atomic_write_bytes
+
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+STATE_FILE = "lora_state.safetensors"
+PROGRESS_FILE = "progress.json"
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
+    if not ckpt_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if p.is_dir() and (m := _NAME.match(p.name))]
+    return sorted(found)
+
+
+def find_resume_dir(value: str, ckpt_dir: Path) -> Path | None:
+    """'latest' -> newest checkpoint (None if there is none); otherwise the folder given."""
+    if value == "latest":
+        found = list_checkpoints(ckpt_dir)
+        return found[-1][1] if found else None
+    p = Path(value).expanduser()
+    if not (p / PROGRESS_FILE).is_file():
+        raise FileNotFoundError(f"resume_from_checkpoint = {value!r} is not a checkpoint folder (no "
+                                f"{PROGRESS_FILE}); use 'latest' or a folder under {ckpt_dir}")
+    return p
+
+
+def save_lora_state(path: Path, state_dicts: dict[str, dict[str, torch.Tensor]]) -> None:
+    flat = {f"{comp}::{k}": v for comp, sd in state_dicts.items() for k, v in sd.items()}
+    save_file(flat, str(path))
+
+
+def load_lora_state(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key, v in load_file(str(path)).items():
+        comp, k = key.split("::", 1)
+        out.setdefault(comp, {})[k] = v
+    return out
+
+
+def write_progress(folder: Path, progress: dict) -> None:
+    atomic_write_bytes(folder / PROGRESS_FILE, json.dumps(progress).encode())
+
+
+def read_progress(folder: Path) -> dict:
+    return json.loads((folder / PROGRESS_FILE).read_text())
+
+
+def prune(ckpt_dir: Path, keep: int | None) -> list[Path]:
+    if not keep:
+        return []
+    found = list_checkpoints(ckpt_dir)
+    gone = [p for _, p in found[: max(0, len(found) - keep)]]
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return gone

@@ -1,0 +1,414 @@
+"""The one config schema: TOML files, `--set` overrides, validation and the UI form all come from FIELDS.
+
+Names are the diffusers training-script flags. A TOML file may hold any key at top level or inside any
+table; tables only group keys for people to read. A zero is a value: only a missing key means "default".
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import tomli_w
+
+
+class ConfigError(ValueError):
+    """A config problem a user can fix; the message names the key, the value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: type  # int, float, bool, str, or list (of str)
+    default: Any
+    group: str
+    help: str
+    choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+    multiple_of: int | None = None
+    optional: bool = False  # None ("unset") is allowed; TOML cannot spell None, so it is simply left out
+    aliases: tuple = ()
+
+
+def _f(name, type_, default, group, help, **kw) -> Field:
+    return Field(name, type_, default, group, help, **kw)
+
+
+FIELDS: list[Field] = [
+    # --- model
+    _f("pretrained_model_name_or_path", str, "builtin:tiny-sd", "model",
+       "Base model: a built-in name (builtin:tiny-sd, builtin:tiny-sdxl), a hub id, a local diffusers "
+       "folder or a single-file .safetensors checkpoint."),
+    _f("pretrained_vae_model_name_or_path", str, None, "model",
+       "A separate VAE (hub id or folder), e.g. the fp16-fix VAE for SDXL.", optional=True),
+    _f("revision", str, None, "model", "Hub revision of the base model.", optional=True),
+    _f("variant", str, None, "model", "Weight variant of the base model, e.g. fp16.", optional=True),
+    _f("model_family", str, "auto", "model", "Model family; auto detects it from the model.",
+       choices=("auto", "sd1", "sd2", "sdxl")),
+    _f("method", str, "lora", "model", "What to train.", choices=("lora",)),
+    _f("allow_pickle", bool, False, "model",
+       "Allow loading pickle checkpoints (.ckpt/.bin/.pt). Pickle files can run code: only for files you trust."),
+    # --- dataset
+    _f("train_data_dir", str, None, "dataset", "Local folder of images and captions.", optional=True),
+    _f("dataset_name", str, None, "dataset",
+       "A datasets hub id or a local dataset folder (save_to_disk or load_dataset layout).", optional=True),
+    _f("image_column", str, "image", "dataset", "Image column of a dataset or metadata file."),
+    _f("caption_column", str, "text", "dataset", "Caption column of a dataset or metadata file."),
+    _f("caption_extension", str, ".txt", "dataset", "Extension of sidecar caption files."),
+    _f("trigger_word", str, "", "dataset", "Prepended to every caption as 'trigger, caption'."),
+    _f("resolution", int, 512, "dataset", "Training resolution in pixels (square).",
+       min=64, max=2048, multiple_of=8),
+    _f("center_crop", bool, False, "dataset", "Center crop instead of random crop."),
+    _f("random_flip", bool, False, "dataset", "Randomly flip images horizontally."),
+    _f("image_interpolation_mode", str, "lanczos", "dataset", "Resize filter.",
+       choices=("lanczos", "bilinear", "bicubic", "nearest")),
+    _f("repeats", int, 1, "dataset", "How many times each image is seen per epoch.", min=1, max=1000),
+    _f("max_train_samples", int, None, "dataset", "Use only the first N images (for quick tries).",
+       optional=True, min=1),
+    _f("cache_latents", bool, False, "dataset",
+       "Encode images with the VAE once and reuse the latents (also across runs). Freezes the crop to the "
+       "centre; flips stay random (both orientations are cached)."),
+    # --- training
+    _f("num_train_epochs", int, 1, "training", "Passes over the dataset.", min=1, max=1000),
+    _f("max_train_steps", int, None, "training", "Total optimizer steps; overrides num_train_epochs.",
+       optional=True, min=1),
+    _f("train_batch_size", int, 1, "training", "Images per batch per process.", min=1, max=256),
+    _f("gradient_accumulation_steps", int, 1, "training", "Batches per optimizer step.", min=1, max=32),
+    _f("learning_rate", float, 1e-4, "training", "Learning rate.", min=0.0, max=1.0),
+    _f("scale_lr", bool, False, "training",
+       "Multiply the learning rate by batch size x accumulation x processes."),
+    _f("lr_scheduler", str, "constant", "training", "Learning-rate schedule.",
+       choices=("constant", "linear", "cosine", "cosine_with_restarts", "polynomial", "constant_with_warmup")),
+    _f("lr_warmup_steps", int, 50, "training", "Warm-up steps of the schedule.", min=0),
+    _f("lr_num_cycles", int, 1, "training", "Cycles of cosine_with_restarts.", min=1),
+    _f("lr_power", float, 1.0, "training", "Power of the polynomial schedule.", min=0.0),
+    _f("optimizer", str, "adamw", "training", "Optimizer (adamw8bit needs CUDA and bitsandbytes).",
+       choices=("adamw", "adamw8bit", "prodigy")),
+    _f("adam_beta1", float, 0.9, "training", "Adam beta1.", min=0.0, max=1.0),
+    _f("adam_beta2", float, 0.999, "training", "Adam beta2.", min=0.0, max=1.0),
+    _f("adam_weight_decay", float, 0.01, "training", "Weight decay.", min=0.0, max=10.0),
+    _f("adam_epsilon", float, 1e-8, "training", "Adam epsilon.", min=0.0, max=1.0),
+    _f("max_grad_norm", float, 1.0, "training", "Clip gradients to this norm (0 = no clipping).", min=0.0),
+    _f("mixed_precision", str, "no", "training", "Weight and autocast precision.",
+       choices=("no", "fp16", "bf16")),
+    _f("gradient_checkpointing", bool, False, "training", "Trade compute for memory."),
+    _f("allow_tf32", bool, False, "training", "Allow TF32 matmuls on Ampere+ GPUs."),
+    _f("seed", int, None, "training", "Random seed (unset: one is drawn and recorded).", optional=True,
+       min=0),
+    _f("noise_offset", float, 0.0, "training", "Noise offset (0.05-0.1 helps very dark/bright images).",
+       min=0.0, max=1.0),
+    _f("prediction_type", str, None, "training",
+       "epsilon or v_prediction; unset uses the base model's scheduler.", optional=True,
+       choices=("epsilon", "v_prediction")),
+    _f("snr_gamma", float, None, "training", "Min-SNR loss weighting gamma (5.0 is usual).", optional=True,
+       min=0.0, aliases=("min_snr_gamma",)),
+    _f("dataloader_num_workers", int, 0, "training", "Data loading worker processes.", min=0, max=64),
+    # --- lora
+    _f("rank", int, 8, "lora", "LoRA rank (network_dim).", min=1, max=256, aliases=("lora_r", "lora_rank")),
+    _f("lora_alpha", float, 16.0, "lora", "LoRA alpha (network_alpha); scale = alpha / rank.", min=0.0),
+    _f("lora_target_modules", list, ["to_q", "to_k", "to_v", "to_out.0"], "lora",
+       "UNet modules that get LoRA layers."),
+    _f("train_text_encoder", bool, False, "lora", "Also train LoRA on the text encoder(s)."),
+    _f("text_encoder_lr", float, None, "lora", "Text encoder learning rate (unset: learning_rate).",
+       optional=True, min=0.0, max=1.0),
+    # --- validation
+    _f("validation_prompt", str, None, "validation", "Prompt for sample images during training.",
+       optional=True, aliases=("eval_prompt",)),
+    _f("num_validation_images", int, 4, "validation", "Sample images per validation.", min=0, max=64),
+    _f("validation_epochs", int, 1, "validation", "Sample every N epochs.", min=1, aliases=("eval_steps",)),
+    _f("validation_seed", int, 0, "validation", "Seed of the sample images.", min=0),
+    _f("num_inference_steps", int, 20, "validation", "Denoising steps of sample images.", min=1, max=200),
+    _f("guidance_scale", float, 7.5, "validation", "Guidance scale of sample images.", min=0.0, max=50.0),
+    # --- output
+    _f("adaptor_name", str, "my-lora", "output", "Name of the adaptor and of its run folder."),
+    _f("output_dir", str, "runs", "output", "Folder that holds run folders."),
+    _f("checkpointing_steps", int, None, "output", "Save a resumable checkpoint every N steps.",
+       optional=True, min=1),
+    _f("checkpoints_total_limit", int, None, "output", "Keep at most N checkpoints.", optional=True, min=1),
+    _f("resume_from_checkpoint", str, None, "output", "A checkpoint folder, or 'latest'.", optional=True),
+    _f("overwrite", bool, False, "output", "Replace an adaptor that already exists in the run folder."),
+    _f("report_to", str, "tensorboard", "output", "Experiment tracker.",
+       choices=("none", "tensorboard", "wandb")),
+]
+
+FIELD_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
+GROUPS: list[str] = list(dict.fromkeys(f.group for f in FIELDS))
+_ALIASES: dict[str, str] = {a: f.name for f in FIELDS for a in f.aliases}
+# Transformer Lab calls report_to a boolean.
+_VALUE_ALIASES = {"log_to_wandb": ("report_to", lambda v: "wandb" if _to_bool("log_to_wandb", v) else "none")}
+
+
+class Config:
+    """Resolved settings: every field present, attribute access (`cfg.learning_rate`)."""
+
+    def __init__(self, values: dict[str, Any]):
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # e.g. pickle probing __setstate__ before _values exists
+            raise AttributeError(name)
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Config is read-only; use replace()")
+
+    def replace(self, **changes) -> "Config":
+        return validate({**self._values, **changes})
+
+    def __getstate__(self):
+        return self._values
+
+    def __setstate__(self, values):
+        object.__setattr__(self, "_values", values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    def __eq__(self, other):
+        return isinstance(other, Config) and self._values == other._values
+
+    def __repr__(self):
+        return f"Config({self._values!r})"
+
+
+# ----------------------------------------------------------------------------- coercion and checks
+
+def _to_bool(key, v):
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+        return v.strip().lower() in ("true", "yes", "1", "on")
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    raise ConfigError(f"{key} = {v!r} is not a boolean: use true or false")
+
+
+def _coerce(f: Field, v: Any) -> Any:
+    key = f.name
+    if v is None:
+        if f.optional:
+            return None
+        raise ConfigError(f"{key} must be set ({f.help})")
+    if f.type is bool:
+        return _to_bool(key, v)
+    if f.type is int:
+        if isinstance(v, bool):
+            raise ConfigError(f"{key} = {v!r} is not a whole number")
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, str):
+            try:
+                v = int(v.strip())
+            except ValueError:
+                raise ConfigError(f"{key} = {v!r} is not a whole number") from None
+        if not isinstance(v, int):
+            raise ConfigError(f"{key} = {v!r} is not a whole number")
+        return v
+    if f.type is float:
+        if isinstance(v, bool):
+            raise ConfigError(f"{key} = {v!r} is not a number")
+        if isinstance(v, str):
+            try:
+                v = float(v.strip())
+            except ValueError:
+                raise ConfigError(f"{key} = {v!r} is not a number") from None
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(f"{key} = {v!r} is not a finite number")
+        return float(v)
+    if f.type is list:
+        if isinstance(v, str):
+            v = [s.strip() for s in v.split(",") if s.strip()]
+        if not isinstance(v, (list, tuple)) or not all(isinstance(s, str) for s in v):
+            raise ConfigError(f"{key} = {v!r} must be a list of names, e.g. [\"to_q\", \"to_v\"]")
+        return list(v)
+    if f.type is str:
+        if not isinstance(v, str):
+            raise ConfigError(f"{key} = {v!r} must be text (in TOML, put it in quotes)")
+        return v
+    raise TypeError(f"unsupported field type {f.type}")
+
+
+def _allowed(f: Field) -> str:
+    if f.choices:
+        return "one of " + ", ".join(f.choices)
+    parts = []
+    if f.min is not None and f.max is not None:
+        parts.append(f"from {f.min:g} to {f.max:g}")
+    elif f.min is not None:
+        parts.append(f"at least {f.min:g}")
+    elif f.max is not None:
+        parts.append(f"at most {f.max:g}")
+    if f.multiple_of:
+        parts.append(f"a multiple of {f.multiple_of}")
+    return " and ".join(parts)
+
+
+def _check_range(f: Field, v: Any) -> None:
+    if v is None:
+        return
+    bad = (
+        (f.choices and v not in f.choices)
+        or (f.min is not None and v < f.min)
+        or (f.max is not None and v > f.max)
+        or (f.multiple_of and v % f.multiple_of)
+    )
+    if bad:
+        raise ConfigError(f"{f.name} = {v!r} is out of range: it must be {_allowed(f)}")
+
+
+def canonical_key(key: str) -> str:
+    """The schema name for a key or alias; unknown keys raise naming the closest valid name."""
+    if key in FIELD_BY_NAME:
+        return key
+    if key in _ALIASES:
+        return _ALIASES[key]
+    known = list(FIELD_BY_NAME) + list(_ALIASES) + list(_VALUE_ALIASES)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else "; see the keys in presets/ or `python -m engine.train --help-config`"
+    raise ConfigError(f"unknown key '{key}'{hint}")
+
+
+def validate(raw: dict[str, Any]) -> Config:
+    """Defaults filled in, types coerced, ranges and cross-field rules checked."""
+    values = {}
+    for f in FIELDS:
+        v = _coerce(f, raw.get(f.name, f.default))
+        _check_range(f, v)
+        values[f.name] = v
+    extra = set(raw) - set(values)
+    if extra:
+        canonical_key(sorted(extra)[0])  # raises with a hint
+    if (values["train_data_dir"] is None) == (values["dataset_name"] is None):
+        raise ConfigError("set exactly one of train_data_dir (a local folder) and dataset_name "
+                          "(a datasets hub id or saved dataset)")
+    name = values["adaptor_name"]
+    if not name or name in (".", "..") or any(c in name for c in "/\\:") or name != name.strip():
+        raise ConfigError(f"adaptor_name = {name!r} must be a plain name (no slashes, colons or dots only), "
+                          "e.g. my-lora")
+    if not values["caption_extension"].startswith("."):
+        values["caption_extension"] = "." + values["caption_extension"]
+    if values["optimizer"] == "adamw8bit" and values["mixed_precision"] == "no":
+        pass  # allowed; 8-bit state is independent of weight precision
+    return Config(values)
+
+
+# ----------------------------------------------------------------------------- reading and writing
+
+def flatten(data: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Any key at any table depth counts; aliases become schema names; a key given twice is an error."""
+    out: dict[str, Any] = {}
+    for key, v in data.items():
+        if isinstance(v, dict):
+            for k2, v2 in flatten(v, f"{where}{key}.").items():
+                if k2 in out:
+                    raise ConfigError(f"{k2} is set twice (again in [{where}{key}])")
+                out[k2] = v2
+            continue
+        if key in _VALUE_ALIASES:
+            key, conv = _VALUE_ALIASES[key]
+            v = conv(v)
+        else:
+            try:
+                key = canonical_key(key)
+            except ConfigError as e:
+                raise ConfigError(f"{e} (in {'[' + where[:-1] + ']' if where else 'the top level'})") from None
+        if key in out:
+            raise ConfigError(f"{key} is set twice (once perhaps under an alias)")
+        out[key] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value`: the value is read as a TOML value when it is one (5e-5, true, [..]), else as text."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: write it as key=value, e.g. --set learning_rate=5e-5")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return key, parsed
+
+
+def read_toml(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p} is not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p} is not a UTF-8 text file") from None
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = (),
+                base: dict[str, Any] | None = None) -> Config:
+    raw: dict[str, Any] = dict(base or {})
+    if path is not None:
+        try:
+            raw.update(flatten(read_toml(path)))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    for item in overrides:
+        key, value = parse_override(item)
+        if key in _VALUE_ALIASES:
+            key, conv = _VALUE_ALIASES[key]
+            value = conv(value)
+        try:
+            raw[canonical_key(key)] = value
+        except ConfigError as e:
+            raise ConfigError(f"--set {item}: {e}") from None
+    return validate(raw)
+
+
+def to_toml_dict(cfg: Config, only_changed: bool = False) -> dict[str, dict[str, Any]]:
+    """Grouped tables in schema order; unset values are left out (TOML has no null)."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in FIELDS:
+        v = getattr(cfg, f.name)
+        if v is None or (only_changed and v == f.default):
+            continue
+        out.setdefault(f.group, {})[f.name] = v
+    return out
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temp file beside the target, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_config(cfg: Config, path: str | os.PathLike, only_changed: bool = False) -> None:
+    atomic_write_bytes(path, tomli_w.dumps(to_toml_dict(cfg, only_changed)).encode("utf-8"))
+
+
+def describe_fields() -> str:
+    """Plain-text list of every key, for --help-config."""
+    lines = []
+    for g in GROUPS:
+        lines.append(f"[{g}]")
+        for f in (f for f in FIELDS if f.group == g):
+            allowed = _allowed(f)
+            default = "unset" if f.default is None else repr(f.default)
+            alias = f" (alias: {', '.join(f.aliases)})" if f.aliases else ""
+            lines.append(f"  {f.name} = {default}{alias}  {f.help}" + (f" [{allowed}]" if allowed else ""))
+    return "\n".join(lines)

@@ -1,0 +1,175 @@
+"""Writers for the run folder's adaptor files (DESIGN.md §3, §4), each written atomically.
+
+- kohya file `{name}.safetensors`: built straight from the PEFT state dicts (not diffusers'
+  convert_state_dict_to_kohya, which stores alpha = rank as int64), with the real alpha as a float32 scalar,
+  plus the ss_* and modelspec.* metadata that ComfyUI, AUTOMATIC1111 and kohya's tools read.
+- diffusers file `diffusers/pytorch_lora_weights.safetensors`, with each LoraConfig stored as adapter
+  metadata so `load_lora_weights` uses the trained alpha.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from engine.config import atomic_write_bytes
+
+DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+def peft_to_kohya(state_dict: dict[str, torch.Tensor], prefix: str, alpha: float) -> dict[str, torch.Tensor]:
+    """`a.b.to_q.lora_A.weight` -> `{prefix}_a_b_to_q.lora_down.weight` (+ `.lora_up.weight`, `.alpha`)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        module, sep, rest = key.partition(".lora_")
+        if not sep or rest not in ("A.weight", "B.weight"):
+            raise ValueError(f"unexpected LoRA key {key!r}")
+        name = f"{prefix}_{module.replace('.', '_')}"
+        out[f"{name}.lora_down.weight" if rest == "A.weight" else f"{name}.lora_up.weight"] = value.contiguous()
+        out[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
+    return out
+
+
+def kohya_state_dict(family, state_dicts: dict[str, dict[str, torch.Tensor]], alpha: float) -> dict:
+    prefixes = {"unet": "lora_unet", **family.kohya_te_prefixes}
+    out: dict[str, torch.Tensor] = {}
+    for component, sd in state_dicts.items():
+        out.update(peft_to_kohya(sd, prefixes[component], alpha))
+    return out
+
+
+def _save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_kohya_lora(path: Path, family, state_dicts, alpha: float, metadata: dict[str, str]) -> Path:
+    _save_safetensors_atomic(kohya_state_dict(family, state_dicts, alpha), Path(path), metadata)
+    return Path(path)
+
+
+def write_diffusers_lora(out_dir: Path, family, state_dicts, adapter_metadata: dict[str, dict]) -> Path:
+    """diffusers' own writer (so its loader reads it back), into a temp folder, then renamed into place."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kwargs = {}
+    for component, sd in state_dicts.items():
+        kwargs[f"{component}_lora_layers"] = {f"{k}": v for k, v in sd.items()}
+        kwargs[f"{component}_lora_adapter_metadata"] = adapter_metadata[component]
+    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".tmp-"))
+    try:
+        family.pipeline_class.save_lora_weights(str(tmp), safe_serialization=True, **kwargs)
+        os.replace(tmp / DIFFUSERS_WEIGHT_NAME, out_dir / DIFFUSERS_WEIGHT_NAME)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir / DIFFUSERS_WEIGHT_NAME
+
+
+def _iso(ts: float | None) -> str:
+    return _dt.datetime.fromtimestamp(ts or 0, _dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def kohya_metadata(cfg, comps, stats: dict) -> dict[str, str]:
+    """ss_* keys as kohya's sd-scripts write them, and modelspec.* (all values are strings)."""
+    family = comps.family
+    pred = comps.noise_scheduler.config.prediction_type
+    res = f"{cfg.resolution}x{cfg.resolution}"
+    meta = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(cfg.rank),
+        "ss_network_alpha": repr(float(cfg.lora_alpha)),
+        "ss_network_args": json.dumps({"target_modules": cfg.lora_target_modules}),
+        "ss_base_model_version": family.base_model_version(comps),
+        "ss_v2": str(family.name == "sd2"),
+        "ss_v_parameterization": str(pred == "v_prediction"),
+        "ss_output_name": cfg.adaptor_name,
+        "ss_sd_model_name": comps.source.name,
+        "ss_vae_name": cfg.pretrained_vae_model_name_or_path or "",
+        "ss_training_started_at": str(stats.get("started_at", 0.0)),
+        "ss_training_finished_at": str(stats.get("finished_at", 0.0)),
+        "ss_learning_rate": repr(float(cfg.learning_rate)),
+        "ss_text_encoder_lr": repr(float(cfg.text_encoder_lr if cfg.text_encoder_lr is not None
+                                         else cfg.learning_rate)) if cfg.train_text_encoder else "0.0",
+        "ss_unet_lr": repr(float(cfg.learning_rate)),
+        "ss_num_train_images": str(stats.get("num_train_images", 0)),
+        "ss_num_epochs": str(stats.get("epoch", 0)),
+        "ss_epoch": str(stats.get("epoch", 0)),
+        "ss_steps": str(stats.get("step", 0)),
+        "ss_max_train_steps": str(stats.get("total_steps", 0)),
+        "ss_batch_size_per_device": str(cfg.train_batch_size),
+        "ss_gradient_accumulation_steps": str(cfg.gradient_accumulation_steps),
+        "ss_lr_scheduler": cfg.lr_scheduler,
+        "ss_lr_warmup_steps": str(cfg.lr_warmup_steps),
+        "ss_optimizer": cfg.optimizer,
+        "ss_resolution": f"({cfg.resolution}, {cfg.resolution})",
+        "ss_mixed_precision": cfg.mixed_precision,
+        "ss_seed": str(cfg.seed),
+        "ss_noise_offset": repr(float(cfg.noise_offset)),
+        "ss_min_snr_gamma": "None" if cfg.snr_gamma is None else repr(float(cfg.snr_gamma)),
+        "ss_max_grad_norm": repr(float(cfg.max_grad_norm)),
+        "ss_gradient_checkpointing": str(cfg.gradient_checkpointing),
+        "ss_random_flip": str(cfg.random_flip),
+        "ss_cache_latents": str(cfg.cache_latents),
+        "ss_tag_frequency": json.dumps(stats.get("tag_frequency", {})),
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": family.modelspec_architecture(comps, "lora"),
+        "modelspec.implementation": ("https://github.com/Stability-AI/generative-models"
+                                     if family.name == "sdxl" else "diffusers"),
+        "modelspec.title": cfg.adaptor_name,
+        "modelspec.date": _iso(stats.get("finished_at") or stats.get("started_at")),
+        "modelspec.resolution": res,
+        "modelspec.prediction_type": pred,
+        "modelspec.trigger_phrase": cfg.trigger_word,
+    }
+    return meta
+
+
+def model_card(cfg, comps, stats: dict, outputs: dict[str, str], samples: list[str]) -> str:
+    fam = comps.family
+    trig = cfg.trigger_word
+    lines = [
+        f"# {cfg.adaptor_name}",
+        "",
+        f"A LoRA for **{comps.source.name}** ({fam.label}), trained with Adaptor Studio.",
+        "",
+        f"- Trigger word: `{trig}`" if trig else "- Trigger word: none",
+        f"- Steps: {stats.get('step')} ({stats.get('epoch')} epochs) on {stats.get('num_train_images')} images",
+        f"- Rank {cfg.rank}, alpha {cfg.lora_alpha:g} (scale {cfg.lora_alpha / cfg.rank:g}), "
+        f"learning rate {cfg.learning_rate:g}, {cfg.lr_scheduler} schedule, optimizer {cfg.optimizer}",
+        f"- Resolution {cfg.resolution}, batch {cfg.train_batch_size} x {cfg.gradient_accumulation_steps} "
+        f"accumulation, mixed precision {cfg.mixed_precision}, seed {cfg.seed}",
+        f"- Text encoder trained: {'yes' if cfg.train_text_encoder else 'no'}",
+        "",
+        "## Files",
+        f"- `{cfg.adaptor_name}.safetensors`: kohya format, for ComfyUI and AUTOMATIC1111 (`models/loras/`).",
+        "- `diffusers/pytorch_lora_weights.safetensors`: diffusers format.",
+        "- `config.toml`: the exact settings; `python -m engine.train config.toml` trains it again.",
+        "",
+        "## Use with diffusers",
+        "```python",
+        f"pipe = {fam.pipeline_class.__name__}.from_pretrained(BASE_MODEL)",
+        f"pipe.load_lora_weights(\"{outputs.get('run_dir', '.')}/diffusers\")",
+        f"image = pipe(\"{(trig + ', ') if trig else ''}{cfg.validation_prompt or 'your prompt'}\").images[0]",
+        "```",
+    ]
+    if samples:
+        lines += ["", "## Samples", ""] + [f"![sample]({s})" for s in samples]
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(run_dir: Path, text: str) -> Path:
+    atomic_write_bytes(Path(run_dir) / "README.md", text.encode("utf-8"))
+    return Path(run_dir) / "README.md"

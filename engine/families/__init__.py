@@ -1,0 +1,79 @@
+"""Model families: detect which one a model is, and get the object that knows how to train it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import Components, Family, ModelError, ModelSource, read_json, resolve_source
+from .sd import SD2Family, SDFamily
+from .sdxl import SDXLFamily
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (SDFamily(), SD2Family(), SDXLFamily())}
+
+
+def _family_from_configs(model_index: dict, text_encoder_cfg: dict | None) -> str:
+    if "XL" in model_index.get("_class_name", "") or "text_encoder_2" in model_index:
+        return "sdxl"
+    if text_encoder_cfg and text_encoder_cfg.get("hidden_size") == 1024:
+        return "sd2"  # SD 2.x uses OpenCLIP ViT-H (1024 wide); SD 1.x uses CLIP ViT-L (768)
+    return "sd1"
+
+
+def _family_from_single_file(path: str) -> str | None:
+    if not path.lower().endswith(".safetensors"):
+        return None
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as fh:
+        keys = list(fh.keys())
+    if any(k.startswith("conditioner.embedders.1") for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return "sd2"
+    if any(k.startswith("cond_stage_model.transformer") for k in keys):
+        return "sd1"
+    return None
+
+
+def detect_family(source: ModelSource, revision: str | None = None) -> str | None:
+    """sd1, sd2 or sdxl read from the model's own files; None if it cannot be told."""
+    if source.kind == "dir":
+        d = Path(source.location)
+        te = d / "text_encoder" / "config.json"
+        return _family_from_configs(read_json(d / "model_index.json"), read_json(te) if te.is_file() else None)
+    if source.kind == "single_file":
+        return _family_from_single_file(source.location)
+    from diffusers import DiffusionPipeline
+
+    from .base import hub_error
+    try:
+        index = DiffusionPipeline.load_config(source.location, revision=revision)
+    except Exception as e:
+        raise hub_error(source, e) from None
+    te_cfg = None
+    if "text_encoder_2" not in index:
+        try:
+            from transformers import CLIPTextConfig
+            te_cfg = CLIPTextConfig.from_pretrained(source.location, subfolder="text_encoder",
+                                                    revision=revision).to_dict()
+        except Exception:
+            te_cfg = None
+    return _family_from_configs(index, te_cfg)
+
+
+def get_family(cfg) -> tuple[Family, ModelSource]:
+    source = resolve_source(cfg.pretrained_model_name_or_path, cfg.allow_pickle)
+    detected = detect_family(source, cfg.revision)
+    wanted = cfg.model_family
+    if wanted == "auto":
+        if detected is None:
+            raise ModelError(f"cannot tell which model family {source.name!r} is; set model_family to "
+                             "sd1, sd2 or sdxl")
+        return FAMILIES[detected], source
+    if detected is not None and (detected == "sdxl") != (wanted == "sdxl"):
+        raise ModelError(f"model_family = {wanted!r} but {source.name!r} is a {FAMILIES[detected].label} "
+                         "model; set model_family = \"auto\"")
+    return FAMILIES[wanted], source
+
+
+__all__ = ["Components", "Family", "FAMILIES", "ModelError", "ModelSource", "detect_family", "get_family",
+           "resolve_source"]

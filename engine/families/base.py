@@ -1,0 +1,168 @@
+"""What every model family shares: where the model comes from, loading its parts, the common interface."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.builtin import is_builtin, resolve_builtin
+
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
+
+
+class ModelError(ValueError):
+    """A model that cannot be used as given; the message names it and says what to do."""
+
+
+@dataclass
+class ModelSource:
+    kind: str  # "dir" (local diffusers folder, built-ins included), "single_file" or "hub"
+    location: str  # local path or hub id
+    name: str  # what the user wrote (kept for ss_sd_model_name and the model card)
+
+
+def resolve_source(name: str, allow_pickle: bool = False) -> ModelSource:
+    if is_builtin(name):
+        try:
+            return ModelSource("dir", str(resolve_builtin(name)), name)
+        except ValueError as e:
+            raise ModelError(str(e)) from None
+    p = Path(name).expanduser()
+    if p.is_dir():
+        if not (p / "model_index.json").is_file():
+            raise ModelError(f"{p} is a folder but not a diffusers pipeline (no model_index.json); give a "
+                             "diffusers folder, a single-file .safetensors checkpoint, a hub id or a builtin: name")
+        return ModelSource("dir", str(p), name)
+    if p.is_file():
+        if p.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
+            raise ModelError(f"{p} is a pickle checkpoint, which can run code when loaded; convert it to "
+                             ".safetensors, or set allow_pickle = true if you trust the file")
+        if p.suffix.lower() not in (".safetensors",) + PICKLE_SUFFIXES:
+            raise ModelError(f"{p}: single-file checkpoints must be .safetensors (or a pickle with allow_pickle)")
+        return ModelSource("single_file", str(p), name)
+    looks_local = name.startswith((".", "/", "~")) or name.endswith((".safetensors",) + PICKLE_SUFFIXES) \
+        or name.count("/") != 1
+    if looks_local:
+        raise ModelError(f"model {name!r} not found: no such file or folder (and it is not a hub id of the "
+                         "form owner/name)")
+    return ModelSource("hub", name, name)
+
+
+def read_json(path: Path) -> dict:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def hub_error(source: ModelSource, err: Exception) -> ModelError:
+    return ModelError(f"could not load {source.name!r} from the Hugging Face Hub ({type(err).__name__}: "
+                      f"{str(err).splitlines()[0][:200]}). Without network, download the model once and give "
+                      "its local folder, or use a builtin: model")
+
+
+@dataclass
+class Components:
+    """The loaded parts of a pipeline that training needs."""
+    family: "Family"
+    source: ModelSource
+    tokenizers: list
+    text_encoders: list
+    vae: Any
+    unet: Any
+    noise_scheduler: Any
+    sampling_scheduler_config: dict = field(default_factory=dict)
+
+    @property
+    def vae_scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def vae_shift_factor(self) -> float:
+        return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+
+
+class Family:
+    """One model family. Subclasses say how to load, encode prompts and build the sampling pipeline."""
+
+    name = "?"
+    label = "?"
+    pipeline_class: Any = None
+    text_encoder_names: tuple[str, ...] = ("text_encoder",)
+    kohya_te_prefixes: dict[str, str] = {"text_encoder": "lora_te"}
+    default_resolution = 512
+
+    # ---- loading
+    def load(self, source: ModelSource, cfg, weight_dtype: torch.dtype) -> Components:
+        raise NotImplementedError
+
+    # ---- training
+    def encode_prompt(self, tokenizers, text_encoders, captions: list[str], device) -> tuple[torch.Tensor, Any]:
+        """(encoder hidden states, pooled embedding or None) for a batch of captions."""
+        raise NotImplementedError
+
+    def added_cond(self, comps: Components, batch: dict, pooled, device, dtype) -> dict | None:
+        return None
+
+    # ---- metadata for kohya/modelspec
+    def base_model_version(self, comps: Components) -> str:
+        raise NotImplementedError
+
+    def modelspec_architecture(self, comps: Components, kind: str = "lora") -> str:
+        raise NotImplementedError
+
+    def make_pipeline(self, comps: Components, unet=None, text_encoders=None):
+        """A sampling pipeline sharing the (possibly LoRA-wrapped) modules in memory."""
+        from diffusers import DPMSolverMultistepScheduler
+
+        scheduler = DPMSolverMultistepScheduler.from_config(comps.noise_scheduler.config)
+        tes = text_encoders or comps.text_encoders
+        kwargs = {"vae": comps.vae, "unet": unet or comps.unet, "scheduler": scheduler}
+        for name, te, tok in zip(self.text_encoder_names, tes, comps.tokenizers):
+            kwargs[name] = te
+            kwargs[name.replace("text_encoder", "tokenizer")] = tok
+        return self._pipeline(kwargs)
+
+    def _pipeline(self, kwargs):
+        return self.pipeline_class(**kwargs)
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids
+
+
+def load_vae(cfg, source: ModelSource, dtype: torch.dtype):
+    """The model's VAE, or the override (a folder/hub id with config.json, a folder with vae/, or a file)."""
+    from diffusers import AutoencoderKL
+
+    override = cfg.pretrained_vae_model_name_or_path
+    try:
+        if override:
+            p = Path(override).expanduser()
+            if p.is_file():
+                if p.suffix.lower() != ".safetensors" and not cfg.allow_pickle:
+                    raise ModelError(f"VAE {p} is a pickle file; convert it to .safetensors or set allow_pickle")
+                return AutoencoderKL.from_single_file(str(p), torch_dtype=dtype)
+            sub = "vae" if (p / "vae" / "config.json").is_file() else None
+            if not p.exists() and (override.startswith((".", "/", "~")) or override.count("/") != 1):
+                raise ModelError(f"VAE {override!r} not found: no such file or folder")
+            return AutoencoderKL.from_pretrained(override, subfolder=sub, torch_dtype=dtype)
+        return AutoencoderKL.from_pretrained(source.location, subfolder="vae", revision=cfg.revision,
+                                             variant=cfg.variant, torch_dtype=dtype)
+    except ModelError:
+        raise
+    except OSError as e:
+        if override:
+            raise ModelError(f"could not load the VAE {override!r}: {str(e).splitlines()[0][:200]}") from None
+        raise
+
+
+def load_pretrained(cls, source: ModelSource, cfg, subfolder: str, dtype: torch.dtype | None = None):
+    kwargs = {"subfolder": subfolder, "revision": cfg.revision}
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+    if cfg.variant and subfolder not in ("tokenizer", "tokenizer_2", "scheduler"):
+        kwargs["variant"] = cfg.variant
+    return cls.from_pretrained(source.location, **kwargs)

@@ -1,0 +1,96 @@
+"""Stable Diffusion 1.x and 2.x: one CLIP text encoder, epsilon or v-prediction."""
+from __future__ import annotations
+
+import torch
+
+from .base import Components, Family, ModelError, ModelSource, hub_error, load_pretrained, load_vae, tokenize
+
+
+def _load_parts(family: Family, source: ModelSource, cfg, weight_dtype, vae_dtype) -> Components:
+    """Shared by SD and SDXL: every part from a folder/hub id, or all of them from one file."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    if source.kind == "single_file":
+        try:
+            pipe = family.pipeline_class.from_single_file(source.location, torch_dtype=weight_dtype)
+        except Exception as e:  # diffusers fetches the matching config from the hub
+            raise ModelError(f"could not load the single-file checkpoint {source.location}: "
+                             f"{str(e).splitlines()[0][:200]}. diffusers needs the original model's config "
+                             "(from the Hub or its cache); with no network, use a diffusers folder") from None
+        tokenizers = [getattr(pipe, n.replace("text_encoder", "tokenizer")) for n in family.text_encoder_names]
+        encoders = [getattr(pipe, n) for n in family.text_encoder_names]
+        vae = load_vae(cfg, source, vae_dtype) if cfg.pretrained_vae_model_name_or_path else pipe.vae.to(vae_dtype)
+        noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        return Components(family, source, tokenizers, encoders, vae, pipe.unet, noise_scheduler)
+    try:
+        from transformers import CLIPTokenizer
+
+        tokenizers, encoders = [], []
+        for name, cls in zip(family.text_encoder_names, family.text_encoder_classes()):
+            tokenizers.append(load_pretrained(CLIPTokenizer, source, cfg, name.replace("text_encoder", "tokenizer")))
+            encoders.append(load_pretrained(cls, source, cfg, name, weight_dtype))
+        unet = load_pretrained(UNet2DConditionModel, source, cfg, "unet", weight_dtype)
+        noise_scheduler = load_pretrained(DDPMScheduler, source, cfg, "scheduler")
+        vae = load_vae(cfg, source, vae_dtype)
+    except ModelError:
+        raise
+    except OSError as e:
+        if source.kind == "hub":
+            raise hub_error(source, e) from None
+        raise ModelError(f"could not load the model in {source.location}: {str(e).splitlines()[0][:300]}") from None
+    for tok in tokenizers:  # transformers 5 may not restore it from tokenizer.json alone
+        if not tok.model_max_length or tok.model_max_length > 10_000:
+            tok.model_max_length = 77
+    return Components(family, source, tokenizers, encoders, vae, unet, noise_scheduler)
+
+
+class SDFamily(Family):
+    name = "sd1"
+    label = "Stable Diffusion 1.x"
+    text_encoder_names = ("text_encoder",)
+    kohya_te_prefixes = {"text_encoder": "lora_te"}
+    default_resolution = 512
+
+    @property
+    def pipeline_class(self):
+        from diffusers import StableDiffusionPipeline
+        return StableDiffusionPipeline
+
+    def text_encoder_classes(self):
+        from transformers import CLIPTextModel
+        return [CLIPTextModel]
+
+    def load(self, source, cfg, weight_dtype):
+        return _load_parts(self, source, cfg, weight_dtype, vae_dtype=weight_dtype)
+
+    def encode_prompt(self, tokenizers, text_encoders, captions, device):
+        ids = tokenize(tokenizers[0], captions).to(device)
+        return text_encoders[0](ids, return_dict=True).last_hidden_state, None
+
+    def base_model_version(self, comps):
+        return "sd_v1"
+
+    def is_v_prediction(self, comps) -> bool:
+        return comps.noise_scheduler.config.prediction_type == "v_prediction"
+
+    def modelspec_architecture(self, comps, kind="lora"):
+        return f"stable-diffusion-v1/{kind}"
+
+    def _pipeline(self, kwargs):
+        return self.pipeline_class(**kwargs, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+class SD2Family(SDFamily):
+    name = "sd2"
+    label = "Stable Diffusion 2.x"
+    default_resolution = 768
+
+    def base_model_version(self, comps):
+        return "sd_v2_768_v" if self.is_v_prediction(comps) else "sd_v2"
+
+    def modelspec_architecture(self, comps, kind="lora"):
+        arch = "stable-diffusion-v2-768-v" if self.is_v_prediction(comps) else "stable-diffusion-v2-512"
+        return f"{arch}/{kind}"
+
+

@@ -1,0 +1,397 @@
+"""The training loop, read top to bottom: set up, load, data, optimizer, prepare, resume, train, save.
+
+Runs in one process or several under `accelerate launch`. Only the main process writes events and files.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from engine import checkpoints as ckpt
+from engine import export
+from engine.config import ConfigError, save_config
+from engine.data import DataError, LatentCache, TrainDataset, collate, discover_items, tag_frequency
+from engine.events import EventLog
+from engine.families import ModelError, get_family
+from engine.methods import lora
+from engine.optim import build_lr_scheduler, build_optimizer, optimizer_step_count
+from engine.paths import cache_root, safe_child
+from engine.sample import validation_images
+
+
+class TrainingError(RuntimeError):
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.hint = hint
+
+
+def run_dir_for(cfg) -> Path:
+    return safe_child(Path(cfg.output_dir).expanduser(), cfg.adaptor_name)
+
+
+def _weight_dtype(mixed_precision: str) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def _peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def train(cfg) -> dict:
+    """Train as cfg says; returns the `done` event. Raises on failure after writing an `error` event."""
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+
+    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("mixed_precision = \"fp16\" needs a CUDA GPU; use \"bf16\" or \"no\" on this machine")
+    run_dir = run_dir_for(cfg)
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(
+        # without CUDA, accelerate only forms a process group (gloo) when told it runs on CPU
+        cpu=several and not torch.cuda.is_available(),
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        mixed_precision=cfg.mixed_precision,
+        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    main = accelerator.is_main_process
+    resuming = cfg.resume_from_checkpoint is not None
+    if main:
+        _prepare_run_dir(run_dir, cfg, resuming)
+    accelerator.wait_for_everyone()
+    events = EventLog(run_dir / "events.jsonl", enabled=main, log_path=run_dir / "train.log")
+    try:
+        seed = [cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(3), "little")]
+        broadcast_object_list(seed)  # every process must agree on a drawn seed
+        cfg = cfg.replace(seed=seed[0])
+        set_seed(cfg.seed)
+        return _train(cfg, accelerator, events, run_dir)
+    except TrainingError as e:
+        events.emit("error", message=str(e), hint=e.hint)
+        raise
+    except (ConfigError, ModelError, DataError, FileNotFoundError) as e:
+        events.emit("error", message=str(e), hint="fix the setting named above and start again")
+        raise
+    except Exception as e:
+        events.emit("error", message=f"{type(e).__name__}: {e}", hint=f"see {run_dir / 'train.log'}")
+        raise
+    finally:
+        accelerator.end_training()
+        events.close()
+
+
+def _prepare_run_dir(run_dir: Path, cfg, resuming: bool) -> None:
+    adaptor = run_dir / f"{cfg.adaptor_name}.safetensors"
+    if adaptor.exists() and not resuming and not cfg.overwrite:
+        raise ConfigError(f"{adaptor} already exists: choose another adaptor_name, resume with "
+                          "resume_from_checkpoint = \"latest\", or set overwrite = true to replace it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resuming:  # a fresh run starts a fresh account (an overwritten run's old events would mislead)
+        for name in ("events.jsonl", "train.log"):
+            (run_dir / name).unlink(missing_ok=True)
+
+
+def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
+    started = time.time()
+    device = accelerator.device
+    weight_dtype = _weight_dtype(cfg.mixed_precision)
+    if cfg.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # ---- model
+    with accelerator.main_process_first():  # a built-in is built once, by the main process
+        family, source = get_family(cfg)
+    comps = family.load(source, cfg, weight_dtype)
+    if cfg.prediction_type:
+        comps.noise_scheduler.register_to_config(prediction_type=cfg.prediction_type)
+    prediction_type = comps.noise_scheduler.config.prediction_type
+    groups = lora.apply_lora(comps, cfg)
+    modules = lora.trained_modules(comps, cfg)
+    comps.vae.to(device)
+    for te in comps.text_encoders:
+        te.to(device)
+    if cfg.gradient_checkpointing:
+        comps.unet.enable_gradient_checkpointing()
+        if cfg.train_text_encoder:
+            for te in comps.text_encoders:
+                te.gradient_checkpointing_enable()
+
+    # ---- data
+    def warn(msg):
+        events.emit("warning", message=msg)
+
+    items = discover_items(cfg, warn)
+    if cfg.cache_latents:
+        if not cfg.center_crop:
+            warn("cache_latents freezes the crop to the centre (random crop needs fresh encodes)")
+        cache = LatentCache(cache_root() / "latents", _vae_key(cfg, source))
+        encode = _latent_encoder(comps, device)
+        with accelerator.main_process_first():
+            fresh = cache.prepare(items, cfg, encode, batch_size=max(1, cfg.train_batch_size))
+        events.say(f"latent cache: {fresh} latents encoded, the rest reused from {cache_root() / 'latents'}")
+        dataset = cache.dataset(items, cfg)
+    else:
+        dataset = TrainDataset(items, cfg)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train_batch_size, shuffle=True,
+                                         collate_fn=collate, num_workers=cfg.dataloader_num_workers)
+
+    # ---- optimizer and schedule
+    if cfg.scale_lr:
+        factor = cfg.train_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
+        for g in groups:
+            g["lr"] *= factor
+    optimizer = build_optimizer(cfg, groups, on_cuda=device.type == "cuda")
+    steps_per_epoch_guess = math.ceil(math.ceil(len(loader) / accelerator.num_processes)
+                                      / cfg.gradient_accumulation_steps)
+    total_steps = cfg.max_train_steps or cfg.num_train_epochs * steps_per_epoch_guess
+    lr_scheduler = build_lr_scheduler(cfg, optimizer, total_steps, accelerator.num_processes)
+
+    trained = list(modules.values())
+    prepared = accelerator.prepare(*trained, optimizer, loader, lr_scheduler)
+    trained, (optimizer, loader, lr_scheduler) = list(prepared[: len(trained)]), prepared[len(trained):]
+    unwrapped = {name: accelerator.unwrap_model(m) for name, m in zip(modules, trained)}
+    unet = trained[0]
+    text_encoders = [unwrapped.get(n, te) for n, te in zip(family.text_encoder_names, comps.text_encoders)]
+    train_encoders = [trained[list(modules).index(n)] if n in modules else te
+                      for n, te in zip(family.text_encoder_names, comps.text_encoders)]
+
+    steps_per_epoch = math.ceil(len(loader) / cfg.gradient_accumulation_steps)
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    stats = {"started_at": started, "num_train_images": len(dataset), "total_steps": total_steps,
+             "tag_frequency": tag_frequency(items), "step": 0, "epoch": 0}
+
+    def write_adaptor(folder: Path) -> dict[str, str]:
+        sds = lora.lora_state_dicts(unwrapped)
+        meta = {n: lora.adapter_metadata(m) for n, m in unwrapped.items()}
+        stats["finished_at"] = time.time()
+        kohya = export.write_kohya_lora(folder / f"{cfg.adaptor_name}.safetensors", family, sds, cfg.lora_alpha,
+                                        export.kohya_metadata(cfg, comps, stats))
+        diff = export.write_diffusers_lora(folder / "diffusers", family, sds, meta)
+        return {"kohya": str(kohya), "diffusers": str(diff)}
+
+    # ---- checkpoint hooks: save only LoRA weights, never the frozen base
+    def save_hook(models, weights, output_dir):
+        while weights:
+            weights.pop()
+        if accelerator.is_main_process:
+            folder = Path(output_dir)
+            ckpt.save_lora_state(folder / ckpt.STATE_FILE, lora.lora_state_dicts(unwrapped))
+            write_adaptor(folder)
+
+    def load_hook(models, input_dir):
+        while models:
+            models.pop()
+        lora.load_lora_state(unwrapped, ckpt.load_lora_state(Path(input_dir) / ckpt.STATE_FILE))
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+    # ---- resume
+    ckpt_dir = run_dir / "checkpoints"
+    global_step, first_epoch, skip_batches = 0, 0, 0
+    if cfg.resume_from_checkpoint:
+        folder = ckpt.find_resume_dir(cfg.resume_from_checkpoint, ckpt_dir)
+        if folder is None:
+            events.emit("warning", message=f"no checkpoint in {ckpt_dir}; starting from the beginning")
+        else:
+            accelerator.load_state(str(folder))
+            global_step = ckpt.read_progress(folder)["step"]
+            first_epoch = global_step // steps_per_epoch
+            skip_batches = (global_step % steps_per_epoch) * cfg.gradient_accumulation_steps
+            events.say(f"resumed from {folder} at step {global_step}")
+
+    if accelerator.is_main_process:
+        save_config(cfg, run_dir / "config.toml")
+        accelerator.init_trackers("adaptor-studio", config=_tracker_config(cfg))
+    events.emit("start", adaptor_name=cfg.adaptor_name, method=cfg.method, model_family=family.name,
+                model=source.name, run_dir=str(run_dir), num_images=len(items), num_examples=len(dataset),
+                total_steps=total_steps, num_epochs=num_epochs, first_step=global_step,
+                batch_size=cfg.train_batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                num_processes=accelerator.num_processes, prediction_type=prediction_type, seed=cfg.seed,
+                resolution=cfg.resolution, learning_rate=cfg.learning_rate)
+
+    # ---- train
+    noise_scheduler = comps.noise_scheduler
+    alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
+    step_times: list[float] = []
+    last_tick = time.time()
+    samples: list[str] = []
+    epoch = first_epoch
+    micro_step = global_step * cfg.gradient_accumulation_steps
+    for epoch in range(first_epoch, num_epochs):
+        for m in trained:
+            m.train()
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)  # the shuffle order is a function of (seed, epoch): resumes see the same data
+        epoch_loader = loader
+        if epoch == first_epoch and skip_batches:
+            epoch_loader = accelerator.skip_first_batches(loader, skip_batches)
+        for batch in epoch_loader:
+            gen = _step_generator(cfg.seed, micro_step, accelerator.process_index, device)
+            micro_step += 1
+            with accelerator.accumulate(*trained):
+                loss = _loss(batch, comps, unet, train_encoders, cfg, device, weight_dtype, prediction_type,
+                             alphas_cumprod, gen)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                                cfg.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            mean_loss = accelerator.gather(loss.detach().reshape(1)).mean().item()
+            if not math.isfinite(mean_loss):
+                raise TrainingError(
+                    f"loss became {mean_loss} at step {global_step}; the last checkpoint was kept",
+                    hint="lower learning_rate, use bf16 instead of fp16, or an fp16-fixed VAE "
+                         "(pretrained_vae_model_name_or_path) for SDXL")
+            now = time.time()
+            step_times.append(now - last_tick)
+            last_tick = now
+            recent = step_times[-20:]
+            it_per_s = len(recent) / max(sum(recent), 1e-9)
+            lr = lr_scheduler.get_last_lr()[0]
+            stats.update(step=global_step, epoch=epoch + 1)
+            accelerator.log({"loss": mean_loss, "lr": lr}, step=global_step)
+            events.emit("step", step=global_step, total_steps=total_steps, epoch=epoch + 1, loss=mean_loss, lr=lr,
+                        it_per_s=it_per_s, eta_s=(total_steps - global_step) / it_per_s,
+                        peak_memory_mb=round(_peak_memory_mb(device), 1))
+            if cfg.checkpointing_steps and global_step % cfg.checkpointing_steps == 0 and global_step < total_steps:
+                _checkpoint(accelerator, ckpt_dir, global_step, epoch, cfg, events)
+                last_tick = time.time()
+            if global_step >= total_steps:
+                break
+        if _validation_due(cfg, epoch, num_epochs, global_step >= total_steps) and accelerator.is_main_process:
+            tag = f"epoch{epoch + 1:03d}-step{global_step:06d}"
+            for p in validation_images(comps, unwrapped["unet"], text_encoders, cfg, device, weight_dtype,
+                                       run_dir / "samples", tag):
+                samples.append(str(p.relative_to(run_dir)))
+                events.emit("sample", path=str(p), prompt=cfg.validation_prompt, step=global_step, epoch=epoch + 1)
+            last_tick = time.time()
+        if global_step >= total_steps:
+            break
+
+    # ---- save
+    accelerator.wait_for_everyone()
+    outputs: dict[str, str] = {"run_dir": str(run_dir)}
+    if accelerator.is_main_process:
+        outputs.update(write_adaptor(run_dir))
+        card = export.model_card(cfg, comps, stats, outputs, samples)
+        outputs["model_card"] = str(export.write_model_card(run_dir, card))
+        outputs["config"] = str(run_dir / "config.toml")
+    return events.emit("done", outputs=outputs, elapsed=time.time() - started, step=global_step,
+                       total_steps=total_steps, epoch=stats["epoch"],
+                       optimizer_steps=optimizer_step_count(optimizer)) or {"outputs": outputs}
+
+
+def _step_generator(seed: int, micro_step: int, process_index: int, device) -> torch.Generator:
+    """Noise and timesteps come from (seed, micro step, process) alone, not from the global RNG's history,
+    so a resumed run draws exactly what the uninterrupted run would have drawn."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + micro_step * 101 + process_index)
+                                                      % (2**63 - 1))
+
+
+def _loss(batch, comps, unet, text_encoders, cfg, device, weight_dtype, prediction_type, alphas_cumprod, gen):
+    family = comps.family
+    if "latents" in batch:
+        latents = batch["latents"].to(device, weight_dtype)
+    else:
+        px = batch["pixel_values"].to(device, comps.vae.dtype)
+        with torch.no_grad():
+            latents = comps.vae.encode(px).latent_dist.sample(generator=gen)
+        latents = ((latents - comps.vae_shift_factor) * comps.vae_scaling_factor).to(weight_dtype)
+    noise = torch.randn(latents.shape, generator=gen, device=device, dtype=latents.dtype)
+    if cfg.noise_offset:
+        noise = noise + cfg.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1, generator=gen,
+                                                       device=device, dtype=latents.dtype)
+    bsz = latents.shape[0]
+    timesteps = torch.randint(0, comps.noise_scheduler.config.num_train_timesteps, (bsz,), generator=gen,
+                              device=device).long()
+    noisy = comps.noise_scheduler.add_noise(latents, noise, timesteps)
+    with torch.set_grad_enabled(cfg.train_text_encoder):
+        hidden, pooled = family.encode_prompt(comps.tokenizers, text_encoders, batch["captions"], device)
+    added = family.added_cond(comps, batch, pooled, device, weight_dtype)
+    kwargs = {"added_cond_kwargs": added} if added is not None else {}
+    pred = unet(noisy, timesteps, hidden.to(weight_dtype), return_dict=False, **kwargs)[0]
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = comps.noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise ConfigError(f"prediction_type {prediction_type!r} is not supported (epsilon or v_prediction)")
+    if cfg.snr_gamma is None:
+        return F.mse_loss(pred.float(), target.float(), reduction="mean")
+    # Min-SNR weighting (Hang et al. 2023): min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v-prediction
+    ac = alphas_cumprod[timesteps].float()
+    snr = ac / (1 - ac)
+    weights = torch.clamp(snr, max=cfg.snr_gamma) / (snr + 1 if prediction_type == "v_prediction" else snr)
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (per_sample * weights).mean()
+
+
+def _validation_due(cfg, epoch: int, num_epochs: int, finished: bool) -> bool:
+    if not cfg.validation_prompt or cfg.num_validation_images <= 0:
+        return False
+    return (epoch + 1) % cfg.validation_epochs == 0 or finished or epoch + 1 == num_epochs
+
+
+def _checkpoint(accelerator, ckpt_dir: Path, step: int, epoch: int, cfg, events: EventLog) -> None:
+    """Save into a temp folder, then rename: a crash mid-save never leaves a half checkpoint."""
+    final = ckpt_dir / f"checkpoint-{step}"
+    tmp = ckpt_dir / f".tmp-checkpoint-{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ckpt.write_progress(tmp, {"step": step, "epoch": epoch})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        ckpt.prune(ckpt_dir, cfg.checkpoints_total_limit)
+        events.emit("checkpoint", path=str(final), step=step)
+    accelerator.wait_for_everyone()
+
+
+def _latent_encoder(comps, device):
+    vae = comps.vae
+
+    @torch.no_grad()
+    def encode(px: torch.Tensor) -> torch.Tensor:
+        lat = vae.encode(px.to(device, vae.dtype)).latent_dist.mode()
+        return ((lat - comps.vae_shift_factor) * comps.vae_scaling_factor).float().cpu()
+
+    return encode
+
+
+def _vae_key(cfg, source) -> str:
+    """Identifies the VAE whose latents are cached (a different VAE must not reuse them)."""
+    vae = cfg.pretrained_vae_model_name_or_path
+    loc = vae or source.location
+    p = Path(loc)
+    stamp = ""
+    for cand in (p / "vae" / "diffusion_pytorch_model.safetensors", p / "diffusion_pytorch_model.safetensors", p):
+        if cand.is_file():
+            st = cand.stat()
+            stamp = f"{st.st_size}-{int(st.st_mtime)}"
+            break
+    return f"{loc}|{cfg.revision}|{cfg.variant}|{stamp}"
+
+
+def _tracker_config(cfg) -> dict:
+    return {k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}

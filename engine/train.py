@@ -1,0 +1,65 @@
+"""Headless training: `python -m engine.train CONFIG.toml [--set key=value ...]`.
+
+Works as a plain process or under `accelerate launch -m engine.train ...` (one process or several).
+Exit codes: 0 done, 2 bad config/model/data (message names what to fix), 1 training failed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m engine.train",
+                                description="Train an adaptor from a TOML config (keys: --help-config).")
+    p.add_argument("config", nargs="?", help="TOML config file (any key at top level or in any table)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set learning_rate=5e-5 (repeatable)")
+    p.add_argument("--help-config", action="store_true", help="list every config key with default and range")
+    p.add_argument("--check", action="store_true", help="validate the config and print it resolved; no training")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from engine.config import ConfigError, describe_fields, load_config, to_toml_dict
+
+    if args.help_config:
+        print(describe_fields())
+        return 0
+    if args.config is None and not args.overrides:
+        build_parser().print_usage(sys.stderr)
+        print("error: give a config file, or --set keys (e.g. --set train_data_dir=DIR)", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if args.check:
+        import tomli_w
+        print(tomli_w.dumps(to_toml_dict(cfg)))
+        return 0
+
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from engine.data import DataError
+    from engine.families import ModelError
+    from engine.loop import TrainingError, train
+
+    try:
+        train(cfg)
+    except (ConfigError, ModelError, DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        print(f"training stopped: {e}\n  hint: {e.hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; resume with --set resume_from_checkpoint=latest", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

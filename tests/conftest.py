@@ -1,0 +1,71 @@
+"""Shared fixtures: an isolated cache (built-in models are built once per session), tiny datasets,
+and a helper that trains through a real `accelerate launch` subprocess."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+# Set before anything imports engine, and inherited by every subprocess.
+os.environ.setdefault("ADAPTOR_STUDIO_CACHE", tempfile.mkdtemp(prefix="adaptor-studio-test-cache-"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def make_images(folder: Path, n: int = 4, size=(64, 64), captions=True, seed=0):
+    """n solid-ish coloured images with a square of another colour, and sidecar captions."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    colours = ["red", "green", "blue", "yellow", "purple", "orange"]
+    for i in range(n):
+        arr = np.zeros((size[1], size[0], 3), np.uint8)
+        arr[:] = rng.integers(0, 255, 3)
+        arr[size[1] // 4: size[1] // 2, size[0] // 4: size[0] // 2] = rng.integers(0, 255, 3)
+        Image.fromarray(arr).save(folder / f"img{i}.png")
+        if captions:
+            (folder / f"img{i}.txt").write_text(f"a {colours[i % len(colours)]} square")
+    return folder
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    return make_images(tmp_path / "data")
+
+
+def accelerate_cmd(num_processes: int = 1) -> list[str]:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if num_processes > 1:
+        cmd += ["--multi_gpu", "--num_processes", str(num_processes)]
+    else:
+        cmd += ["--num_processes", "1"]
+    return cmd
+
+
+def run_training(config_args: list[str], num_processes: int = 1, expect_rc: int = 0, timeout: int = 600):
+    """`accelerate launch -m engine.train --set k=v ...`; returns the CompletedProcess."""
+    cmd = accelerate_cmd(num_processes) + ["-m", "engine.train"] + config_args
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != expect_rc:
+        raise AssertionError(f"exit {proc.returncode} (wanted {expect_rc})\nstdout:\n{proc.stdout[-4000:]}\n"
+                             f"stderr:\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def sets(**kw) -> list[str]:
+    out = []
+    for k, v in kw.items():
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        elif isinstance(v, (list, tuple)):
+            v = json.dumps(list(v))
+        out += ["--set", f"{k}={v}"]
+    return out
