@@ -327,8 +327,9 @@ def flatten(data: dict[str, Any], where: str = "") -> dict[str, Any]:
     return out
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """`key=value`: the value is read as a TOML value when it is one (5e-5, true, [..]), else as text."""
+def parse_override(text: str, field_type: type | None = None) -> tuple[str, Any]:
+    """`key=value`. Text fields take the value as written (adaptor_name=nan stays "nan"); other values are
+    read as TOML values when they are one (5e-5, true, [..]), else kept as text for the type check."""
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: write it as key=value, e.g. --set learning_rate=5e-5")
     key, value = text.split("=", 1)
@@ -336,6 +337,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         parsed = tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
+        parsed = value
+    if field_type is str and not isinstance(parsed, str):
         parsed = value
     return key, parsed
 
@@ -364,11 +367,13 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
         key, value = parse_override(item)
         if key in _VALUE_ALIASES:
             key, conv = _VALUE_ALIASES[key]
-            value = conv(value)
+            raw[key] = conv(value)
+            continue
         try:
-            raw[canonical_key(key)] = value
+            key = canonical_key(key)
         except ConfigError as e:
             raise ConfigError(f"--set {item}: {e}") from None
+        raw[key] = parse_override(item, FIELD_BY_NAME[key].type)[1]
     return validate(raw)
 
 

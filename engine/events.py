@@ -63,15 +63,15 @@ class EventLog:
         if self._fh:
             self._fh.write(json.dumps(event) + "\n")
             self._fh.flush()
-        self.say(self._human(event))
+        self.say(self._human(event), sys.stderr if type_ in ("error", "warning") and self.console else None)
         return event
 
-    def say(self, line: str | None) -> None:
+    def say(self, line: str | None, stream: TextIO | None = None) -> None:
         """A plain log line: to the console and train.log, never to events.jsonl."""
         if not self.enabled or not line:
             return
         if self.console:
-            print(line, file=self.console, flush=True)
+            print(line, file=stream or self.console, flush=True)
         if self._log:
             self._log.write(line + "\n")
             self._log.flush()

@@ -23,6 +23,18 @@ from engine.config import atomic_write_bytes
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
+def canonical_keys(component: str, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Text-encoder keys as every loader knows them (`text_model.encoder.layers...`).
+
+    transformers 5 dropped CLIPTextModel's `text_model` wrapper (CLIPTextModelWithProjection kept it), so
+    PEFT names the layers `encoder.layers...`. kohya, ComfyUI, AUTOMATIC1111 and transformers-4 stacks
+    expect `lora_te_text_model_encoder_layers_...`; diffusers 0.42 reads either form.
+    """
+    if not component.startswith("text_encoder"):
+        return state_dict
+    return {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state_dict.items()}
+
+
 def peft_to_kohya(state_dict: dict[str, torch.Tensor], prefix: str, alpha: float) -> dict[str, torch.Tensor]:
     """`a.b.to_q.lora_A.weight` -> `{prefix}_a_b_to_q.lora_down.weight` (+ `.lora_up.weight`, `.alpha`)."""
     out: dict[str, torch.Tensor] = {}
@@ -40,7 +52,7 @@ def kohya_state_dict(family, state_dicts: dict[str, dict[str, torch.Tensor]], al
     prefixes = {"unet": "lora_unet", **family.kohya_te_prefixes}
     out: dict[str, torch.Tensor] = {}
     for component, sd in state_dicts.items():
-        out.update(peft_to_kohya(sd, prefixes[component], alpha))
+        out.update(peft_to_kohya(canonical_keys(component, sd), prefixes[component], alpha))
     return out
 
 
@@ -67,7 +79,7 @@ def write_diffusers_lora(out_dir: Path, family, state_dicts, adapter_metadata: d
     out_dir.mkdir(parents=True, exist_ok=True)
     kwargs = {}
     for component, sd in state_dicts.items():
-        kwargs[f"{component}_lora_layers"] = {f"{k}": v for k, v in sd.items()}
+        kwargs[f"{component}_lora_layers"] = canonical_keys(component, sd)
         kwargs[f"{component}_lora_adapter_metadata"] = adapter_metadata[component]
     tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".tmp-"))
     try:

@@ -77,17 +77,23 @@ def train(cfg) -> dict:
         set_seed(cfg.seed)
         return _train(cfg, accelerator, events, run_dir)
     except TrainingError as e:
-        events.emit("error", message=str(e), hint=e.hint)
+        _report(events, e, str(e), e.hint)
         raise
     except (ConfigError, ModelError, DataError, FileNotFoundError) as e:
-        events.emit("error", message=str(e), hint="fix the setting named above and start again")
+        _report(events, e, str(e), "fix the setting named above and start again")
         raise
     except Exception as e:
-        events.emit("error", message=f"{type(e).__name__}: {e}", hint=f"see {run_dir / 'train.log'}")
+        _report(events, e, f"{type(e).__name__}: {e}", f"see {run_dir / 'train.log'}")
         raise
     finally:
         accelerator.end_training()
         events.close()
+
+
+def _report(events: EventLog, exc: BaseException, message: str, hint: str) -> None:
+    """An `error` event (printed once, by the event log); the CLI then need not print it again."""
+    events.emit("error", message=message, hint=hint)
+    exc.reported = events.enabled
 
 
 def _prepare_run_dir(run_dir: Path, cfg, resuming: bool) -> None:
@@ -124,8 +130,8 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     if cfg.gradient_checkpointing:
         comps.unet.enable_gradient_checkpointing()
         if cfg.train_text_encoder:
-            for te in comps.text_encoders:
-                te.gradient_checkpointing_enable()
+            for te in comps.text_encoders:  # transformers 5 renamed it
+                (getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable)()
 
     # ---- data
     def warn(msg):
@@ -255,8 +261,11 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
             global_step += 1
             mean_loss = accelerator.gather(loss.detach().reshape(1)).mean().item()
             if not math.isfinite(mean_loss):
+                kept = ckpt.list_checkpoints(ckpt_dir)
                 raise TrainingError(
-                    f"loss became {mean_loss} at step {global_step}; the last checkpoint was kept",
+                    f"loss became {mean_loss} at step {global_step}; "
+                    + (f"the last good checkpoint is {kept[-1][1]} (resume_from_checkpoint = \"latest\")"
+                       if kept else "no checkpoint had been saved yet"),
                     hint="lower learning_rate, use bf16 instead of fp16, or an fp16-fixed VAE "
                          "(pretrained_vae_model_name_or_path) for SDXL")
             now = time.time()

@@ -21,6 +21,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_libraries() -> None:
+    """Keep the console to our own progress lines: library notices (e.g. transformers on torchvision) and
+    weight-loading bars bury them. Errors still show; ADAPTOR_STUDIO_VERBOSE=1 shows everything."""
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    if os.environ.get("ADAPTOR_STUDIO_VERBOSE"):
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+    tlog.disable_progress_bar()
+    dlog.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from engine.config import ConfigError, describe_fields, load_config, to_toml_dict
@@ -42,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(tomli_w.dumps(to_toml_dict(cfg)))
         return 0
 
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    _quiet_libraries()
     from engine.data import DataError
     from engine.families import ModelError
     from engine.loop import TrainingError, train
@@ -50,10 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(cfg)
     except (ConfigError, ModelError, DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if not getattr(e, "reported", False):
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingError as e:
-        print(f"training stopped: {e}\n  hint: {e.hint}", file=sys.stderr)
+        if not getattr(e, "reported", False):
+            print(f"training stopped: {e}\n  hint: {e.hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; resume with --set resume_from_checkpoint=latest", file=sys.stderr)

@@ -48,6 +48,8 @@ def with_manual_peft(model, family, diffusers_file: Path, rank: int, alpha: floa
         te_sd = {k[len(name) + 1:]: v for k, v in sd.items() if k.startswith(name + ".")}
         if te_sd:
             te = getattr(pipe, name)
+            if not hasattr(te, "text_model"):  # transformers 5's flattened CLIPTextModel
+                te_sd = {k.removeprefix("text_model."): v for k, v in te_sd.items()}
             te.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=["q_proj", "k_proj", "v_proj",
                                                                                   "out_proj"]))
             set_peft_model_state_dict(te, te_sd)

@@ -104,6 +104,7 @@ def test_losing_a_build_race_uses_the_winners_folder(cache, monkeypatch):
         (path / "model_index.json").write_text('{"who": "loser"}')
         final.mkdir()  # another process publishes first, while we are still building
         (final / "model_index.json").write_text('{"who": "winner"}')
+        (final / ".recipe").write_text(builtin._stamp("tiny-sd"))
 
     monkeypatch.setitem(builtin.BUILTINS, "tiny-sd", builder_that_gets_beaten)
     assert resolve_builtin("builtin:tiny-sd") == final
@@ -175,3 +176,16 @@ def test_sdxl_config(cache):
     assert enc2["architectures"] == ["CLIPTextModelWithProjection"] and enc2["projection_dim"] == 32
     tok2 = json.loads((path / "tokenizer_2" / "tokenizer_config.json").read_text())
     assert tok2["pad_token"] == "!" and tok2["model_max_length"] == 77
+
+
+def test_a_changed_recipe_rebuilds_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("ADAPTOR_STUDIO_CACHE", str(tmp_path))
+    from engine import builtin
+    calls = []
+    monkeypatch.setitem(builtin.BUILTINS, "tiny-sd", lambda p: (calls.append(p), build_tiny_sd(p)))
+    resolve_builtin("builtin:tiny-sd")
+    resolve_builtin("builtin:tiny-sd")
+    assert len(calls) == 1
+    monkeypatch.setitem(builtin.RECIPE_VERSIONS, "tiny-sd", 99)
+    path = resolve_builtin("builtin:tiny-sd")
+    assert len(calls) == 2 and (path / ".recipe").read_text().endswith("v99")

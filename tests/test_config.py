@@ -77,6 +77,10 @@ def test_overrides_parse_toml_values_and_aliases(tmp_path):
     assert cfg.validation_prompt == "a red circle" and cfg.lora_target_modules == ["to_q", "to_v"]
     assert cfg.report_to == "none" and cfg.validation_epochs == 3
     assert parse_override("x=[1, 2]") == ("x", [1, 2])
+    # text fields keep what was typed, even when it would read as a TOML number, bool or nan
+    cfg = load_config(p, ["adaptor_name=nan", "trigger_word=true", "validation_prompt=1e3", 'adaptor_name="q"'])
+    assert cfg.adaptor_name == "q" and cfg.trigger_word == "true" and cfg.validation_prompt == "1e3"
+    assert load_config(p, ["adaptor_name=inf"]).adaptor_name == "inf"
     with pytest.raises(ConfigError, match="key=value"):
         load_config(p, ["learning_rate"])
     with pytest.raises(ConfigError, match="--set lerning_rate=1: unknown key 'lerning_rate'.*learning_rate"):

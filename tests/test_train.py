@@ -66,11 +66,15 @@ def test_sdxl_text_encoder_lora_writes_te1_te2_that_load(tmp_path, tiny_data):
                       train_text_encoder=True, random_flip=True))
     run = out / "xl"
     keys, meta, _ = kohya_keys_and_meta(run / "xl.safetensors")
-    assert any(k.startswith("lora_te1_") for k in keys) and any(k.startswith("lora_te2_") for k in keys)
+    # the names kohya, ComfyUI and AUTOMATIC1111 map, whatever transformers calls the modules
+    assert any(k.startswith("lora_te1_text_model_encoder_layers_0_self_attn_q_proj.") for k in keys)
+    assert any(k.startswith("lora_te2_text_model_encoder_layers_0_self_attn_q_proj.") for k in keys)
+    assert all(k.startswith(("lora_unet_", "lora_te1_text_model_", "lora_te2_text_model_")) for k in keys)
     assert any(k.startswith("lora_unet_") for k in keys) and not any(k.startswith("lora_te_") for k in keys)
     assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
     diff = load_file(str(run / "diffusers" / "pytorch_lora_weights.safetensors"))
-    assert any(k.startswith("text_encoder_2.") for k in diff)
+    assert any(k.startswith("text_encoder.text_model.encoder.") for k in diff)
+    assert any(k.startswith("text_encoder_2.text_model.encoder.") for k in diff)
 
     base = image(load_base("builtin:tiny-sdxl", "sdxl"))
     from_diffusers = with_lora("builtin:tiny-sdxl", "sdxl", run / "diffusers")
@@ -120,3 +124,21 @@ def test_resume_ends_at_the_same_step_with_the_same_optimizer_steps(tmp_path):
     assert weights_full.keys() == weights_resumed.keys()
     diff = max((weights_full[k] - weights_resumed[k]).abs().max().item() for k in weights_full)
     assert diff < 1e-5, diff
+
+
+def test_bf16_prodigy_gradient_checkpointing_text_encoder_and_workers(tmp_path, tiny_data):
+    out = tmp_path / "runs"
+    run_training(sets(**{**COMMON, "learning_rate": 1.0}, train_data_dir=tiny_data, output_dir=out,
+                      adaptor_name="mix", max_train_steps=3, mixed_precision="bf16", optimizer="prodigy",
+                      gradient_checkpointing=True, train_text_encoder=True, dataloader_num_workers=1))
+    keys, meta, _ = kohya_keys_and_meta(out / "mix" / "mix.safetensors")
+    assert any(k.startswith("lora_te_text_model_encoder_layers_") for k in keys)
+    assert meta["ss_mixed_precision"] == "bf16"
+    assert meta["ss_optimizer"] == "prodigy"
+    weights = load_file(str(out / "mix" / "diffusers" / "pytorch_lora_weights.safetensors"))
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())
+    # LoRA up-weights start at zero; prodigy's first steps are tiny (its d starts at 1e-6) but real
+    assert max(v.abs().max().item() for k, v in weights.items() if "lora_B" in k) > 0
+    from_diffusers = with_lora("builtin:tiny-sd", "sd1", out / "mix" / "diffusers")
+    assert np.isfinite(from_diffusers).all()
+    assert np.abs(from_diffusers - image(load_base("builtin:tiny-sd", "sd1"))).max() > 1e-6

@@ -22,6 +22,10 @@ BUILTINS: dict[str, Callable[[Path], None]] = {
     "tiny-sdxl": build_tiny_sdxl,
 }
 
+# Bump a recipe's version when its builder changes: caches built from an older recipe are rebuilt.
+RECIPE_VERSIONS: dict[str, int] = {"tiny-sd": 1, "tiny-sdxl": 1}
+_STAMP = ".recipe"
+
 # Only finished builds are renamed into place, so a cached folder holding this file is complete.
 _MARKER = "model_index.json"
 
@@ -44,34 +48,40 @@ def resolve_builtin(name: str) -> Path:
     parent = cache_root() / "builtin"
     parent.mkdir(parents=True, exist_ok=True)
     final = parent / short
-    if _is_complete(final):
+    if _is_complete(final, short):
         return final
     if final.exists():
-        # A folder without the marker is not one of ours (renames are atomic): set it aside.
+        # Incomplete, or built by an older recipe: set it aside and build anew.
         _discard(final, parent)
 
     # Build next to the target (same filesystem) so the rename into place is atomic.
     tmp = Path(tempfile.mkdtemp(prefix=f".{short}.building-", dir=parent))
     try:
         BUILTINS[short](tmp)
-        if not _is_complete(tmp):
+        (tmp / _STAMP).write_text(_stamp(short))
+        if not _is_complete(tmp, short):
             # e.g. transformers 5 writes weights only on rank 0 once torch.distributed is up
             raise RuntimeError(f"building {name} left an incomplete folder {tmp}; build it from one process")
         try:
             os.rename(tmp, final)
         except OSError:
             # Another process finished first (the target is now a non-empty folder): use theirs.
-            if not _is_complete(final):
+            if not _is_complete(final, short):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
     return final
 
 
-def _is_complete(folder: Path) -> bool:
-    """model_index.json present and every model part in it has its weights (not just a config)."""
+def _stamp(short: str) -> str:
+    return f"{short} recipe v{RECIPE_VERSIONS.get(short, 1)}"
+
+
+def _is_complete(folder: Path, short: str) -> bool:
+    """Built by the current recipe, model_index.json present, and every model part has its weights."""
     index = folder / _MARKER
-    if not index.is_file():
+    stamp = folder / _STAMP
+    if not index.is_file() or not stamp.is_file() or stamp.read_text() != _stamp(short):
         return False
     for part in json.loads(index.read_text()):
         sub = folder / part

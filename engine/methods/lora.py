@@ -53,7 +53,7 @@ def trained_modules(comps, cfg) -> dict[str, torch.nn.Module]:
 
 
 def lora_state_dicts(modules: dict[str, torch.nn.Module]) -> dict[str, dict[str, torch.Tensor]]:
-    return {name: {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(m).items()}
+    return {name: {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(m, save_embedding_layers=False).items()}
             for name, m in modules.items()}
 
 

@@ -1,0 +1,131 @@
+"""The headless CLI as users run it: clear errors with exit code 2, and `./launch.sh train`."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, make_images
+from engine.events import read_events
+
+
+def cli(*args, cwd=ROOT, timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "engine.train", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_unknown_key_in_toml_fails_naming_it(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('train_data_dir = "x"\n[training]\nleraning_rate = 1e-4\n')
+    p = cli(cfg)
+    assert p.returncode == 2
+    assert "leraning_rate" in p.stderr and "learning_rate" in p.stderr
+
+
+def test_out_of_range_override_fails_naming_key_value_range():
+    p = cli("--set", "train_data_dir=x", "--set", "rank=1000")
+    assert p.returncode == 2 and "rank = 1000" in p.stderr and "from 1 to 256" in p.stderr
+
+
+def test_help_config_lists_every_key():
+    from engine.config import FIELDS
+    p = cli("--help-config")
+    assert p.returncode == 0 and all(f.name in p.stdout for f in FIELDS)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("train_data_dir={tmp}/missing", "{tmp}/missing"),
+    ("pretrained_model_name_or_path=builtin:tiny-sdx", "builtin:tiny-sd, builtin:tiny-sdxl"),
+    ("pretrained_model_name_or_path={tmp}/model.ckpt", "pickle"),
+    ("pretrained_model_name_or_path=nobody/no-such-model", "Hugging Face Hub"),
+    ("pretrained_model_name_or_path={tmp}/nothing-here", "not found"),
+])
+def test_bad_inputs_exit_2_with_a_message_and_an_error_event(tmp_path, override, needle):
+    data = make_images(tmp_path / "data", n=1)
+    (tmp_path / "model.ckpt").write_bytes(b"not really a pickle")
+    out = tmp_path / "runs"
+    args = ["--set", f"train_data_dir={data}", "--set", f"output_dir={out}", "--set", "adaptor_name=bad",
+            "--set", "resolution=64", "--set", override.format(tmp=tmp_path)]
+    p = cli(*args)  # conftest sets HF_HUB_OFFLINE=1: the hub id fails at once, as it would offline
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert needle.format(tmp=tmp_path) in p.stderr
+    assert "Traceback" not in p.stderr
+    events = read_events(out / "bad" / "events.jsonl")
+    assert events and events[-1]["type"] == "error" and needle.format(tmp=tmp_path) in events[-1]["message"]
+    assert not (out / "bad" / "bad.safetensors").exists()
+
+
+def test_existing_adaptor_is_not_overwritten_by_accident(tmp_path):
+    run = tmp_path / "runs" / "mine"
+    run.mkdir(parents=True)
+    (run / "mine.safetensors").write_bytes(b"precious")
+    p = cli("--set", f"train_data_dir={tmp_path}", "--set", f"output_dir={tmp_path / 'runs'}",
+            "--set", "adaptor_name=mine")
+    assert p.returncode == 2 and "already exists" in p.stderr and "overwrite" in p.stderr
+    assert (run / "mine.safetensors").read_bytes() == b"precious"
+
+
+@pytest.mark.slow
+def test_launch_sh_train_with_cached_latents_v_prediction_and_min_snr(tmp_path):
+    data = make_images(tmp_path / "data", n=3)
+    cfg = tmp_path / "my.toml"
+    cfg.write_text(f"""
+[model]
+pretrained_model_name_or_path = "builtin:tiny-sd"
+[dataset]
+train_data_dir = "{data}"
+resolution = 64
+cache_latents = true
+center_crop = true
+random_flip = true
+[training]
+max_train_steps = 3
+prediction_type = "v_prediction"
+snr_gamma = 5.0
+noise_offset = 0.05
+lr_scheduler = "cosine"
+lr_warmup_steps = 1
+seed = 3
+[output]
+output_dir = "{tmp_path / 'runs'}"
+adaptor_name = "cached"
+""")
+    env = {**os.environ}
+    first = subprocess.run(["./launch.sh", "train", str(cfg)], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "latent cache: 6 latents encoded" in first.stdout  # 3 images x 2 flips
+    assert "step 3/3" in first.stdout and "ETA" in first.stdout
+    run = tmp_path / "runs" / "cached"
+    assert list((run / "logs").rglob("events.out.tfevents*")), "no TensorBoard scalars"
+    from safetensors import safe_open
+    with safe_open(str(run / "cached.safetensors"), framework="pt") as fh:
+        meta = fh.metadata()
+    assert meta["modelspec.prediction_type"] == "v_prediction" and meta["ss_v_parameterization"] == "True"
+
+    second = subprocess.run(["./launch.sh", "train", str(cfg), "--set", "adaptor_name=cached2"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "latent cache: 0 latents encoded" in second.stdout  # reused across runs
+    lrs = [e["lr"] for e in read_events(tmp_path / "runs" / "cached2" / "events.jsonl") if e["type"] == "step"]
+    assert lrs[0] > lrs[-1]  # cosine decays
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_with_a_hint_and_keeps_the_last_checkpoint(tmp_path):
+    # adam_epsilon = 0 makes Adam divide 0/0 on the zero-initialised LoRA up-weights: a real divergence
+    data = make_images(tmp_path / "data", n=2)
+    out = tmp_path / "runs"
+    p = cli("--set", f"train_data_dir={data}", "--set", f"output_dir={out}", "--set", "adaptor_name=div",
+            "--set", "resolution=64", "--set", "learning_rate=1.0", "--set", "adam_epsilon=0",
+            "--set", "max_grad_norm=0", "--set", "lr_warmup_steps=0", "--set", "max_train_steps=10",
+            "--set", "checkpointing_steps=1", "--set", "report_to=none", "--set", "seed=0")
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert "loss became nan" in p.stderr and "lower learning_rate" in p.stderr
+    assert p.stderr.count("loss became nan") == 1  # said once
+    run = out / "div"
+    err = read_events(run / "events.jsonl")[-1]
+    assert err["type"] == "error" and "checkpoint-1" in err["message"] and err["hint"]
+    assert (run / "checkpoints" / "checkpoint-1" / "div.safetensors").is_file()
+    assert not (run / "div.safetensors").exists()  # no adaptor from a diverged run
