@@ -91,7 +91,11 @@ def test_two_processes_on_a_local_model_folder(tmp_path, tiny_data):
     shutil.copytree(resolve_builtin("builtin:tiny-sd"), local)
     out = tmp_path / "runs"
     run_training(sets(**COMMON, train_data_dir=tiny_data, output_dir=out, adaptor_name="ddp",
-                      pretrained_model_name_or_path=local, max_train_steps=2), num_processes=2)
+                      pretrained_model_name_or_path=local, max_train_steps=3, checkpointing_steps=1,
+                      checkpoints_total_limit=1), num_processes=2)
+    ckpts = sorted(p.name for p in (out / "ddp" / "checkpoints").iterdir())
+    assert ckpts == ["checkpoint-2"]  # checkpoint-1 pruned by the limit; no temp folders left
+    assert (out / "ddp" / "checkpoints" / "checkpoint-2" / "ddp.safetensors").is_file()
     events = read_events(out / "ddp" / "events.jsonl")
     start = next(e for e in events if e["type"] == "start")
     assert start["num_processes"] == 2 and start["model"] == str(local)
