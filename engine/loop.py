@@ -97,14 +97,20 @@ def _report(events: EventLog, exc: BaseException, message: str, hint: str) -> No
 
 
 def _prepare_run_dir(run_dir: Path, cfg, resuming: bool) -> None:
+    """A fresh run never mixes with, or silently replaces, an earlier run's adaptor or checkpoints."""
     adaptor = run_dir / f"{cfg.adaptor_name}.safetensors"
-    if adaptor.exists() and not resuming and not cfg.overwrite:
-        raise ConfigError(f"{adaptor} already exists: choose another adaptor_name, resume with "
-                          "resume_from_checkpoint = \"latest\", or set overwrite = true to replace it")
+    earlier = adaptor if adaptor.exists() else None
+    if earlier is None and ckpt.list_checkpoints(run_dir / "checkpoints"):
+        earlier = run_dir / "checkpoints"
+    if earlier and not resuming and not cfg.overwrite:
+        raise ConfigError(f"{earlier} already exists from an earlier run: choose another adaptor_name, resume "
+                          "with resume_from_checkpoint = \"latest\", or set overwrite = true to replace it")
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not resuming:  # a fresh run starts a fresh account (an overwritten run's old events would mislead)
+    if not resuming:  # a fresh account: an overwritten run's events, samples and checkpoints would mislead
         for name in ("events.jsonl", "train.log"):
             (run_dir / name).unlink(missing_ok=True)
+        for name in ("checkpoints", "samples", "logs"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
 
 
 def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
@@ -235,6 +241,7 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     samples: list[str] = []
     epoch = first_epoch
     micro_step = global_step * cfg.gradient_accumulation_steps
+    accum_loss = torch.zeros((), device=device)
     for epoch in range(first_epoch, num_epochs):
         for m in trained:
             m.train()
@@ -244,11 +251,14 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
         if epoch == first_epoch and skip_batches:
             epoch_loader = accelerator.skip_first_batches(loader, skip_batches)
         for batch in epoch_loader:
+            if global_step >= total_steps:  # e.g. resumed from a checkpoint at the very end
+                break
             gen = _step_generator(cfg.seed, micro_step, accelerator.process_index, device)
             micro_step += 1
             with accelerator.accumulate(*trained):
                 loss = _loss(batch, comps, unet, train_encoders, cfg, device, weight_dtype, prediction_type,
                              alphas_cumprod, gen)
+                accum_loss += loss.detach() / cfg.gradient_accumulation_steps
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
@@ -259,7 +269,9 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
             if not accelerator.sync_gradients:
                 continue
             global_step += 1
-            mean_loss = accelerator.gather(loss.detach().reshape(1)).mean().item()
+            # the step's loss: mean over its accumulated micro-batches and over processes
+            mean_loss = accelerator.gather(accum_loss.reshape(1)).mean().item()
+            accum_loss = torch.zeros((), device=device)
             if not math.isfinite(mean_loss):
                 kept = ckpt.list_checkpoints(ckpt_dir)
                 raise TrainingError(

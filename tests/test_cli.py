@@ -66,6 +66,16 @@ def test_existing_adaptor_is_not_overwritten_by_accident(tmp_path):
     assert (run / "mine.safetensors").read_bytes() == b"precious"
 
 
+def test_checkpoints_of_an_unfinished_run_are_not_mixed_with_a_fresh_one(tmp_path):
+    ckpt = tmp_path / "runs" / "crashed" / "checkpoints" / "checkpoint-500"
+    ckpt.mkdir(parents=True)
+    (ckpt / "progress.json").write_text('{"step": 500, "epoch": 3}')
+    p = cli("--set", f"train_data_dir={tmp_path}", "--set", f"output_dir={tmp_path / 'runs'}",
+            "--set", "adaptor_name=crashed")
+    assert p.returncode == 2 and "checkpoints already exists" in p.stderr and "latest" in p.stderr
+    assert (ckpt / "progress.json").is_file()
+
+
 @pytest.mark.slow
 def test_launch_sh_train_with_cached_latents_v_prediction_and_min_snr(tmp_path):
     data = make_images(tmp_path / "data", n=3)

@@ -63,8 +63,10 @@ def test_sdxl_text_encoder_lora_writes_te1_te2_that_load(tmp_path, tiny_data):
     out = tmp_path / "runs"
     run_training(sets(**COMMON, train_data_dir=tiny_data, output_dir=out, adaptor_name="xl",
                       pretrained_model_name_or_path="builtin:tiny-sdxl", max_train_steps=3,
-                      train_text_encoder=True, random_flip=True))
+                      train_text_encoder=True, random_flip=True, validation_prompt="a blue square",
+                      num_validation_images=1, num_inference_steps=2))
     run = out / "xl"
+    assert len(list((run / "samples").glob("*.png"))) == 2  # 4 images, batch 2, 3 steps: 2 epochs
     keys, meta, _ = kohya_keys_and_meta(run / "xl.safetensors")
     # the names kohya, ComfyUI and AUTOMATIC1111 map, whatever transformers calls the modules
     assert any(k.startswith("lora_te1_text_model_encoder_layers_0_self_attn_q_proj.") for k in keys)

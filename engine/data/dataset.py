@@ -22,17 +22,6 @@ class RepeatedItems(Dataset):
         self.cfg = cfg
         self._ends = list(itertools.accumulate(item.repeats for item in self.items))
 
-    # DataLoader workers started by spawn (macOS, Windows) pickle the dataset; engine.config.Config does
-    # not survive pickling, so it travels as its plain values and is validated again on arrival.
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["cfg"] = self.cfg.to_dict()
-        return state
-
-    def __setstate__(self, state):
-        from engine.config import validate
-        self.__dict__.update(state, cfg=validate(state["cfg"]))
-
     def __len__(self) -> int:
         return self._ends[-1]
 
