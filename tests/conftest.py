@@ -2,6 +2,7 @@
 and a helper that trains through a real `accelerate launch` subprocess."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -13,10 +14,18 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 # Set before anything imports engine, and inherited by every subprocess.
-os.environ.setdefault("ADAPTOR_STUDIO_CACHE", tempfile.mkdtemp(prefix="adaptor-studio-test-cache-"))
+_OWN_CACHE = None
+if not os.environ.get("ADAPTOR_STUDIO_CACHE"):
+    _OWN_CACHE = tempfile.mkdtemp(prefix="adaptor-studio-test-cache-")
+    os.environ["ADAPTOR_STUDIO_CACHE"] = _OWN_CACHE
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_CACHE:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 def make_images(folder: Path, n: int = 4, size=(64, 64), captions=True, seed=0):
