@@ -6,6 +6,7 @@ A checkpoint folder `checkpoints/checkpoint-{step}/` holds the optimizer, schedu
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -68,3 +69,22 @@ def prune(ckpt_dir: Path, keep: int | None) -> list[Path]:
     for p in gone:
         shutil.rmtree(p, ignore_errors=True)
     return gone
+
+
+def save_checkpoint(accelerator, ckpt_dir: Path, step: int, epoch: int, cfg, events) -> None:
+    """Save into a temp folder, then rename: a crash mid-save never leaves a half checkpoint."""
+    final = ckpt_dir / f"checkpoint-{step}"
+    tmp = ckpt_dir / f".tmp-checkpoint-{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_progress(tmp, {"step": step, "epoch": epoch})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        prune(ckpt_dir, cfg.checkpoints_total_limit)
+        events.emit("checkpoint", path=str(final), step=step)
+    accelerator.wait_for_everyone()

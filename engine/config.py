@@ -10,7 +10,7 @@ import math
 import os
 import tempfile
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -71,6 +71,17 @@ FIELDS: list[Field] = [
     _f("repeats", int, 1, "dataset", "How many times each image is seen per epoch.", min=1, max=1000),
     _f("max_train_samples", int, None, "dataset", "Use only the first N images (for quick tries).",
        optional=True, min=1),
+    _f("enable_bucket", bool, False, "dataset",
+       "Aspect-ratio bucketing: train each image at the bucket closest to its aspect ratio (about "
+       "resolution x resolution pixels), so wide and tall images are neither cropped away nor padded."),
+    _f("min_bucket_reso", int, 256, "dataset", "Smallest bucket side in pixels.", min=64, max=4096,
+       multiple_of=8),
+    _f("max_bucket_reso", int, 1024, "dataset", "Largest bucket side in pixels.", min=64, max=4096,
+       multiple_of=8),
+    _f("bucket_reso_steps", int, 64, "dataset", "Bucket sides are multiples of this (64 is safe for every "
+       "model; 8 is the least).", min=8, max=256, multiple_of=8),
+    _f("bucket_no_upscale", bool, False, "dataset",
+       "Never enlarge an image to fill its bucket: small images get a smaller bucket of the same shape."),
     _f("cache_latents", bool, False, "dataset",
        "Encode images with the VAE once and reuse the latents (also across runs). Freezes the crop to the "
        "centre; flips stay random (both orientations are cached)."),
@@ -294,6 +305,14 @@ def validate(raw: dict[str, Any]) -> Config:
     if not name or name in (".", "..") or any(c in name for c in "/\\:") or name != name.strip():
         raise ConfigError(f"adaptor_name = {name!r} must be a plain name (no slashes, colons or dots only), "
                           "e.g. my-lora")
+    if values["enable_bucket"]:
+        lo, hi, res = values["min_bucket_reso"], values["max_bucket_reso"], values["resolution"]
+        if lo > res or hi < res:
+            raise ConfigError(f"bucket sides must allow the resolution: min_bucket_reso = {lo} <= resolution = "
+                              f"{res} <= max_bucket_reso = {hi}")
+        if lo % values["bucket_reso_steps"] or hi % values["bucket_reso_steps"]:
+            raise ConfigError(f"min_bucket_reso = {lo} and max_bucket_reso = {hi} must be multiples of "
+                              f"bucket_reso_steps = {values['bucket_reso_steps']}")
     if not values["caption_extension"].startswith("."):
         values["caption_extension"] = "." + values["caption_extension"]
     if values["optimizer"] == "adamw8bit" and values["mixed_precision"] == "no":

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from engine import checkpoints as ckpt
 from engine import export
@@ -19,7 +18,9 @@ from engine.config import ConfigError, save_config
 from engine.data import DataError, LatentCache, TrainDataset, collate, discover_items, tag_frequency
 from engine.events import EventLog
 from engine.families import ModelError, get_family
+from engine.caches import latent_encoder, vae_key
 from engine.methods import lora
+from engine.objective import compute_loss, step_generator
 from engine.optim import build_lr_scheduler, build_optimizer, optimizer_step_count
 from engine.paths import cache_root, safe_child
 from engine.sample import validation_images
@@ -147,8 +148,8 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     if cfg.cache_latents:
         if not cfg.center_crop:
             warn("cache_latents freezes the crop to the centre (random crop needs fresh encodes)")
-        cache = LatentCache(cache_root() / "latents", _vae_key(cfg, source))
-        encode = _latent_encoder(comps, device)
+        cache = LatentCache(cache_root() / "latents", vae_key(cfg, source))
+        encode = latent_encoder(comps, device)
         with accelerator.main_process_first():
             fresh = cache.prepare(items, cfg, encode, batch_size=max(1, cfg.train_batch_size))
         events.say(f"latent cache: {fresh} latents encoded, the rest reused from {cache_root() / 'latents'}")
@@ -253,10 +254,10 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
         for batch in epoch_loader:
             if global_step >= total_steps:  # e.g. resumed from a checkpoint at the very end
                 break
-            gen = _step_generator(cfg.seed, micro_step, accelerator.process_index, device)
+            gen = step_generator(cfg.seed, micro_step, accelerator.process_index, device)
             micro_step += 1
             with accelerator.accumulate(*trained):
-                loss = _loss(batch, comps, unet, train_encoders, cfg, device, weight_dtype, prediction_type,
+                loss = compute_loss(batch, comps, unet, train_encoders, cfg, device, weight_dtype, prediction_type,
                              alphas_cumprod, gen)
                 accum_loss += loss.detach() / cfg.gradient_accumulation_steps
                 accelerator.backward(loss)
@@ -292,7 +293,7 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
                         it_per_s=it_per_s, eta_s=(total_steps - global_step) / it_per_s,
                         peak_memory_mb=round(_peak_memory_mb(device), 1))
             if cfg.checkpointing_steps and global_step % cfg.checkpointing_steps == 0 and global_step < total_steps:
-                _checkpoint(accelerator, ckpt_dir, global_step, epoch, cfg, events)
+                ckpt.save_checkpoint(accelerator, ckpt_dir, global_step, epoch, cfg, events)
                 last_tick = time.time()
             if global_step >= total_steps:
                 break
@@ -319,99 +320,10 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
                        optimizer_steps=optimizer_step_count(optimizer)) or {"outputs": outputs}
 
 
-def _step_generator(seed: int, micro_step: int, process_index: int, device) -> torch.Generator:
-    """Noise and timesteps come from (seed, micro step, process) alone, not from the global RNG's history,
-    so a resumed run draws exactly what the uninterrupted run would have drawn."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + micro_step * 101 + process_index)
-                                                      % (2**63 - 1))
-
-
-def _loss(batch, comps, unet, text_encoders, cfg, device, weight_dtype, prediction_type, alphas_cumprod, gen):
-    family = comps.family
-    if "latents" in batch:
-        latents = batch["latents"].to(device, weight_dtype)
-    else:
-        px = batch["pixel_values"].to(device, comps.vae.dtype)
-        with torch.no_grad():
-            latents = comps.vae.encode(px).latent_dist.sample(generator=gen)
-        latents = ((latents - comps.vae_shift_factor) * comps.vae_scaling_factor).to(weight_dtype)
-    noise = torch.randn(latents.shape, generator=gen, device=device, dtype=latents.dtype)
-    if cfg.noise_offset:
-        noise = noise + cfg.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1, generator=gen,
-                                                       device=device, dtype=latents.dtype)
-    bsz = latents.shape[0]
-    timesteps = torch.randint(0, comps.noise_scheduler.config.num_train_timesteps, (bsz,), generator=gen,
-                              device=device).long()
-    noisy = comps.noise_scheduler.add_noise(latents, noise, timesteps)
-    with torch.set_grad_enabled(cfg.train_text_encoder):
-        hidden, pooled = family.encode_prompt(comps.tokenizers, text_encoders, batch["captions"], device)
-    added = family.added_cond(comps, batch, pooled, device, weight_dtype)
-    kwargs = {"added_cond_kwargs": added} if added is not None else {}
-    pred = unet(noisy, timesteps, hidden.to(weight_dtype), return_dict=False, **kwargs)[0]
-    if prediction_type == "epsilon":
-        target = noise
-    elif prediction_type == "v_prediction":
-        target = comps.noise_scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        raise ConfigError(f"prediction_type {prediction_type!r} is not supported (epsilon or v_prediction)")
-    if cfg.snr_gamma is None:
-        return F.mse_loss(pred.float(), target.float(), reduction="mean")
-    # Min-SNR weighting (Hang et al. 2023): min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v-prediction
-    ac = alphas_cumprod[timesteps].float()
-    snr = ac / (1 - ac)
-    weights = torch.clamp(snr, max=cfg.snr_gamma) / (snr + 1 if prediction_type == "v_prediction" else snr)
-    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    return (per_sample * weights).mean()
-
-
 def _validation_due(cfg, epoch: int, num_epochs: int, finished: bool) -> bool:
     if not cfg.validation_prompt or cfg.num_validation_images <= 0:
         return False
     return (epoch + 1) % cfg.validation_epochs == 0 or finished or epoch + 1 == num_epochs
-
-
-def _checkpoint(accelerator, ckpt_dir: Path, step: int, epoch: int, cfg, events: EventLog) -> None:
-    """Save into a temp folder, then rename: a crash mid-save never leaves a half checkpoint."""
-    final = ckpt_dir / f"checkpoint-{step}"
-    tmp = ckpt_dir / f".tmp-checkpoint-{step}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        ckpt.write_progress(tmp, {"step": step, "epoch": epoch})
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        ckpt.prune(ckpt_dir, cfg.checkpoints_total_limit)
-        events.emit("checkpoint", path=str(final), step=step)
-    accelerator.wait_for_everyone()
-
-
-def _latent_encoder(comps, device):
-    vae = comps.vae
-
-    @torch.no_grad()
-    def encode(px: torch.Tensor) -> torch.Tensor:
-        lat = vae.encode(px.to(device, vae.dtype)).latent_dist.mode()
-        return ((lat - comps.vae_shift_factor) * comps.vae_scaling_factor).float().cpu()
-
-    return encode
-
-
-def _vae_key(cfg, source) -> str:
-    """Identifies the VAE whose latents are cached (a different VAE must not reuse them)."""
-    vae = cfg.pretrained_vae_model_name_or_path
-    loc = vae or source.location
-    p = Path(loc)
-    stamp = ""
-    for cand in (p / "vae" / "diffusion_pytorch_model.safetensors", p / "diffusion_pytorch_model.safetensors", p):
-        if cand.is_file():
-            st = cand.stat()
-            stamp = f"{st.st_size}-{int(st.st_mtime)}"
-            break
-    return f"{loc}|{cfg.revision}|{cfg.variant}|{stamp}"
 
 
 def _tracker_config(cfg) -> dict:

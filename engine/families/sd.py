@@ -1,7 +1,6 @@
 """Stable Diffusion 1.x and 2.x: one CLIP text encoder, epsilon or v-prediction."""
 from __future__ import annotations
 
-import torch
 
 from .base import Components, Family, ModelError, ModelSource, hub_error, load_pretrained, load_vae, tokenize
 
