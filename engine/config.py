@@ -120,6 +120,15 @@ FIELDS: list[Field] = [
     _f("snr_gamma", float, None, "training", "Min-SNR loss weighting gamma (5.0 is usual).", optional=True,
        min=0.0, aliases=("min_snr_gamma",)),
     _f("dataloader_num_workers", int, 0, "training", "Data loading worker processes.", min=0, max=64),
+    _f("cache_text_encoder_outputs", bool, False, "training",
+       "Encode each caption once with the frozen text encoder(s) and reuse it (also across runs). Not with "
+       "train_text_encoder."),
+    _f("channels_last", bool, False, "training", "Keep the UNet in channels_last memory format (faster convs on "
+       "recent GPUs)."),
+    _f("torch_compile", bool, False, "training", "Compile the UNet with torch.compile (slow first steps, faster "
+       "after; needs a C++ compiler on CPU)."),
+    _f("logging_steps", int, 1, "training", "Read the loss back from the device every N steps (fewer host "
+       "syncs on GPUs; loss, progress and the NaN check happen at that pace).", min=1, max=10000),
     # --- lora
     _f("rank", int, 8, "lora", "LoRA rank (network_dim).", min=1, max=256, aliases=("lora_r", "lora_rank")),
     _f("lora_alpha", float, 16.0, "lora", "LoRA alpha (network_alpha); scale = alpha / rank.", min=0.0),
@@ -305,6 +314,9 @@ def validate(raw: dict[str, Any]) -> Config:
     if not name or name in (".", "..") or any(c in name for c in "/\\:") or name != name.strip():
         raise ConfigError(f"adaptor_name = {name!r} must be a plain name (no slashes, colons or dots only), "
                           "e.g. my-lora")
+    if values["cache_text_encoder_outputs"] and values["train_text_encoder"]:
+        raise ConfigError("cache_text_encoder_outputs = true cannot be used with train_text_encoder = true "
+                          "(trained encoders change their outputs every step); turn one off")
     if values["enable_bucket"]:
         lo, hi, res = values["min_bucket_reso"], values["max_bucket_reso"], values["resolution"]
         if lo > res or hi < res:

@@ -135,6 +135,12 @@ def kohya_metadata(cfg, comps, stats: dict) -> dict[str, str]:
         "ss_gradient_checkpointing": str(cfg.gradient_checkpointing),
         "ss_random_flip": str(cfg.random_flip),
         "ss_cache_latents": str(cfg.cache_latents),
+        "ss_enable_bucket": str(cfg.enable_bucket),
+        "ss_min_bucket_reso": str(cfg.min_bucket_reso) if cfg.enable_bucket else "None",
+        "ss_max_bucket_reso": str(cfg.max_bucket_reso) if cfg.enable_bucket else "None",
+        "ss_bucket_no_upscale": str(cfg.bucket_no_upscale),
+        "ss_bucket_info": json.dumps({"buckets": {str(i): b for i, b in enumerate(stats.get("buckets", []))}})
+        if cfg.enable_bucket else "null",
         "ss_tag_frequency": json.dumps(stats.get("tag_frequency", {})),
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": family.modelspec_architecture(comps, "lora"),

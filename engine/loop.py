@@ -10,15 +10,17 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from engine import checkpoints as ckpt
 from engine import export
 from engine.config import ConfigError, save_config
-from engine.data import DataError, LatentCache, TrainDataset, collate, discover_items, tag_frequency
+from engine.data import (BucketBatchSampler, DataError, LatentCache, TrainDataset, build_caption, collate,
+                         discover_items, tag_frequency)
 from engine.events import EventLog
 from engine.families import ModelError, get_family
-from engine.caches import latent_encoder, vae_key
+from engine.caches import TextEncoderCache, latent_encoder, text_encoders_key, vae_key
 from engine.methods import lora
 from engine.objective import compute_loss, step_generator
 from engine.optim import build_lr_scheduler, build_optimizer, optimizer_step_count
@@ -156,8 +158,21 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
         dataset = cache.dataset(items, cfg)
     else:
         dataset = TrainDataset(items, cfg)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train_batch_size, shuffle=True,
-                                         collate_fn=collate, num_workers=cfg.dataloader_num_workers)
+    loading = dict(collate_fn=collate, num_workers=cfg.dataloader_num_workers, pin_memory=device.type == "cuda",
+                   persistent_workers=cfg.dataloader_num_workers > 0)
+    bucket_sampler = None
+    if cfg.enable_bucket:  # each batch from one bucket; the order is a function of (seed, epoch)
+        bucket_sampler = BucketBatchSampler(dataset.bucket_of, cfg.train_batch_size, seed=cfg.seed)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=bucket_sampler, **loading)
+    else:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train_batch_size, shuffle=True, **loading)
+    text_cache = None
+    if cfg.cache_text_encoder_outputs:
+        text_cache = TextEncoderCache(cache_root() / "text", text_encoders_key(cfg, source, family), family,
+                                      comps.tokenizers, comps.text_encoders, device)
+        with accelerator.main_process_first():
+            fresh = text_cache.prepare([build_caption(it.caption, cfg.trigger_word) for it in items])
+        events.say(f"text-encoder cache: {fresh} captions encoded, the rest reused from {cache_root() / 'text'}")
 
     # ---- optimizer and schedule
     if cfg.scale_lr:
@@ -170,6 +185,10 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     total_steps = cfg.max_train_steps or cfg.num_train_epochs * steps_per_epoch_guess
     lr_scheduler = build_lr_scheduler(cfg, optimizer, total_steps, accelerator.num_processes)
 
+    if cfg.channels_last:
+        comps.unet.to(memory_format=torch.channels_last)
+    if cfg.torch_compile:
+        comps.unet.compile()  # in place: module, names and state dict unchanged, so saving is unaffected
     trained = list(modules.values())
     prepared = accelerator.prepare(*trained, optimizer, loader, lr_scheduler)
     trained, (optimizer, loader, lr_scheduler) = list(prepared[: len(trained)]), prepared[len(trained):]
@@ -179,10 +198,17 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     train_encoders = [trained[list(modules).index(n)] if n in modules else te
                       for n, te in zip(family.text_encoder_names, comps.text_encoders)]
 
+
+    def encode_text(captions):
+        if text_cache is not None:
+            return text_cache.lookup(captions, device)
+        with torch.set_grad_enabled(cfg.train_text_encoder):
+            return family.encode_prompt(comps.tokenizers, train_encoders, captions, device)
+
     steps_per_epoch = math.ceil(len(loader) / cfg.gradient_accumulation_steps)
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     stats = {"started_at": started, "num_train_images": len(dataset), "total_steps": total_steps,
-             "tag_frequency": tag_frequency(items), "step": 0, "epoch": 0}
+             "tag_frequency": tag_frequency(items), "step": 0, "epoch": 0, "buckets": _bucket_counts(dataset)}
 
     def write_adaptor(folder: Path) -> dict[str, str]:
         sds = lora.lora_state_dicts(unwrapped)
@@ -232,7 +258,7 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
                 total_steps=total_steps, num_epochs=num_epochs, first_step=global_step,
                 batch_size=cfg.train_batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                 num_processes=accelerator.num_processes, prediction_type=prediction_type, seed=cfg.seed,
-                resolution=cfg.resolution, learning_rate=cfg.learning_rate)
+                resolution=cfg.resolution, learning_rate=cfg.learning_rate, buckets=stats["buckets"])
 
     # ---- train
     noise_scheduler = comps.noise_scheduler
@@ -242,12 +268,15 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     samples: list[str] = []
     epoch = first_epoch
     micro_step = global_step * cfg.gradient_accumulation_steps
-    accum_loss = torch.zeros((), device=device)
+    accum_loss, accum_count = torch.zeros((), device=device), 0  # summed micro-batch losses since the last report
+    tick_step = global_step
     for epoch in range(first_epoch, num_epochs):
         for m in trained:
             m.train()
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)  # the shuffle order is a function of (seed, epoch): resumes see the same data
+        if bucket_sampler is not None:
+            bucket_sampler.set_epoch(epoch)  # accelerate does not reach it through its multi-process wrapper
         epoch_loader = loader
         if epoch == first_epoch and skip_batches:
             epoch_loader = accelerator.skip_first_batches(loader, skip_batches)
@@ -257,9 +286,10 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
             gen = step_generator(cfg.seed, micro_step, accelerator.process_index, device)
             micro_step += 1
             with accelerator.accumulate(*trained):
-                loss = compute_loss(batch, comps, unet, train_encoders, cfg, device, weight_dtype, prediction_type,
-                             alphas_cumprod, gen)
-                accum_loss += loss.detach() / cfg.gradient_accumulation_steps
+                loss = compute_loss(batch, comps, unet, encode_text, cfg, device, weight_dtype, prediction_type,
+                                    alphas_cumprod, gen)
+                accum_loss += loss.detach()
+                accum_count += 1
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
@@ -270,31 +300,26 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
             if not accelerator.sync_gradients:
                 continue
             global_step += 1
-            # the step's loss: mean over its accumulated micro-batches and over processes
-            mean_loss = accelerator.gather(accum_loss.reshape(1)).mean().item()
-            accum_loss = torch.zeros((), device=device)
-            if not math.isfinite(mean_loss):
-                kept = ckpt.list_checkpoints(ckpt_dir)
-                raise TrainingError(
-                    f"loss became {mean_loss} at step {global_step}; "
-                    + (f"the last good checkpoint is {kept[-1][1]} (resume_from_checkpoint = \"latest\")"
-                       if kept else "no checkpoint had been saved yet"),
-                    hint="lower learning_rate, use bf16 instead of fp16, or an fp16-fixed VAE "
-                         "(pretrained_vae_model_name_or_path) for SDXL")
-            now = time.time()
-            step_times.append(now - last_tick)
-            last_tick = now
-            recent = step_times[-20:]
-            it_per_s = len(recent) / max(sum(recent), 1e-9)
-            lr = lr_scheduler.get_last_lr()[0]
             stats.update(step=global_step, epoch=epoch + 1)
-            accelerator.log({"loss": mean_loss, "lr": lr}, step=global_step)
-            events.emit("step", step=global_step, total_steps=total_steps, epoch=epoch + 1, loss=mean_loss, lr=lr,
-                        it_per_s=it_per_s, eta_s=(total_steps - global_step) / it_per_s,
-                        peak_memory_mb=round(_peak_memory_mb(device), 1))
+            if global_step % cfg.logging_steps == 0 or global_step >= total_steps:
+                # the only host sync of the loop: loss (mean over micro-batches, steps since the last
+                # report and processes), progress, the NaN check
+                mean_loss = accelerator.gather((accum_loss / accum_count).reshape(1)).mean().item()
+                accum_loss, accum_count = torch.zeros((), device=device), 0
+                _check_finite(mean_loss, global_step, ckpt_dir)
+                now = time.time()
+                step_times.append((now - last_tick) / max(1, global_step - tick_step))
+                last_tick, tick_step = now, global_step
+                recent = step_times[-20:]
+                it_per_s = len(recent) / max(sum(recent), 1e-9)
+                lr = lr_scheduler.get_last_lr()[0]
+                accelerator.log({"loss": mean_loss, "lr": lr}, step=global_step)
+                events.emit("step", step=global_step, total_steps=total_steps, epoch=epoch + 1, loss=mean_loss,
+                            lr=lr, it_per_s=it_per_s, eta_s=(total_steps - global_step) / it_per_s,
+                            peak_memory_mb=round(_peak_memory_mb(device), 1))
             if cfg.checkpointing_steps and global_step % cfg.checkpointing_steps == 0 and global_step < total_steps:
                 ckpt.save_checkpoint(accelerator, ckpt_dir, global_step, epoch, cfg, events)
-                last_tick = time.time()
+                last_tick, tick_step = time.time(), global_step
             if global_step >= total_steps:
                 break
         if _validation_due(cfg, epoch, num_epochs, global_step >= total_steps) and accelerator.is_main_process:
@@ -303,7 +328,7 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
                                        run_dir / "samples", tag):
                 samples.append(str(p.relative_to(run_dir)))
                 events.emit("sample", path=str(p), prompt=cfg.validation_prompt, step=global_step, epoch=epoch + 1)
-            last_tick = time.time()
+            last_tick, tick_step = time.time(), global_step  # sampling time is not training time
         if global_step >= total_steps:
             break
 
@@ -318,6 +343,24 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     return events.emit("done", outputs=outputs, elapsed=time.time() - started, step=global_step,
                        total_steps=total_steps, epoch=stats["epoch"],
                        optimizer_steps=optimizer_step_count(optimizer)) or {"outputs": outputs}
+
+
+def _bucket_counts(dataset) -> list[dict]:
+    """[{"resolution": [w, h], "count": examples}] for the buckets in use (one square bucket without bucketing)."""
+    counts = np.bincount(np.asarray(dataset.bucket_of), minlength=len(dataset.buckets))
+    return [{"resolution": list(size), "count": int(n)} for size, n in zip(dataset.buckets, counts)]
+
+
+def _check_finite(loss: float, step: int, ckpt_dir: Path) -> None:
+    if math.isfinite(loss):
+        return
+    kept = ckpt.list_checkpoints(ckpt_dir)
+    raise TrainingError(
+        f"loss became {loss} at step {step}; "
+        + (f"the last good checkpoint is {kept[-1][1]} (resume_from_checkpoint = \"latest\")"
+           if kept else "no checkpoint had been saved yet"),
+        hint="lower learning_rate, use bf16 instead of fp16, or an fp16-fixed VAE "
+             "(pretrained_vae_model_name_or_path) for SDXL")
 
 
 def _validation_due(cfg, epoch: int, num_epochs: int, finished: bool) -> bool:

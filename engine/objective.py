@@ -14,7 +14,8 @@ def step_generator(seed: int, micro_step: int, process_index: int, device) -> to
                                                       % (2**63 - 1))
 
 
-def compute_loss(batch, comps, unet, text_encoders, cfg, device, weight_dtype, prediction_type, alphas_cumprod, gen):
+def compute_loss(batch, comps, unet, encode_text, cfg, device, weight_dtype, prediction_type, alphas_cumprod, gen):
+    """One micro-batch's loss. `encode_text(captions) -> (hidden states, pooled or None)`."""
     family = comps.family
     if "latents" in batch:
         latents = batch["latents"].to(device, weight_dtype)
@@ -31,8 +32,9 @@ def compute_loss(batch, comps, unet, text_encoders, cfg, device, weight_dtype, p
     timesteps = torch.randint(0, comps.noise_scheduler.config.num_train_timesteps, (bsz,), generator=gen,
                               device=device).long()
     noisy = comps.noise_scheduler.add_noise(latents, noise, timesteps)
-    with torch.set_grad_enabled(cfg.train_text_encoder):
-        hidden, pooled = family.encode_prompt(comps.tokenizers, text_encoders, batch["captions"], device)
+    hidden, pooled = encode_text(batch["captions"])
+    if cfg.channels_last:
+        noisy = noisy.contiguous(memory_format=torch.channels_last)
     added = family.added_cond(comps, batch, pooled, device, weight_dtype)
     kwargs = {"added_cond_kwargs": added} if added is not None else {}
     pred = unet(noisy, timesteps, hidden.to(weight_dtype), return_dict=False, **kwargs)[0]

@@ -148,3 +148,23 @@ def test_bf16_prodigy_gradient_checkpointing_text_encoder_and_workers(tmp_path, 
     from_diffusers = with_lora("builtin:tiny-sd", "sd1", out / "mix" / "diffusers")
     assert np.isfinite(from_diffusers).all()
     assert np.abs(from_diffusers - image(load_base("builtin:tiny-sd", "sd1"))).max() > 1e-6
+
+
+def test_sdxl_with_aspect_ratio_buckets(tmp_path):
+    from PIL import Image
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, size in enumerate([(128, 64), (128, 64), (64, 128), (64, 128), (96, 96)]):
+        Image.new("RGB", size, (40 * i, 100, 200)).save(data / f"{i}.png")
+        (data / f"{i}.txt").write_text(f"shape {i}")
+    out = tmp_path / "runs"
+    run_training(sets(**{**COMMON, "resolution": 128}, train_data_dir=data, output_dir=out, adaptor_name="b",
+                      pretrained_model_name_or_path="builtin:tiny-sdxl", enable_bucket=True, min_bucket_reso=64,
+                      max_bucket_reso=256, max_train_steps=4))
+    start = next(e for e in read_events(out / "b" / "events.jsonl") if e["type"] == "start")
+    buckets = {tuple(b["resolution"]): b["count"] for b in start["buckets"]}
+    assert buckets == {(64, 192): 2, (128, 128): 1, (192, 64): 2}  # wide, square and tall kept their shapes
+    _, meta, _ = kohya_keys_and_meta(out / "b" / "b.safetensors")
+    assert meta["ss_enable_bucket"] == "True" and "[192, 64]" in meta["ss_bucket_info"]
+    assert np.abs(with_lora("builtin:tiny-sdxl", "sdxl", out / "b" / "diffusers")
+                  - image(load_base("builtin:tiny-sdxl", "sdxl"))).max() > 1e-3

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from engine.builtin.fullsize import build_random_sd15, build_random_sdxl
 from engine.builtin.tiny import build_tiny_sd, build_tiny_sdxl
 from engine.paths import cache_root
 
@@ -20,10 +21,13 @@ BUILTIN_PREFIX = "builtin:"
 BUILTINS: dict[str, Callable[[Path], None]] = {
     "tiny-sd": build_tiny_sd,
     "tiny-sdxl": build_tiny_sdxl,
+    # full-size shapes with random weights, for benchmarks (GBs: built only when asked for)
+    "random-sd15": build_random_sd15,
+    "random-sdxl": build_random_sdxl,
 }
 
 # Bump a recipe's version when its builder changes: caches built from an older recipe are rebuilt.
-RECIPE_VERSIONS: dict[str, int] = {"tiny-sd": 1, "tiny-sdxl": 1}
+RECIPE_VERSIONS: dict[str, int] = {"tiny-sd": 1, "tiny-sdxl": 1, "random-sd15": 1, "random-sdxl": 1}
 _STAMP = ".recipe"
 
 # Only finished builds are renamed into place, so a cached folder holding this file is complete.

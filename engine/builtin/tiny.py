@@ -199,31 +199,50 @@ def _seeded():
         yield
 
 
-def build_tiny_sd(path: str | os.PathLike) -> None:
-    """Tiny SD 1.x pipeline (PNDM sampling scheduler with SD 1.5's exact config) saved to path."""
+def save_sd_pipeline(path, unet, vae, text_encoder, tokenizer, dtype=None) -> None:
+    """An SD 1.x pipeline from its parts (PNDM sampling scheduler with SD 1.5's exact config), saved to path."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        scheduler=PNDMScheduler(**BETAS, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
+                                prediction_type="epsilon"),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    if dtype is not None:
+        pipe.to(dtype)
+    pipe.save_pretrained(Path(path), safe_serialization=True)
+
+
+def save_sdxl_pipeline(path, unet, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, dtype=None) -> None:
+    """An SDXL pipeline from its parts (Euler, like SDXL base), saved to path."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        scheduler=EulerDiscreteScheduler(**BETAS, steps_offset=1, timestep_spacing="leading",
+                                         interpolation_type="linear", prediction_type="epsilon",
+                                         use_karras_sigmas=False),
+        add_watermarker=False,
+    )
+    if dtype is not None:
+        pipe.to(dtype)
+    pipe.save_pretrained(Path(path), safe_serialization=True)
+
+
+def build_tiny_sd(path: str | os.PathLike) -> None:
+    """Tiny SD 1.x pipeline saved to path."""
     from transformers import CLIPTextModel
 
     with _seeded():
         tokenizer = build_tokenizer()
-        pipe = StableDiffusionPipeline(
-            unet=_unet(cross_attention_dim=HIDDEN),
-            vae=_vae(scaling_factor=0.18215),
-            text_encoder=CLIPTextModel(_text_config(tokenizer, "quick_gelu")),
-            tokenizer=tokenizer,
-            scheduler=PNDMScheduler(
-                **BETAS, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False, prediction_type="epsilon"
-            ),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    pipe.save_pretrained(Path(path), safe_serialization=True)
+        save_sd_pipeline(path, _unet(cross_attention_dim=HIDDEN), _vae(scaling_factor=0.18215),
+                         CLIPTextModel(_text_config(tokenizer, "quick_gelu")), tokenizer)
 
 
 def build_tiny_sdxl(path: str | os.PathLike) -> None:
-    """Tiny SDXL pipeline: two text encoders, "text_time" added conditioning, Euler like SDXL base."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    """Tiny SDXL pipeline: two text encoders, "text_time" added conditioning."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     with _seeded():
@@ -238,17 +257,7 @@ def build_tiny_sdxl(path: str | os.PathLike) -> None:
             # 6 size/crop numbers, each time-embedded, plus encoder 2's pooled projection.
             projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + HIDDEN,
         )
-        pipe = StableDiffusionXLPipeline(
-            unet=unet,
-            vae=_vae(scaling_factor=0.13025),
-            text_encoder=CLIPTextModel(_text_config(tokenizer, "quick_gelu")),
-            text_encoder_2=CLIPTextModelWithProjection(_text_config(tokenizer_2, "gelu", projection_dim=HIDDEN)),
-            tokenizer=tokenizer,
-            tokenizer_2=tokenizer_2,
-            scheduler=EulerDiscreteScheduler(
-                **BETAS, steps_offset=1, timestep_spacing="leading", interpolation_type="linear",
-                prediction_type="epsilon", use_karras_sigmas=False,
-            ),
-            add_watermarker=False,
-        )
-    pipe.save_pretrained(Path(path), safe_serialization=True)
+        save_sdxl_pipeline(path, unet, _vae(scaling_factor=0.13025),
+                           CLIPTextModel(_text_config(tokenizer, "quick_gelu")),
+                           CLIPTextModelWithProjection(_text_config(tokenizer_2, "gelu", projection_dim=HIDDEN)),
+                           tokenizer, tokenizer_2)

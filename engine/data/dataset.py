@@ -8,12 +8,17 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from .buckets import item_targets
 from .images import load_rgb, prepare_image
 from .items import DataError, Item, build_caption
 
 
 class RepeatedItems(Dataset):
-    """Index i of a dataset where each item appears item.repeats times (kohya's repeats)."""
+    """Index i of a dataset where each item appears item.repeats times (kohya's repeats).
+
+    Every item trains at a (width, height): its aspect-ratio bucket with cfg.enable_bucket, else the
+    square resolution. `buckets` lists the sizes in use and `bucket_of[i]` is index i's position in it
+    (one bucket when bucketing is off): what BucketBatchSampler batches by."""
 
     def __init__(self, items: list[Item], cfg):
         if not items:
@@ -21,23 +26,30 @@ class RepeatedItems(Dataset):
         self.items = list(items)
         self.cfg = cfg
         self._ends = list(itertools.accumulate(item.repeats for item in self.items))
+        targets = item_targets(self.items, cfg)
+        self.buckets: list[tuple[int, int]] = sorted(set(targets))
+        bucket_ids = {size: i for i, size in enumerate(self.buckets)}
+        self._item_bucket = [bucket_ids[size] for size in targets]
+        self.bucket_of: list[int] = [bucket for bucket, item in zip(self._item_bucket, self.items)
+                                     for _ in range(item.repeats)]
 
     def __len__(self) -> int:
         return self._ends[-1]
 
-    def item_at(self, index: int) -> Item:
+    def locate(self, index: int) -> tuple[Item, tuple[int, int]]:
+        """The item at `index` and the (width, height) it trains at."""
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} examples")
-        return self.items[bisect.bisect_right(self._ends, index)]
+        position = bisect.bisect_right(self._ends, index)
+        return self.items[position], self.buckets[self._item_bucket[position]]
 
-    def example(self, item: Item, original_size, crop_top_left) -> dict[str, Any]:
+    def example(self, item: Item, original_size, crop_top_left, target: tuple[int, int]) -> dict[str, Any]:
         """The fields every example carries besides its pixels or latents."""
-        r = self.cfg.resolution
         return {
             "caption": build_caption(item.caption, self.cfg.trigger_word),
             "original_size": tuple(int(v) for v in original_size),
             "crop_top_left": tuple(int(v) for v in crop_top_left),
-            "target_size": (r, r),
+            "target_size": (int(target[1]), int(target[0])),  # (h, w), like the other two
         }
 
 
@@ -45,12 +57,12 @@ class TrainDataset(RepeatedItems):
     """Images loaded and transformed on the fly: resize, optional flip, random or centre crop."""
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self.item_at(index)
+        item, target = self.locate(index)
         img = load_rgb(item.load())
         flip = self.cfg.random_flip and bool(torch.rand(()) < 0.5)
-        prepared = prepare_image(img, self.cfg.resolution, self.cfg.image_interpolation_mode, flip,
+        prepared = prepare_image(img, target, self.cfg.image_interpolation_mode, flip,
                                  center=self.cfg.center_crop)
-        example = self.example(item, prepared.original_size, prepared.crop_top_left)
+        example = self.example(item, prepared.original_size, prepared.crop_top_left, target)
         example["pixel_values"] = prepared.pixels
         return example
 
@@ -60,6 +72,10 @@ def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
     batch: dict[str, Any] = {}
     for name in ("pixel_values", "latents"):
         if name in examples[0]:
+            shapes = sorted({tuple(e[name].shape) for e in examples})
+            if len(shapes) > 1:
+                raise ValueError(f"a batch mixes {name} of shapes {shapes}: with enable_bucket, batch with "
+                                 "BucketBatchSampler(dataset.bucket_of, ...) so each batch holds one bucket")
             batch[name] = torch.stack([e[name] for e in examples]).contiguous()
     batch["captions"] = [e["caption"] for e in examples]
     for name, plural in (("original_size", "original_sizes"), ("crop_top_left", "crop_top_lefts"),

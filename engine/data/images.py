@@ -1,8 +1,9 @@
 """Pixels: any stored image to 8-bit RGB, and the resize / flip / crop that training uses.
 
-The transform follows the diffusers SDXL script: shorter side to the resolution, optional horizontal
-flip, then a square crop; the crop offset is measured in the flipped, resized image, since that is
-what SDXL's time ids describe.
+The transform follows the diffusers SDXL script: resize so the image covers the target (for a square
+target: shorter side to the resolution), optional horizontal flip, then crop to the target; the crop
+offset is measured in the flipped, resized image, since that is what SDXL's time ids describe. Targets
+are squares, or (width, height) buckets with aspect-ratio bucketing.
 """
 from __future__ import annotations
 
@@ -53,29 +54,54 @@ def load_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
+ORIENTATION_TAG = 0x0112
+_SWAPS_SIDES = (5, 6, 7, 8)  # EXIF orientations that turn the image by 90 degrees
+
+
+def displayed_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) as load_rgb will return it, without decoding the pixels where the format allows.
+
+    PNG's getexif() decodes the whole image to look for an eXIf chunk after the pixel data; such late
+    chunks are rare, so a PNG whose header (or, once loaded, whose file) has none counts as unrotated."""
+    w, h = img.size
+    if img.format == "PNG" and "exif" not in img.info:
+        return w, h
+    try:
+        orientation = img.getexif().get(ORIENTATION_TAG, 1)
+    except Exception:  # load_rgb ignores a broken EXIF block too
+        orientation = 1
+    return (h, w) if orientation in _SWAPS_SIDES else (w, h)
+
+
+def as_target(target: int | tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of a training target: a side (square) or a (width, height) bucket."""
+    return (target, target) if isinstance(target, int) else (int(target[0]), int(target[1]))
+
+
 @dataclass
 class Prepared:
-    pixels: torch.Tensor  # float32 [3, R, R] in [-1, 1]
+    pixels: torch.Tensor  # float32 [3, H, W] in [-1, 1], (W, H) the target
     original_size: tuple[int, int]  # (h, w) of the loaded image
     crop_top_left: tuple[int, int]  # (top, left) in the flipped, resized image
 
 
-def resize_shorter_side(img: Image.Image, resolution: int, interpolation: str) -> Image.Image:
-    w, h = img.size
-    scale = resolution / min(w, h)
-    # max() guards against rounding the shorter side below the crop size.
-    size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
+def resize_to_cover(img: Image.Image, target: tuple[int, int], interpolation: str) -> Image.Image:
+    """Smallest resize that covers target (width, height); a square target means shorter side to it."""
+    (w, h), (tw, th) = img.size, target
+    scale = max(tw / w, th / h)
+    # max() guards against rounding a side below the crop size.
+    size = (max(tw, round(w * scale)), max(th, round(h * scale)))
     return img if size == img.size else img.resize(size, RESAMPLING[interpolation])
 
 
-def crop_offset(size: tuple[int, int], resolution: int, center: bool) -> tuple[int, int]:
-    """(top, left) of a resolution-square crop in an image of size (w, h); random uses torch's RNG
-    so that accelerate's set_seed and DataLoader workers make it reproducible."""
-    w, h = size
+def crop_offset(size: tuple[int, int], target: tuple[int, int], center: bool) -> tuple[int, int]:
+    """(top, left) of a target-sized (width, height) crop in an image of size (w, h); random uses torch's
+    RNG so that accelerate's set_seed and DataLoader workers make it reproducible."""
+    (w, h), (tw, th) = size, target
     if center:
-        return max(0, round((h - resolution) / 2)), max(0, round((w - resolution) / 2))
-    top = int(torch.randint(0, h - resolution + 1, ()).item())
-    left = int(torch.randint(0, w - resolution + 1, ()).item())
+        return max(0, round((h - th) / 2)), max(0, round((w - tw) / 2))
+    top = int(torch.randint(0, h - th + 1, ()).item())
+    left = int(torch.randint(0, w - tw + 1, ()).item())
     return top, left
 
 
@@ -84,13 +110,16 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(a).permute(2, 0, 1).contiguous()
 
 
-def prepare_image(img: Image.Image, resolution: int, interpolation: str, flip: bool,
+def prepare_image(img: Image.Image, target: int | tuple[int, int], interpolation: str, flip: bool,
                   center: bool) -> Prepared:
-    """RGB image -> training pixels plus the sizes SDXL conditions on."""
+    """RGB image -> training pixels [3, H, W] plus the sizes SDXL conditions on.
+
+    target: the square side (resolution), or a bucket's (width, height)."""
     original_size = (img.height, img.width)
-    img = resize_shorter_side(img, resolution, interpolation)
+    target = as_target(target)
+    img = resize_to_cover(img, target, interpolation)
     if flip:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    top, left = crop_offset(img.size, resolution, center)
-    img = img.crop((left, top, left + resolution, top + resolution))
+    top, left = crop_offset(img.size, target, center)
+    img = img.crop((left, top, left + target[0], top + target[1]))
     return Prepared(to_tensor(img), original_size, (top, left))

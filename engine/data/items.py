@@ -25,6 +25,9 @@ class Item:
     repeats: int = 1
     concept: str = ""  # kohya concept folder name ("10_sks dog"), or ""
     content_id: str = ""  # sha256 of the image bytes: caches key on it, so a renamed file stays cached
+    # (width, height) as displayed (EXIF rotation applied), read from the header during discovery so
+    # bucketing need not decode every image; None = unknown, read from the image when needed.
+    size: tuple[int, int] | None = None
 
 
 def content_hash(data: bytes) -> str:

@@ -1,7 +1,8 @@
 """discover_items: from cfg.train_data_dir or cfg.dataset_name to a checked list of Items.
 
 Every image is read once here: to skip empty or corrupt files up front (one warning each, naming the
-file) rather than crash mid-epoch, and to hash its bytes into the content id that caches key on.
+file) rather than crash mid-epoch, to hash its bytes into the content id that caches key on, and to note
+its size from the header (for aspect-ratio buckets).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from PIL import Image
 
 from .folder import describe_contents, folder_candidates
 from .hf_dataset import row_candidates
+from .images import displayed_size
 from .items import IMAGE_EXTENSIONS, DataError, Item, content_hash
 
 Warn = Callable[[str], None]
@@ -29,21 +31,24 @@ def open_image_file(path: Path) -> Image.Image:
     return img
 
 
-def _readable(key: str, data: bytes | OSError, warn: Warn) -> bool:
-    """Cheap up-front check; PIL's verify() parses the structure without decoding all the pixels."""
+def _readable_size(key: str, data: bytes | OSError, warn: Warn) -> tuple[int, int] | None:
+    """Cheap up-front check; PIL's verify() parses the structure without decoding all the pixels.
+
+    Returns the displayed (width, height), which bucketing needs, or None for an unusable image."""
     if isinstance(data, OSError):
         warn(f"skipping {key}: could not read it ({data.strerror or data})")
-        return False
+        return None
     if not data:
         warn(f"skipping {key}: the file is empty (0 bytes)")
-        return False
+        return None
     try:
         with Image.open(io.BytesIO(data)) as img:
+            size = displayed_size(img)  # before verify(), which leaves the file unusable
             img.verify()
     except Exception as e:
         warn(f"skipping {key}: not a readable image ({type(e).__name__}: {e})")
-        return False
-    return True
+        return None
+    return size
 
 
 def _read_file(path: Path) -> bytes | OSError:
@@ -105,11 +110,12 @@ def discover_items(cfg, warn: Warn) -> list[Item]:
     for key, data, load, caption, repeats, concept in rows:
         if cfg.max_train_samples is not None and len(items) >= cfg.max_train_samples:
             break  # stop reading: quick tries on big folders stay quick
-        if not _readable(key, data, warn):
+        size = _readable_size(key, data, warn)
+        if size is None:
             skipped += 1
             continue
         items.append(Item(key=key, load=load, caption=caption, repeats=repeats * cfg.repeats,
-                          concept=concept, content_id=content_hash(data)))
+                          concept=concept, content_id=content_hash(data), size=size))
     if not items:
         if skipped:
             source = cfg.dataset_name or cfg.train_data_dir

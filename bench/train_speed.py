@@ -1,0 +1,203 @@
+"""Training speed and memory through the engine's own CLI and loop, against the GPU's physical limit.
+
+    python -m bench.train_speed [--device cuda|cpu] [--tiny] [--rows a,b] [--features] [--json]
+
+Full size: randomly initialised SD 1.5 and SDXL built from their published configs (builtin:random-sd15,
+builtin:random-sdxl; no download), on synthetic images. `--tiny` runs the same rows on the tiny built-ins at
+64px, for CPU-sized checks. Each row is one real `python -m engine.train` run; images/s is measured from its
+step events after the warm-up steps, peak memory is the run's own report (CUDA: max allocated).
+Model-FLOPs utilisation uses forward FLOPs per image counted analytically for the full-size models (0.80
+TFLOP SD 1.5 @512, 6.8 TFLOP SDXL @1024, scaled by pixel count), or by torch's FLOP counter with --tiny;
+a LoRA step costs ~2 forwards (3 with gradient checkpointing), a full fine-tune ~3 (4).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+FORWARD_TFLOP = {"sd15": (0.80, 512), "sdxl": (6.8, 1024)}  # per image at the reference resolution
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}  # dense
+TARGETS = {"sdxl-lora-1024": ("images_per_s", ">=", 20.0), "sd15-lora-512": ("images_per_s", ">=", 150.0),
+           "sdxl-lora-1024-b1-minmem": ("peak_memory_gb", "<=", 10.0)}
+
+
+@dataclass
+class Row:
+    name: str
+    model: str  # sd15 | sdxl
+    resolution: int
+    batch: int
+    method: str = "lora"
+    settings: dict = field(default_factory=dict)
+    needs_cuda: bool = False
+
+
+ROWS = [
+    Row("sd15-lora-512-b1", "sd15", 512, 1),
+    Row("sd15-lora-512-b16", "sd15", 512, 16),
+    Row("sdxl-lora-1024-b1", "sdxl", 1024, 1),
+    Row("sdxl-lora-1024-b8", "sdxl", 1024, 8),
+    Row("sdxl-lora-1024-b1-minmem", "sdxl", 1024, 1, needs_cuda=True,
+        settings=dict(gradient_checkpointing=True, cache_latents=True, cache_text_encoder_outputs=True,
+                      optimizer="adamw8bit")),
+    Row("sdxl-full-1024-b1", "sdxl", 1024, 1, method="full"),
+]
+# Each speed feature flipped against the row's own settings (--features).
+FEATURES = {
+    "fp32 (no bf16)": {"mixed_precision": "no"},
+    "cache_latents": {"cache_latents": True},
+    "cache_text_encoder_outputs": {"cache_text_encoder_outputs": True},
+    "channels_last": {"channels_last": True},
+    "torch_compile": {"torch_compile": True},
+    "logging_steps=10 (fewer host syncs)": {"logging_steps": 10},
+    "dataloader_num_workers=4": {"dataloader_num_workers": 4},
+}
+
+
+def synthetic_images(folder: Path, n: int, size: int) -> Path:
+    """n random JPEGs with captions: decoding cost like real photos, content irrelevant to speed."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        small = rng.integers(0, 255, (size // 16, size // 16, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((size, size), Image.BICUBIC).save(folder / f"{i}.jpg", quality=90)
+        (folder / f"{i}.txt").write_text(f"a photo of thing number {i}, detailed, studio lighting")
+    return folder
+
+
+def forward_tflop(row: Row, tiny: bool, model_id: str, resolution: int) -> float:
+    if not tiny:
+        tflop, ref = FORWARD_TFLOP[row.model]
+        return tflop * (resolution / ref) ** 2
+    import torch
+    from diffusers import UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from engine.builtin import resolve_builtin
+
+    unet = UNet2DConditionModel.from_pretrained(resolve_builtin(model_id), subfolder="unet")
+    lat = resolution // 8
+    x = torch.randn(1, 4, lat, lat)
+    hidden = torch.randn(1, 77, unet.config.cross_attention_dim)
+    kwargs = {}
+    if unet.config.addition_embed_type == "text_time":
+        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled), "time_ids": torch.randn(1, 6)}
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        unet(x, torch.tensor([500]), hidden, **kwargs)
+    return counter.get_total_flops() / 1e12
+
+
+def peak_tflops(device: str, given: float | None) -> float | None:
+    if given or device != "cuda":
+        return given
+    import torch
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def run_row(row: Row, args, settings: dict, workdir: Path) -> dict:
+    model = {"sd15": "tiny-sd", "sdxl": "tiny-sdxl"}[row.model] if args.tiny else f"random-{row.model}"
+    resolution = 64 if args.tiny else row.resolution
+    result = {"row": row.name, "model": f"builtin:{model}", "resolution": resolution, "batch": row.batch,
+              "method": row.method, "device": args.device, "settings": settings}
+    if row.method != "lora":
+        return {**result, "skipped": f"method {row.method!r} arrives with the methods issue"}
+    if row.needs_cuda and args.device != "cuda":
+        return {**result, "skipped": "needs CUDA (8-bit Adam)"}
+    n_images = max(args.images, 2 * row.batch)  # at least two full batches
+    data = synthetic_images(workdir / f"data-{resolution}-{n_images}", n_images, resolution)
+    total = args.warmup + args.steps
+    cfg = {"pretrained_model_name_or_path": f"builtin:{model}", "train_data_dir": str(data),
+           "resolution": resolution, "train_batch_size": row.batch, "max_train_steps": total, "rank": args.rank,
+           "lora_alpha": args.rank, "mixed_precision": "bf16" if args.device == "cuda" else "no",
+           "report_to": "none", "output_dir": str(workdir / "runs"), "adaptor_name": "bench", "overwrite": True,
+           "lr_warmup_steps": 0, "seed": 0, **row.settings, **settings}
+    cmd = [sys.executable, "-m", "engine.train"]
+    for k, v in cfg.items():
+        cmd += ["--set", f"{k}={json.dumps(v) if isinstance(v, bool) else v}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout)
+    if proc.returncode != 0:
+        return {**result, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1][:300]}
+    events = [json.loads(line) for line in (workdir / "runs" / "bench" / "events.jsonl").read_text().splitlines()]
+    steps = [e for e in events if e["type"] == "step"]
+    first = next(e for e in steps if e["step"] >= args.warmup)
+    last = steps[-1]
+    seconds = last["time"] - first["time"]
+    images_per_s = (last["step"] - first["step"]) * row.batch / seconds if seconds > 0 else float("nan")
+    passes = (3 if row.method == "full" else 2) + (1 if cfg.get("gradient_checkpointing") else 0)
+    fwd = forward_tflop(row, args.tiny, f"builtin:{model}", resolution)
+    peak = peak_tflops(args.device, args.peak_tflops)
+    return {**result, "images_per_s": round(images_per_s, 3), "s_per_it": round(row.batch / images_per_s, 4),
+            "peak_memory_gb": round(last["peak_memory_mb"] / 1024, 3), "forward_tflop_per_image": fwd,
+            "mfu": round(images_per_s * fwd * passes / peak, 4) if peak else None, "peak_tflops": peak}
+
+
+def target_verdict(r: dict) -> str:
+    for prefix, (key, op, goal) in sorted(TARGETS.items(), key=lambda t: -len(t[0])):
+        if r["row"].startswith(prefix) and key in r:
+            ok = r[key] >= goal if op == ">=" else r[key] <= goal
+            return f"target {key} {op} {goal:g}: {'met' if ok else 'MISSED'}"
+    return ""
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.train_speed", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("cuda", "cpu"), default=None)
+    p.add_argument("--tiny", action="store_true", help="tiny built-in models at 64px (CPU-sized)")
+    p.add_argument("--rows", help="comma-separated row names (default: all)")
+    p.add_argument("--features", action="store_true", help="also run each selected row with each speed feature "
+                                                               "flipped")
+    p.add_argument("--steps", type=int, default=20, help="measured steps after warm-up")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--images", type=int, default=32, help="synthetic images per resolution")
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, if not detected")
+    p.add_argument("--timeout", type=int, default=3600)
+    p.add_argument("--json", action="store_true", help="one JSON object per row")
+    args = p.parse_args(argv)
+    if args.device is None:
+        import torch
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = ROWS if not args.rows else [r for r in ROWS if r.name in args.rows.split(",")]
+    if not rows:
+        p.error(f"no such rows; choose from {', '.join(r.name for r in ROWS)}")
+    variants = [("", {})] + (list(FEATURES.items()) if args.features else [])
+    with tempfile.TemporaryDirectory(prefix="train-speed-") as tmp:
+        for row in rows:
+            for label, settings in variants:
+                r = run_row(row, args, settings, Path(tmp))
+                r["feature"] = label or "row settings"
+                r["verdict"] = "" if label else target_verdict(r)
+                if args.json:
+                    print(json.dumps(r), flush=True)
+                else:
+                    print(_line(r), flush=True)
+    return 0
+
+
+def _line(r: dict) -> str:
+    head = f"{r['row']:<26} {r['feature']:<36}"
+    if "skipped" in r or "error" in r:
+        return f"{head} {'skipped: ' + r['skipped'] if 'skipped' in r else 'error: ' + r['error']}"
+    mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+    return (f"{head} {r['images_per_s']:>9.2f} img/s  {r['s_per_it']:.3f} s/it  peak {r['peak_memory_gb']:.2f} GB"
+            f"  MFU {mfu}  {r['verdict']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
