@@ -130,7 +130,7 @@ FIELDS: list[Field] = [
     _f("logging_steps", int, 1, "training", "Read the loss back from the device every N steps (fewer host "
        "syncs on GPUs; loss, progress and the NaN check happen at that pace).", min=1, max=10000),
     # --- lora
-    _f("rank", int, 8, "lora", "LoRA rank (network_dim).", min=1, max=256, aliases=("lora_r", "lora_rank")),
+    _f("rank", int, 8, "lora", "LoRA rank (network_dim).", min=4, max=128, aliases=("lora_r", "lora_rank")),
     _f("lora_alpha", float, 16.0, "lora", "LoRA alpha (network_alpha); scale = alpha / rank.", min=0.0),
     _f("lora_target_modules", list, ["to_q", "to_k", "to_v", "to_out.0"], "lora",
        "UNet modules that get LoRA layers."),

@@ -54,6 +54,7 @@ def train(cfg) -> dict:
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 
+    _check_tracker(cfg.report_to)
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision = \"fp16\" needs a CUDA GPU; use \"bf16\" or \"no\" on this machine")
     run_dir = run_dir_for(cfg)
@@ -91,6 +92,22 @@ def train(cfg) -> dict:
     finally:
         accelerator.end_training()
         events.close()
+
+
+def _check_tracker(report_to: str) -> None:
+    """wandb only when installed and configured: an unconfigured wandb would stop to ask for a login."""
+    if report_to != "wandb":
+        return
+    import importlib.util
+    if importlib.util.find_spec("wandb") is None:
+        raise ConfigError("report_to = \"wandb\" but wandb is not installed: pip install wandb, or use "
+                          "report_to = \"tensorboard\" or \"none\"")
+    netrc = Path.home() / ".netrc"
+    configured = (os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") in ("offline", "disabled")
+                  or (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace")))
+    if not configured:
+        raise ConfigError("report_to = \"wandb\" but wandb is not logged in: run `wandb login`, set "
+                          "WANDB_API_KEY (or WANDB_MODE=offline), or use report_to = \"tensorboard\"")
 
 
 def _report(events: EventLog, exc: BaseException, message: str, hint: str) -> None:

@@ -25,7 +25,7 @@ def test_unknown_key_in_toml_fails_naming_it(tmp_path):
 
 def test_out_of_range_override_fails_naming_key_value_range():
     p = cli("--set", "train_data_dir=x", "--set", "rank=1000")
-    assert p.returncode == 2 and "rank = 1000" in p.stderr and "from 1 to 256" in p.stderr
+    assert p.returncode == 2 and "rank = 1000" in p.stderr and "from 4 to 128" in p.stderr
 
 
 def test_help_config_lists_every_key():
@@ -139,3 +139,12 @@ def test_nan_loss_stops_with_a_hint_and_keeps_the_last_checkpoint(tmp_path):
     assert err["type"] == "error" and "checkpoint-1" in err["message"] and err["hint"]
     assert (run / "checkpoints" / "checkpoint-1" / "div.safetensors").is_file()
     assert not (run / "div.safetensors").exists()  # no adaptor from a diverged run
+
+
+def test_wandb_without_wandb_is_a_clear_error(tmp_path):
+    import importlib.util
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    data = make_images(tmp_path / "data", n=1)
+    p = cli("--set", f"train_data_dir={data}", "--set", f"output_dir={tmp_path}", "--set", "report_to=wandb")
+    assert p.returncode == 2 and "wandb is not installed" in p.stderr

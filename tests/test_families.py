@@ -72,3 +72,16 @@ def test_sdxl_time_ids_follow_the_batch():
     out = fam.added_cond(None, batch, torch.zeros(1, 32), "cpu", torch.float32)
     assert out["time_ids"].tolist() == [[100.0, 80.0, 3.0, 5.0, 64.0, 64.0]]
     assert resolve_builtin("builtin:tiny-sdxl").is_dir()
+
+
+def test_vae_override_from_a_folder_a_pipeline_or_a_missing_path(tmp_path):
+    from engine.families.base import load_vae
+    tiny = resolve_builtin("builtin:tiny-sd")
+    source = resolve_source("builtin:tiny-sdxl")
+    for override in (tiny / "vae", tiny):  # a VAE folder (config.json), or a pipeline holding vae/
+        cfg = validate({"train_data_dir": "d", "pretrained_vae_model_name_or_path": str(override)})
+        vae = load_vae(cfg, source, torch.float32)
+        assert vae.config.scaling_factor == 0.18215  # tiny-sd's VAE, not tiny-sdxl's own (0.13025)
+    cfg = validate({"train_data_dir": "d", "pretrained_vae_model_name_or_path": str(tmp_path / "nope")})
+    with pytest.raises(ModelError, match="not found"):
+        load_vae(cfg, source, torch.float32)

@@ -25,8 +25,9 @@ class SDXLFamily(Family):
         return [CLIPTextModel, CLIPTextModelWithProjection]
 
     def load(self, source, cfg, weight_dtype):
-        # SDXL's own VAE overflows to NaN in fp16: keep it fp32 unless a (fixed) VAE is given.
-        vae_dtype = weight_dtype if cfg.pretrained_vae_model_name_or_path else torch.float32
+        # SDXL's own VAE overflows to NaN in fp16 (not in bf16): keep it fp32 there unless a fixed VAE is given.
+        fp16_unsafe = weight_dtype == torch.float16 and not cfg.pretrained_vae_model_name_or_path
+        vae_dtype = torch.float32 if fp16_unsafe else weight_dtype
         return _load_parts(self, source, cfg, weight_dtype, vae_dtype=vae_dtype)
 
     def encode_prompt(self, tokenizers, text_encoders, captions, device):
