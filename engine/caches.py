@@ -1,6 +1,7 @@
 """Caches that spare the hot loop repeated work: VAE latents (engine.data.LatentCache) and text-encoder outputs."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -55,7 +56,6 @@ class TextEncoderCache:
         self.memory: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def _path(self, caption: str) -> Path:
-        import hashlib
         digest = hashlib.sha256(f"text-v1|{self.model_key}|{caption}".encode()).hexdigest()
         return self.root / f"{digest}.safetensors"
 

@@ -327,8 +327,6 @@ def validate(raw: dict[str, Any]) -> Config:
                               f"bucket_reso_steps = {values['bucket_reso_steps']}")
     if not values["caption_extension"].startswith("."):
         values["caption_extension"] = "." + values["caption_extension"]
-    if values["optimizer"] == "adamw8bit" and values["mixed_precision"] == "no":
-        pass  # allowed; 8-bit state is independent of weight precision
     return Config(values)
 
 
@@ -364,14 +362,13 @@ def parse_override(text: str, field_type: type | None = None) -> tuple[str, Any]
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: write it as key=value, e.g. --set learning_rate=5e-5")
     key, value = text.split("=", 1)
-    key = key.strip()
     try:
         parsed = tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value
-    if field_type is str and not isinstance(parsed, str):
+    if field_type is str and not isinstance(parsed, str):  # a quoted string is unquoted; anything else as typed
         parsed = value
-    return key, parsed
+    return key.strip(), parsed
 
 
 def read_toml(path: str | os.PathLike) -> dict[str, Any]:
@@ -395,10 +392,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
     for item in overrides:
-        key, value = parse_override(item)
+        key = item.split("=", 1)[0].strip()
         if key in _VALUE_ALIASES:
             key, conv = _VALUE_ALIASES[key]
-            raw[key] = conv(value)
+            raw[key] = conv(parse_override(item)[1])
             continue
         try:
             key = canonical_key(key)

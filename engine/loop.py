@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 import shutil
 import time
 from pathlib import Path
@@ -15,12 +16,12 @@ import torch
 
 from engine import checkpoints as ckpt
 from engine import export
+from engine.caches import TextEncoderCache, latent_encoder, text_encoders_key, vae_key
 from engine.config import ConfigError, save_config
 from engine.data import (BucketBatchSampler, DataError, LatentCache, TrainDataset, build_caption, collate,
                          discover_items, tag_frequency)
 from engine.events import EventLog
 from engine.families import ModelError, get_family
-from engine.caches import TextEncoderCache, latent_encoder, text_encoders_key, vae_key
 from engine.methods import lora
 from engine.objective import compute_loss, step_generator
 from engine.optim import build_lr_scheduler, build_optimizer, optimizer_step_count
@@ -70,8 +71,9 @@ def train(cfg) -> dict:
     )
     main = accelerator.is_main_process
     resuming = cfg.resume_from_checkpoint is not None
+    _refuse_earlier_run(run_dir, cfg, resuming)  # every process reads it, so all stop together
     if main:
-        _prepare_run_dir(run_dir, cfg, resuming)
+        _prepare_run_dir(run_dir, resuming)
     accelerator.wait_for_everyone()
     events = EventLog(run_dir / "events.jsonl", enabled=main, log_path=run_dir / "train.log")
     try:
@@ -116,15 +118,20 @@ def _report(events: EventLog, exc: BaseException, message: str, hint: str) -> No
     exc.reported = events.enabled
 
 
-def _prepare_run_dir(run_dir: Path, cfg, resuming: bool) -> None:
+def _refuse_earlier_run(run_dir: Path, cfg, resuming: bool) -> None:
     """A fresh run never mixes with, or silently replaces, an earlier run's adaptor or checkpoints."""
+    if resuming or cfg.overwrite:
+        return
     adaptor = run_dir / f"{cfg.adaptor_name}.safetensors"
     earlier = adaptor if adaptor.exists() else None
     if earlier is None and ckpt.list_checkpoints(run_dir / "checkpoints"):
         earlier = run_dir / "checkpoints"
-    if earlier and not resuming and not cfg.overwrite:
+    if earlier:
         raise ConfigError(f"{earlier} already exists from an earlier run: choose another adaptor_name, resume "
                           "with resume_from_checkpoint = \"latest\", or set overwrite = true to replace it")
+
+
+def _prepare_run_dir(run_dir: Path, resuming: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resuming:  # a fresh account: an overwritten run's events, samples and checkpoints would mislead
         for name in ("events.jsonl", "train.log"):
@@ -148,6 +155,9 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     if cfg.prediction_type:
         comps.noise_scheduler.register_to_config(prediction_type=cfg.prediction_type)
     prediction_type = comps.noise_scheduler.config.prediction_type
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ConfigError(f"the model's scheduler predicts {prediction_type!r}; set prediction_type to epsilon "
+                          "or v_prediction")
     groups = lora.apply_lora(comps, cfg)
     modules = lora.trained_modules(comps, cfg)
     comps.vae.to(device)
@@ -191,6 +201,12 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
             fresh = text_cache.prepare([build_caption(it.caption, cfg.trigger_word) for it in items])
         events.say(f"text-encoder cache: {fresh} captions encoded, the rest reused from {cache_root() / 'text'}")
 
+    # What the caches replace is only needed again for validation images: keep it off the GPU meanwhile.
+    idle = ([comps.vae] if cfg.cache_latents else []) + (list(comps.text_encoders) if text_cache else [])
+    if device.type == "cuda":
+        for m in idle:
+            m.to("cpu")
+
     # ---- optimizer and schedule
     if cfg.scale_lr:
         factor = cfg.train_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
@@ -214,7 +230,6 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     text_encoders = [unwrapped.get(n, te) for n, te in zip(family.text_encoder_names, comps.text_encoders)]
     train_encoders = [trained[list(modules).index(n)] if n in modules else te
                       for n, te in zip(family.text_encoder_names, comps.text_encoders)]
-
 
     def encode_text(captions):
         if text_cache is not None:
@@ -341,8 +356,10 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
                 break
         if _validation_due(cfg, epoch, num_epochs, global_step >= total_steps) and accelerator.is_main_process:
             tag = f"epoch{epoch + 1:03d}-step{global_step:06d}"
-            for p in validation_images(comps, unwrapped["unet"], text_encoders, cfg, device, weight_dtype,
-                                       run_dir / "samples", tag):
+            with _on_device(idle if device.type == "cuda" else [], device):
+                paths = validation_images(comps, unwrapped["unet"], text_encoders, cfg, device, weight_dtype,
+                                          run_dir / "samples", tag)
+            for p in paths:
                 samples.append(str(p.relative_to(run_dir)))
                 events.emit("sample", path=str(p), prompt=cfg.validation_prompt, step=global_step, epoch=epoch + 1)
             last_tick, tick_step = time.time(), global_step  # sampling time is not training time
@@ -360,6 +377,18 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     return events.emit("done", outputs=outputs, elapsed=time.time() - started, step=global_step,
                        total_steps=total_steps, epoch=stats["epoch"],
                        optimizer_steps=optimizer_step_count(optimizer)) or {"outputs": outputs}
+
+
+@contextmanager
+def _on_device(modules, device):
+    """Bring offloaded modules to the device for a moment (validation), then back to the CPU."""
+    for m in modules:
+        m.to(device)
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.to("cpu")
 
 
 def _bucket_counts(dataset) -> list[dict]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.config import ConfigError
-
 
 def step_generator(seed: int, micro_step: int, process_index: int, device) -> torch.Generator:
     """Noise and timesteps come from (seed, micro step, process) alone, not from the global RNG's history,
@@ -38,12 +36,11 @@ def compute_loss(batch, comps, unet, encode_text, cfg, device, weight_dtype, pre
     added = family.added_cond(comps, batch, pooled, device, weight_dtype)
     kwargs = {"added_cond_kwargs": added} if added is not None else {}
     pred = unet(noisy, timesteps, hidden.to(weight_dtype), return_dict=False, **kwargs)[0]
-    if prediction_type == "epsilon":
-        target = noise
-    elif prediction_type == "v_prediction":
+    # prediction_type is epsilon or v_prediction (the loop checks it once, at setup)
+    if prediction_type == "v_prediction":
         target = comps.noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
-        raise ConfigError(f"prediction_type {prediction_type!r} is not supported (epsilon or v_prediction)")
+        target = noise
     if cfg.snr_gamma is None:
         return F.mse_loss(pred.float(), target.float(), reduction="mean")
     # Min-SNR weighting (Hang et al. 2023): min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v-prediction

@@ -21,6 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _should_print(exc: BaseException) -> bool:
+    """Once: not if the event log already showed it, and only from the first of several processes."""
+    return not getattr(exc, "reported", False) and os.environ.get("RANK", "0") == "0"
+
+
 def _quiet_libraries() -> None:
     """Keep the console to our own progress lines: library notices (e.g. transformers on torchvision) and
     weight-loading bars bury them. Errors still show; ADAPTOR_STUDIO_VERBOSE=1 shows everything."""
@@ -65,11 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(cfg)
     except (ConfigError, ModelError, DataError, FileNotFoundError) as e:
-        if not getattr(e, "reported", False):
+        if _should_print(e):
             print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingError as e:
-        if not getattr(e, "reported", False):
+        if _should_print(e):
             print(f"training stopped: {e}\n  hint: {e.hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
