@@ -1,7 +1,8 @@
-"""Resumable checkpoints: accelerate's save_state with LoRA-only weights, written atomically.
+"""Resumable checkpoints: accelerate's save_state with only the trained weights, written atomically.
 
 A checkpoint folder `checkpoints/checkpoint-{step}/` holds the optimizer, scheduler and RNG states
-(accelerate), `lora_state.safetensors` (exact PEFT weights for resuming) and both adaptor files.
+(accelerate), `trained_state.safetensors` (the exact trained weights, for resuming) and the run's outputs (both
+adaptor files for LoRA), so any checkpoint is usable as it is.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from engine.config import atomic_write_bytes
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
-STATE_FILE = "lora_state.safetensors"
+STATE_FILE = "trained_state.safetensors"
 PROGRESS_FILE = "progress.json"
 
 
@@ -40,12 +41,12 @@ def find_resume_dir(value: str, ckpt_dir: Path) -> Path | None:
     return p
 
 
-def save_lora_state(path: Path, state_dicts: dict[str, dict[str, torch.Tensor]]) -> None:
+def save_trained_state(path: Path, state_dicts: dict[str, dict[str, torch.Tensor]]) -> None:
     flat = {f"{comp}::{k}": v for comp, sd in state_dicts.items() for k, v in sd.items()}
     save_file(flat, str(path))
 
 
-def load_lora_state(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+def load_trained_state(path: Path) -> dict[str, dict[str, torch.Tensor]]:
     out: dict[str, dict[str, torch.Tensor]] = {}
     for key, v in load_file(str(path)).items():
         comp, k = key.split("::", 1)

@@ -51,7 +51,9 @@ FIELDS: list[Field] = [
     _f("variant", str, None, "model", "Weight variant of the base model, e.g. fp16.", optional=True),
     _f("model_family", str, "auto", "model", "Model family; auto detects it from the model.",
        choices=("auto", "sd1", "sd2", "sdxl")),
-    _f("method", str, "lora", "model", "What to train.", choices=("lora",)),
+    _f("method", str, "lora", "model", "What to train: lora (an adaptor file) or full (every UNet weight, and "
+       "the text encoder's with train_text_encoder; writes a whole diffusers pipeline).",
+       choices=("lora", "full")),
     _f("allow_pickle", bool, False, "model",
        "Allow loading pickle checkpoints (.ckpt/.bin/.pt). Pickle files can run code: only for files you trust."),
     # --- dataset
@@ -62,6 +64,9 @@ FIELDS: list[Field] = [
     _f("caption_column", str, "text", "dataset", "Caption column of a dataset or metadata file."),
     _f("caption_extension", str, ".txt", "dataset", "Extension of sidecar caption files."),
     _f("trigger_word", str, "", "dataset", "Prepended to every caption as 'trigger, caption'."),
+    _f("caption_dropout_rate", float, 0.0, "dataset",
+       "Train this fraction of steps' captions as empty text, so classifier-free guidance has an unconditional "
+       "model to steer from (needed when training from scratch; 0.05-0.1 is usual).", min=0.0, max=1.0),
     _f("resolution", int, 512, "dataset", "Training resolution in pixels (square).",
        min=64, max=2048, multiple_of=8),
     _f("center_crop", bool, False, "dataset", "Center crop instead of random crop."),

@@ -22,7 +22,7 @@ from engine.data import (BucketBatchSampler, DataError, LatentCache, TrainDatase
                          discover_items, tag_frequency)
 from engine.events import EventLog
 from engine.families import ModelError, get_family
-from engine.methods import lora
+from engine.methods import get_method
 from engine.objective import compute_loss, step_generator
 from engine.optim import build_lr_scheduler, build_optimizer, optimizer_step_count
 from engine.paths import cache_root, safe_child
@@ -122,8 +122,8 @@ def _refuse_earlier_run(run_dir: Path, cfg, resuming: bool) -> None:
     """A fresh run never mixes with, or silently replaces, an earlier run's adaptor or checkpoints."""
     if resuming or cfg.overwrite:
         return
-    adaptor = run_dir / f"{cfg.adaptor_name}.safetensors"
-    earlier = adaptor if adaptor.exists() else None
+    output = get_method(cfg.method).output_path(run_dir, cfg)
+    earlier = output if output.exists() else None
     if earlier is None and ckpt.list_checkpoints(run_dir / "checkpoints"):
         earlier = run_dir / "checkpoints"
     if earlier:
@@ -158,8 +158,9 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     if prediction_type not in ("epsilon", "v_prediction"):
         raise ConfigError(f"the model's scheduler predicts {prediction_type!r}; set prediction_type to epsilon "
                           "or v_prediction")
-    groups = lora.apply_lora(comps, cfg)
-    modules = lora.trained_modules(comps, cfg)
+    method = get_method(cfg.method)
+    groups = method.prepare(comps, cfg)
+    modules = method.trained_modules(comps, cfg)
     comps.vae.to(device)
     for te in comps.text_encoders:
         te.to(device)
@@ -198,7 +199,8 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
         text_cache = TextEncoderCache(cache_root() / "text", text_encoders_key(cfg, source, family), family,
                                       comps.tokenizers, comps.text_encoders, device)
         with accelerator.main_process_first():
-            fresh = text_cache.prepare([build_caption(it.caption, cfg.trigger_word) for it in items])
+            fresh = text_cache.prepare([build_caption(it.caption, cfg.trigger_word) for it in items]
+                                       + ([""] if cfg.caption_dropout_rate else []))
         events.say(f"text-encoder cache: {fresh} captions encoded, the rest reused from {cache_root() / 'text'}")
 
     # What the caches replace is only needed again for validation images: keep it off the GPU meanwhile.
@@ -242,28 +244,23 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     stats = {"started_at": started, "num_train_images": len(dataset), "total_steps": total_steps,
              "tag_frequency": tag_frequency(items), "step": 0, "epoch": 0, "buckets": _bucket_counts(dataset)}
 
-    def write_adaptor(folder: Path) -> dict[str, str]:
-        sds = lora.lora_state_dicts(unwrapped)
-        meta = {n: lora.adapter_metadata(m) for n, m in unwrapped.items()}
+    def write_outputs(folder: Path) -> dict[str, str]:
         stats["finished_at"] = time.time()
-        kohya = export.write_kohya_lora(folder / f"{cfg.adaptor_name}.safetensors", family, sds, cfg.lora_alpha,
-                                        export.kohya_metadata(cfg, comps, stats))
-        diff = export.write_diffusers_lora(folder / "diffusers", family, sds, meta)
-        return {"kohya": str(kohya), "diffusers": str(diff)}
+        return method.write_outputs(folder, cfg, comps, unwrapped, stats)
 
-    # ---- checkpoint hooks: save only LoRA weights, never the frozen base
+    # ---- checkpoint hooks: save only the trained weights, never the frozen rest
     def save_hook(models, weights, output_dir):
         while weights:
             weights.pop()
         if accelerator.is_main_process:
             folder = Path(output_dir)
-            ckpt.save_lora_state(folder / ckpt.STATE_FILE, lora.lora_state_dicts(unwrapped))
-            write_adaptor(folder)
+            ckpt.save_trained_state(folder / ckpt.STATE_FILE, method.state_dicts(unwrapped))
+            write_outputs(folder)
 
     def load_hook(models, input_dir):
         while models:
             models.pop()
-        lora.load_lora_state(unwrapped, ckpt.load_lora_state(Path(input_dir) / ckpt.STATE_FILE))
+        method.load_state(unwrapped, ckpt.load_trained_state(Path(input_dir) / ckpt.STATE_FILE))
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
@@ -370,8 +367,8 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     accelerator.wait_for_everyone()
     outputs: dict[str, str] = {"run_dir": str(run_dir)}
     if accelerator.is_main_process:
-        outputs.update(write_adaptor(run_dir))
-        card = export.model_card(cfg, comps, stats, outputs, samples)
+        outputs.update(write_outputs(run_dir))
+        card = method.model_card(cfg, comps, stats, outputs, samples)
         outputs["model_card"] = str(export.write_model_card(run_dir, card))
         outputs["config"] = str(run_dir / "config.toml")
     return events.emit("done", outputs=outputs, elapsed=time.time() - started, step=global_step,

@@ -30,7 +30,11 @@ def compute_loss(batch, comps, unet, encode_text, cfg, device, weight_dtype, pre
     timesteps = torch.randint(0, comps.noise_scheduler.config.num_train_timesteps, (bsz,), generator=gen,
                               device=device).long()
     noisy = comps.noise_scheduler.add_noise(latents, noise, timesteps)
-    hidden, pooled = encode_text(batch["captions"])
+    captions = batch["captions"]
+    if cfg.caption_dropout_rate:
+        dropped = torch.rand(len(captions), generator=gen, device=device) < cfg.caption_dropout_rate
+        captions = ["" if d else c for c, d in zip(captions, dropped.tolist())]
+    hidden, pooled = encode_text(captions)
     if cfg.channels_last:
         noisy = noisy.contiguous(memory_format=torch.channels_last)
     added = family.added_cond(comps, batch, pooled, device, weight_dtype)

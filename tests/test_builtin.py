@@ -31,7 +31,7 @@ def tok():
 
 def test_names_and_prefix():
     assert BUILTIN_PREFIX == "builtin:"
-    assert builtin_names()[:2] == ["builtin:tiny-sd", "builtin:tiny-sdxl"]
+    assert builtin_names()[:3] == ["builtin:toy", "builtin:tiny-sd", "builtin:tiny-sdxl"]
     assert is_builtin("builtin:tiny-sd") and is_builtin("builtin:typo")
     assert not is_builtin("runwayml/stable-diffusion-v1-5") and not is_builtin("/models/tiny-sd")
 
@@ -189,3 +189,11 @@ def test_a_changed_recipe_rebuilds_the_cache(monkeypatch, tmp_path):
     monkeypatch.setitem(builtin.RECIPE_VERSIONS, "tiny-sd", 99)
     path = resolve_builtin("builtin:tiny-sd")
     assert len(calls) == 2 and (path / ".recipe").read_text().endswith("v99")
+
+
+def test_a_missing_shipped_builtin_says_how_to_get_it_back(monkeypatch, tmp_path):
+    import engine.builtin as builtin
+
+    monkeypatch.setitem(builtin.SHIPPED, "toy", tmp_path / "not-here")
+    with pytest.raises(ValueError, match="missing from this checkout.*python -m engine.builtin.toy build"):
+        resolve_builtin("builtin:toy")

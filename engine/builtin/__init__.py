@@ -1,7 +1,8 @@
 """Built-in models: "builtin:<name>" resolves to a local diffusers pipeline folder built offline.
 
-Each built-in is built on first use into cache_root()/builtin/<name> and reused after. Adding one is
-a single entry in BUILTINS (short name -> function that writes a pipeline folder at a given path).
+Random-weight built-ins are built on first use into cache_root()/builtin/<name> and reused after; adding
+one is a single entry in BUILTINS (short name -> function that writes a pipeline folder at a given path).
+Trained built-ins (builtin:toy) are committed folders, listed in SHIPPED.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from engine.builtin import toy
 from engine.builtin.fullsize import build_random_sd15, build_random_sdxl
 from engine.builtin.tiny import build_tiny_sd, build_tiny_sdxl
 from engine.paths import cache_root
@@ -25,6 +27,9 @@ BUILTINS: dict[str, Callable[[Path], None]] = {
     "random-sd15": build_random_sd15,
     "random-sdxl": build_random_sdxl,
 }
+
+# Trained built-ins ship in the repository: short name -> committed pipeline folder.
+SHIPPED: dict[str, Path] = {"toy": toy.SHIPPED}
 
 # Bump a recipe's version when its builder changes: caches built from an older recipe are rebuilt.
 RECIPE_VERSIONS: dict[str, int] = {"tiny-sd": 1, "tiny-sdxl": 1, "random-sd15": 1, "random-sdxl": 1}
@@ -41,12 +46,17 @@ def is_builtin(name: str) -> bool:
 
 
 def builtin_names() -> list[str]:
-    return [BUILTIN_PREFIX + short for short in BUILTINS]
+    return [BUILTIN_PREFIX + short for short in (*SHIPPED, *BUILTINS)]
 
 
 def resolve_builtin(name: str) -> Path:
     """The pipeline folder for a built-in, building it (once, atomically) if the cache lacks it."""
     short = name[len(BUILTIN_PREFIX):] if is_builtin(name) else None
+    if short in SHIPPED:
+        if not (SHIPPED[short] / _MARKER).is_file():
+            raise ValueError(f"{name} is missing from this checkout ({SHIPPED[short]}): restore it with git, or "
+                             f"rebuild it with `python -m engine.builtin.{short} build`")
+        return SHIPPED[short]
     if short not in BUILTINS:
         raise ValueError(f"unknown built-in model {name!r}; valid names: {', '.join(builtin_names())}")
     parent = cache_root() / "builtin"

@@ -112,7 +112,7 @@ def _train_merges(words: list[str], byte_chars: dict[int, str]) -> list[tuple[st
     return merges
 
 
-def build_tokenizer(pad_token: str = "<|endoftext|>"):
+def build_tokenizer(pad_token: str = "<|endoftext|>", extra_words: tuple[str, ...] = ()):
     """A small CLIP-layout BPE tokenizer: 256 byte chars, the same + "</w>", merged tokens, bos, eos.
 
     Any text still tokenizes (byte fallback); the built-in word list encodes to one token per word.
@@ -125,7 +125,7 @@ def build_tokenizer(pad_token: str = "<|endoftext|>"):
     vocab: dict[str, int] = {}
     for tok in base + [c + "</w>" for c in base]:
         vocab[tok] = len(vocab)
-    merges = _train_merges(_WORDS, byte_chars)
+    merges = _train_merges(_WORDS + list(extra_words), byte_chars)
     for a, b in merges:
         vocab.setdefault(a + b, len(vocab))  # two merges can spell the same token; keep ids dense
     for special in ("<|startoftext|>", "<|endoftext|>"):

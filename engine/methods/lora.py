@@ -5,9 +5,13 @@ them into the diffusers and kohya files.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+from engine import export
 
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
@@ -17,7 +21,7 @@ def _config(cfg, targets) -> LoraConfig:
                       target_modules=list(targets))
 
 
-def apply_lora(comps, cfg) -> list[dict]:
+def prepare(comps, cfg) -> list[dict]:
     """Freeze the base, add LoRA layers, and return optimizer param groups (fp32 trainable params)."""
     comps.unet.requires_grad_(False)
     comps.vae.requires_grad_(False)
@@ -52,7 +56,7 @@ def trained_modules(comps, cfg) -> dict[str, torch.nn.Module]:
     return out
 
 
-def lora_state_dicts(modules: dict[str, torch.nn.Module]) -> dict[str, dict[str, torch.Tensor]]:
+def state_dicts(modules: dict[str, torch.nn.Module]) -> dict[str, dict[str, torch.Tensor]]:
     return {name: {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(m, save_embedding_layers=False).items()}
             for name, m in modules.items()}
 
@@ -62,9 +66,26 @@ def adapter_metadata(module: torch.nn.Module) -> dict:
     return module.peft_config["default"].to_dict()
 
 
-def load_lora_state(modules: dict[str, torch.nn.Module], state: dict[str, dict[str, torch.Tensor]]) -> None:
+def load_state(modules: dict[str, torch.nn.Module], state: dict[str, dict[str, torch.Tensor]]) -> None:
     for name, module in modules.items():
         result = set_peft_model_state_dict(module, state[name])
         missing = [k for k in getattr(result, "unexpected_keys", []) or [] if "lora" in k]
         if missing:
             raise ValueError(f"checkpoint LoRA weights do not fit {name}: {missing[:3]}")
+
+
+def output_path(run_dir: Path, cfg) -> Path:
+    return run_dir / f"{cfg.adaptor_name}.safetensors"
+
+
+def write_outputs(folder: Path, cfg, comps, modules: dict, stats: dict) -> dict[str, str]:
+    """The kohya file (ComfyUI, AUTOMATIC1111) and the diffusers folder (load_lora_weights)."""
+    sds = state_dicts(modules)
+    meta = {n: adapter_metadata(m) for n, m in modules.items()}
+    kohya = export.write_kohya_lora(Path(folder) / f"{cfg.adaptor_name}.safetensors", comps.family, sds,
+                                    cfg.lora_alpha, export.kohya_metadata(cfg, comps, stats))
+    diff = export.write_diffusers_lora(Path(folder) / "diffusers", comps.family, sds, meta)
+    return {"kohya": str(kohya), "diffusers": str(diff)}
+
+
+model_card = export.model_card

@@ -1,0 +1,37 @@
+"""python -m engine.builtin.toy build [--out DIR] [--work DIR] [--steps N] [--smoke]  |  examples [--out DIR]"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.builtin.toy",
+                                     description="Rebuild builtin:toy (VAE, judge, UNet and text encoder) from scratch.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="train everything and write the pipeline folder")
+    b.add_argument("--out", type=Path, default=None, help="where the pipeline goes (default: the shipped folder)")
+    b.add_argument("--work", type=Path, default=None, help="scratch folder (default: the cache)")
+    b.add_argument("--steps", type=int, default=None, help="UNet/text-encoder optimizer steps")
+    b.add_argument("--smoke", action="store_true", help="a seconds-long run of every stage (needs --out)")
+    e = sub.add_parser("examples", help="write the example datasets (toy-star, toy-striped)")
+    e.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[3] / "examples" / "datasets")
+    args = parser.parse_args(argv)
+    if args.command == "examples":
+        from engine.builtin.toy.world import write_examples
+
+        for folder in write_examples(args.out):
+            print(f"wrote {folder}")
+        return 0
+    from engine.builtin.toy.build import SHIPPED, build
+
+    if args.smoke and args.out is None:
+        parser.error("--smoke needs --out: a smoke build must not replace the shipped model")
+    build(out=args.out or SHIPPED, work=args.work, steps=args.steps, recipe="smoke" if args.smoke else "full",
+          log=lambda m: print(m, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The toy world, its judge, builtin:toy and the toy presets."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, run_training, sets
+from engine.builtin import resolve_builtin
+from engine.builtin.toy import JUDGE_FILE, REPORT_FILE, SHIPPED, world
+from engine.builtin.toy.judge import accuracy, load_judge, predict
+from engine.config import load_config
+
+
+def test_the_generator_is_deterministic_by_seed():
+    a = world.scenes(20, seed=7, shapes=world.SHAPES, fills=world.FILLS)
+    b = world.scenes(20, seed=7, shapes=world.SHAPES, fills=world.FILLS)
+    c = world.scenes(20, seed=8, shapes=world.SHAPES, fills=world.FILLS)
+    assert a == b and a != c
+    assert all(np.array_equal(world.render(x), world.render(y)) for x, y in zip(a, b))
+    img = world.render(a[0])
+    assert img.shape == (64, 64, 3) and img.dtype == np.uint8
+
+
+def test_scenes_look_like_their_captions():
+    s = world.Scene("square", "red", "white", cx=32, cy=32, r=16)
+    img = world.render(s).astype(int)
+    assert tuple(img[32, 32]) == world.COLOURS["red"] and tuple(img[1, 1]) == world.BACKGROUNDS["white"]
+    assert s.caption() == "a red square on a white background"
+    assert world.caption("circle", "orange", "gray") == "an orange circle on a gray background"
+    assert world.caption("star", "blue", "black", "striped") == "a striped blue star on a black background"
+    striped = world.render(world.Scene("square", "blue", "black", fill="striped", cx=32, cy=32, r=20)).astype(int)
+    column = [tuple(p) for p in striped[16:48, 32]]
+    assert world.COLOURS["blue"] in column and world.BACKGROUNDS["black"] in column  # bands
+    # only the base world goes into builtin:toy's training data
+    assert set(world.BASE_SHAPES) == set(world.SHAPES) - {world.NEW_SHAPE}
+    assert {x.shape for x in world.scenes(300, seed=1)} == set(world.BASE_SHAPES)
+    assert {x.fill for x in world.scenes(300, seed=1)} == {"solid"}
+
+
+def test_the_committed_example_datasets_are_what_the_generator_writes(tmp_path):
+    written = world.write_examples(tmp_path)
+    for folder in written:
+        shipped = ROOT / "examples" / "datasets" / folder.name
+        names = sorted(p.name for p in folder.iterdir())
+        assert names == sorted(p.name for p in shipped.iterdir())
+        assert len([n for n in names if n.endswith(".png")]) == 8
+        for n in names:
+            assert (folder / n).read_bytes() == (shipped / n).read_bytes(), n
+    star = [p.read_text().strip() for p in sorted((ROOT / "examples/datasets/toy-star").glob("*.txt"))]
+    assert all(c.endswith(" star on a " + c.split(" on a ")[1]) for c in star)
+    assert star[0] == "a red star on a white background"
+
+
+def test_the_judge_reads_held_out_generated_images():
+    judge = load_judge(SHIPPED / JUDGE_FILE)
+    acc = accuracy(judge, n=600, seed=999)
+    assert all(v >= 0.97 for v in acc.values()), acc
+    # the concepts the base never saw are read too
+    stars = world.scenes(50, seed=5, shapes=("star",), fills=("solid",))
+    assert sum(r["shape"] == "star" for r in predict(judge, [world.render(s) for s in stars])) >= 48
+    striped = world.scenes(50, seed=6, fills=("striped",))
+    assert sum(r["fill"] == "striped" for r in predict(judge, [world.render_image(s) for s in striped])) >= 48
+
+
+def test_builtin_toy_loads_offline_and_draws_a_64px_image():
+    from diffusers import StableDiffusionPipeline
+
+    folder = resolve_builtin("builtin:toy")
+    assert folder == SHIPPED
+    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    assert pipe.vae_scale_factor * pipe.unet.config.sample_size == 64
+    out = pipe("a red circle on a white background", num_inference_steps=3,
+               generator=torch.Generator().manual_seed(0)).images[0]
+    assert out.size == (64, 64)
+    size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
+    assert size <= 25 * 2**20, size
+    report = json.loads((SHIPPED / REPORT_FILE).read_text())
+    assert report["quality"]["shape"] >= 0.85 and report["quality"]["colour"] >= 0.85
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["toy-lora.toml", "toy-style-lora.toml"])
+def test_each_toy_preset_trains_and_the_quality_bench_reads_it(tmp_path, preset):
+    import subprocess
+    import sys
+
+    path = ROOT / "presets" / preset
+    cfg = load_config(path)
+    assert cfg.pretrained_model_name_or_path == "builtin:toy" and cfg.trigger_word == "sks"
+    out = tmp_path / "runs"
+    run_training([str(path)] + sets(max_train_steps=3, output_dir=out, num_validation_images=1,
+                                    num_inference_steps=2))
+    run = out / cfg.adaptor_name
+    assert (run / f"{cfg.adaptor_name}.safetensors").is_file()
+    assert len(list((run / "samples").glob("*.png"))) == 1
+    proc = subprocess.run([sys.executable, "-m", "bench.quality", "--preset", str(path), "--adaptor", str(run),
+                           "--samples", "2", "--steps", "2", "--json"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert list(figures) == ["base_concept_rate", "adaptor_concept_rate", "adaptor_trigger_concept_rate",
+                             "base_adherence", "adaptor_adherence", "train_seconds"]
+    assert all(0.0 <= figures[k] <= 1.0 for k in list(figures)[:5]) and figures["train_seconds"] == 0.0
