@@ -102,3 +102,24 @@ def test_each_toy_preset_trains_and_the_quality_bench_reads_it(tmp_path, preset)
     assert list(figures) == ["base_concept_rate", "adaptor_concept_rate", "adaptor_trigger_concept_rate",
                              "base_adherence", "adaptor_adherence", "train_seconds"]
     assert all(0.0 <= figures[k] <= 1.0 for k in list(figures)[:5]) and figures["train_seconds"] == 0.0
+
+
+@pytest.mark.slow
+def test_the_build_command_runs_every_stage_and_resumes(tmp_path):
+    """`python -m engine.builtin.toy build` end to end, at smoke size; --resume reuses finished stages."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "engine.builtin.toy", "build", "--smoke", "--out", str(tmp_path / "model"),
+           "--work", str(tmp_path / "work")]
+    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    report = json.loads((tmp_path / "model" / REPORT_FILE).read_text())
+    assert set(report["stage_seconds"]) == {"vae", "judge", "data", "stage1", "stage2", "quality"}
+    assert json.loads((tmp_path / "model" / "model_index.json").read_text())["scheduler"][1] == "DDPMScheduler"
+    assert (tmp_path / "model" / JUDGE_FILE).is_file()
+    again = subprocess.run(cmd + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("reusing the finished stage") == 5  # all but the quality check
+    refused = subprocess.run(cmd[:4] + ["--smoke"], cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--smoke needs --out" in refused.stderr

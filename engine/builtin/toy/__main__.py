@@ -1,4 +1,4 @@
-"""python -m engine.builtin.toy build [--out DIR] [--work DIR] [--steps N] [--smoke]  |  examples [--out DIR]"""
+"""python -m engine.builtin.toy build [--out DIR] [--work DIR] [--resume] [--smoke]  |  examples [--out DIR]"""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +13,7 @@ def main(argv=None) -> int:
     b = sub.add_parser("build", help="train everything and write the pipeline folder")
     b.add_argument("--out", type=Path, default=None, help="where the pipeline goes (default: the shipped folder)")
     b.add_argument("--work", type=Path, default=None, help="scratch folder (default: the cache)")
-    b.add_argument("--steps", type=int, default=None, help="UNet/text-encoder optimizer steps")
+    b.add_argument("--resume", action="store_true", help="reuse the stages an earlier build finished in --work")
     b.add_argument("--smoke", action="store_true", help="a seconds-long run of every stage (needs --out)")
     e = sub.add_parser("examples", help="write the example datasets (toy-star, toy-striped)")
     e.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[3] / "examples" / "datasets")
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
 
     if args.smoke and args.out is None:
         parser.error("--smoke needs --out: a smoke build must not replace the shipped model")
-    build(out=args.out or SHIPPED, work=args.work, steps=args.steps, recipe="smoke" if args.smoke else "full",
+    build(out=args.out or SHIPPED, work=args.work, recipe="smoke" if args.smoke else "full", resume=args.resume,
           log=lambda m: print(m, flush=True))
     return 0
 

@@ -1,7 +1,7 @@
 """Build builtin:toy from nothing: a VAE, a judge, a dataset, then the UNet and text encoder trained from
 scratch by the engine itself (method = "full"), then a quality check by the judge.
 
-    python -m engine.builtin.toy build [--out DIR] [--work DIR] [--steps N] [--smoke]
+    python -m engine.builtin.toy build [--out DIR] [--work DIR] [--resume] [--smoke]
 
 Writes the pipeline folder and the judge next to this file (they are committed; see SHIPPED) unless --out
 says otherwise, plus build_report.json with every figure the build measured.
@@ -21,7 +21,8 @@ from engine.builtin.toy import JUDGE_FILE, REPORT_FILE, SHIPPED, world
 TOY_WORDS = ("diamond", "striped")  # world words the general-purpose tokenizer list lacks
 TEXT_HIDDEN = 64
 NUM_TRAIN_IMAGES = 16000
-DEFAULT_STEPS = 1800
+DEFAULT_STEPS = 1800  # stage 1
+STAGE2_STEPS = 1200
 # DDPM's own schedule: at 16x16 latents, SD's scaled_linear leaves too much signal at the last step.
 BETAS = dict(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", num_train_timesteps=1000)
 
@@ -49,7 +50,7 @@ def make_unet():
 
 def save_initial_pipeline(path: Path, vae) -> None:
     """The trained VAE with a random UNet and text encoder: the base that full training starts from."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
 
     from engine.builtin.tiny import build_tokenizer
 
@@ -58,17 +59,19 @@ def save_initial_pipeline(path: Path, vae) -> None:
         tokenizer = build_tokenizer(extra_words=TOY_WORDS)
         pipe = StableDiffusionPipeline(
             unet=make_unet(), vae=vae, text_encoder=make_text_encoder(tokenizer), tokenizer=tokenizer,
-            scheduler=DPMSolverMultistepScheduler(**BETAS, prediction_type="epsilon", steps_offset=1),
+            scheduler=sampling_scheduler(),
             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(path, safe_serialization=True)
 
 
 def training_config(data_dir: Path, base: Path, runs: Path, steps: int):
-    """The engine's own settings for training the UNet and text encoder from scratch."""
+    """The engine's own settings for training the UNet and text encoder from scratch. Both stages name the
+    same VAE folder, so stage 2 reuses stage 1's cached latents."""
     from engine.config import validate
 
     return validate({
         "pretrained_model_name_or_path": str(base), "method": "full", "train_text_encoder": True,
+        "pretrained_vae_model_name_or_path": str(Path(data_dir).parent / "vae"),
         "train_data_dir": str(data_dir), "resolution": world.SIZE, "cache_latents": True, "center_crop": True,
         "caption_dropout_rate": 0.1, "train_batch_size": 32, "max_train_steps": steps,
         "learning_rate": 1e-3, "lr_scheduler": "cosine", "lr_warmup_steps": 100, "snr_gamma": 5.0,
@@ -76,6 +79,13 @@ def training_config(data_dir: Path, base: Path, runs: Path, steps: int):
         "checkpointing_steps": 300, "checkpoints_total_limit": 1, "logging_steps": 10, "overwrite": True,
         "validation_prompt": "a red circle on a white background", "num_validation_images": 0,
     })
+
+
+def second_stage_config(data_dir: Path, base: Path, runs: Path, steps: int):
+    """Stage 2 continues from stage 1's model with a fresh, lower cosine cycle (a warm restart): on two CPU
+    cores this gets more out of the hour than one long cycle of the same length."""
+    return training_config(data_dir, base, runs, steps).replace(learning_rate=5e-4, lr_warmup_steps=50, seed=1,
+                                                                 adaptor_name="toy-2")
 
 
 def world_prompts(n: int = 64, seed: int = 777) -> list[world.Scene]:
@@ -110,65 +120,108 @@ def adherence(pipe, judge, n: int = 64) -> dict[str, float]:
     }
 
 
-# (vae steps, judge steps, training images, UNet steps): the real recipe, and a seconds-long smoke test
-RECIPE = {"full": (1500, 700, NUM_TRAIN_IMAGES, DEFAULT_STEPS), "smoke": (10, 10, 64, 3)}
+# (vae steps, judge steps, training images, stage 1 steps, stage 2 steps, judged images): the real recipe,
+# and a smoke test of every stage
+RECIPE = {"full": (1500, 700, NUM_TRAIN_IMAGES, DEFAULT_STEPS, STAGE2_STEPS, 64), "smoke": (10, 10, 64, 3, 2, 4)}
 
 
-def build(out: Path = SHIPPED, work: Path | None = None, steps: int | None = None, recipe: str = "full",
+def sampling_scheduler():
+    """The shipped sampler: DDPM's ancestral steps (50 by default), predicted clean latents clipped to +-1.5
+    (about 1.5 standard deviations of the scaled latents). On this small model, judged over 64 prompts, it
+    drew the right shape 98% of the time where DPM-Solver++ drew 42% (stage 1) and unclipped DDPM 58%."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(**BETAS, prediction_type="epsilon", steps_offset=1, clip_sample=True,
+                         clip_sample_range=1.5)
+
+
+class _Stages:
+    """Each stage's output lives in the work folder with its timing; with resume, finished stages are reused,
+    so an interrupted hour-long build picks up where it stopped."""
+
+    def __init__(self, work: Path, resume: bool, log):
+        self.file, self.log = work / "stages.json", log
+        self.done = json.loads(self.file.read_text()) if resume and self.file.is_file() else {}
+
+    def run(self, name: str, fn, *outputs: Path, always: bool = False) -> dict:
+        if not always and name in self.done and all(p.exists() for p in outputs):
+            self.log(f"{name}: reusing the finished stage ({self.done[name]['seconds']:.0f} s when it ran)")
+            return self.done[name]["info"]
+        t = time.time()
+        info = fn() or {}
+        self.done[name] = {"seconds": round(time.time() - t, 1), "info": info}
+        self.file.write_text(json.dumps(self.done, indent=2))
+        return info
+
+    def seconds(self) -> dict[str, float]:
+        return {k: v["seconds"] for k, v in self.done.items()}
+
+
+def build(out: Path = SHIPPED, work: Path | None = None, recipe: str = "full", resume: bool = False,
           log=print) -> dict:
-    from diffusers import StableDiffusionPipeline
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
 
-    from engine.builtin.toy.judge import accuracy, save_judge, train_judge
+    from engine.builtin.toy.judge import accuracy, load_judge, save_judge, train_judge
     from engine.builtin.toy.vae import train_vae
     from engine.loop import train
     from engine.paths import cache_root
 
-    started = time.time()
     work = Path(work or cache_root() / "toy-build")
     work.mkdir(parents=True, exist_ok=True)
-    vae_steps, judge_steps, num_images, default_steps = RECIPE[recipe]
-    steps = steps or default_steps
-    report: dict = {"recipe": recipe, "torch_threads": torch.get_num_threads(), "train_steps": steps,
-                    "train_images": num_images}
+    vae_steps, judge_steps, num_images, steps1, steps2, n = RECIPE[recipe]
+    stages = _Stages(work, resume, log)
+    data, base, runs = work / "data", work / "initial", work / "runs"
 
-    vae, info = train_vae(steps=vae_steps, log=log)
-    report.update(info)
-    t = time.time()
-    judge = train_judge(steps=judge_steps, vae=vae, log=log)
-    report["judge_seconds"] = round(time.time() - t, 1)
-    report["judge_accuracy"] = accuracy(judge)
-    report["judge_accuracy_vae_round_trip"] = accuracy(judge, vae=vae)
-    log(f"judge accuracy: {report['judge_accuracy']}, after the VAE: {report['judge_accuracy_vae_round_trip']}")
+    def vae_stage():
+        vae, info = train_vae(steps=vae_steps, log=log)
+        vae.save_pretrained(work / "vae", safe_serialization=True)
+        return info
 
-    t = time.time()
-    data = work / "data"
-    shutil.rmtree(data, ignore_errors=True)
-    world.write_dataset(data, world.scenes(num_images, seed=1))
-    base = work / "initial"
-    shutil.rmtree(base, ignore_errors=True)
-    save_initial_pipeline(base, vae)
-    report["data_seconds"] = round(time.time() - t, 1)
+    vae_info = stages.run("vae", vae_stage, work / "vae")
+    vae = AutoencoderKL.from_pretrained(work / "vae")
 
-    t = time.time()
-    done = train(training_config(data, base, work / "runs", steps).replace(
-        train_batch_size=min(32, num_images)))
-    report["unet_text_encoder_seconds"] = round(time.time() - t, 1)
-    trained = Path(done["outputs"]["diffusers"])
+    def judge_stage():
+        judge = train_judge(steps=judge_steps, vae=vae, log=log)
+        save_judge(judge, work / JUDGE_FILE)
+        held_out = 2000 if recipe == "full" else 50
+        return {"judge_accuracy": accuracy(judge, n=held_out),
+                "judge_accuracy_vae_round_trip": accuracy(judge, n=held_out, vae=vae)}
 
-    pipe = StableDiffusionPipeline.from_pretrained(trained)  # stored in fp32
+    judge_info = stages.run("judge", judge_stage, work / JUDGE_FILE)
+    judge = load_judge(work / JUDGE_FILE)
+    log(f"judge accuracy: {judge_info['judge_accuracy']}, after the VAE: {judge_info['judge_accuracy_vae_round_trip']}")
+
+    def data_stage():
+        shutil.rmtree(data, ignore_errors=True)
+        world.write_dataset(data, world.scenes(num_images, seed=1))
+        shutil.rmtree(base, ignore_errors=True)
+        save_initial_pipeline(base, vae)
+
+    stages.run("data", data_stage, data, base / "model_index.json")
+    batch = {"train_batch_size": min(32, num_images)}
+    stage1 = runs / "toy" / "diffusers"
+    stages.run("stage1", lambda: train(training_config(data, base, runs, steps1).replace(**batch)) and None,
+               stage1 / "model_index.json")
+    stage2 = runs / "toy-2" / "diffusers"
+    stages.run("stage2", lambda: train(second_stage_config(data, stage1, runs, steps2).replace(**batch)) and None,
+               stage2 / "model_index.json")
+
+    pipe = StableDiffusionPipeline.from_pretrained(stage2)  # stored in fp32
+    pipe.scheduler = sampling_scheduler()
     pipe.set_progress_bar_config(disable=True)
-    t = time.time()
-    n = 64 if recipe == "full" else 4
-    report["quality"] = adherence(pipe, judge, n=n)
-    report["quality_seconds"] = round(time.time() - t, 1)
-    log(f"quality (judged, {n} prompts): {report['quality']}")
-    report["build_seconds"] = round(time.time() - started, 1)
+    quality = stages.run("quality", lambda: adherence(pipe, judge, n=n), always=True)
+    log(f"quality (judged, {n} prompts, the shipped sampler and its default steps): {quality}")
+    seconds = stages.seconds()
+    report = {"recipe": recipe, "torch_threads": torch.get_num_threads(), "train_images": num_images,
+              "stage1_steps": steps1, "stage2_steps": steps2, **vae_info, **judge_info, "quality": quality,
+              "stage_seconds": seconds, "build_seconds": round(sum(seconds.values()), 1)}
 
     # Into place atomically: a half-written model must never be what builtin:toy resolves to.
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".toy-", dir=out.parent))
     try:
-        shutil.copytree(trained, tmp / "model")
+        pipe.save_pretrained(tmp / "model", safe_serialization=True)
         save_judge(judge, tmp / "model" / JUDGE_FILE)
         (tmp / "model" / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
         if out.exists():
@@ -176,5 +229,5 @@ def build(out: Path = SHIPPED, work: Path | None = None, steps: int | None = Non
         os.replace(tmp / "model", out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log(f"builtin:toy written to {out} in {report['build_seconds']:.0f} s")
+    log(f"builtin:toy written to {out}; the stages took {report['build_seconds']:.0f} s in all")
     return report
