@@ -114,13 +114,9 @@ class Family:
 
     def make_pipeline(self, comps: Components, unet=None, text_encoders=None):
         """A sampling pipeline sharing the (possibly LoRA-wrapped) modules in memory."""
-        from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+        from diffusers import DPMSolverMultistepScheduler
 
-        config = comps.noise_scheduler.config
-        if config.get("_class_name") == "DDPMScheduler":  # a base that samples with DDPM (builtin:toy) keeps it
-            scheduler = DDPMScheduler.from_config(config)
-        else:  # DPM-Solver++: good images in few steps from any epsilon/v model
-            scheduler = DPMSolverMultistepScheduler.from_config(config)
+        scheduler = DPMSolverMultistepScheduler.from_config(comps.noise_scheduler.config)
         tes = text_encoders or comps.text_encoders
         kwargs = {"vae": comps.vae, "unet": unet or comps.unet, "scheduler": scheduler}
         for name, te, tok in zip(self.text_encoder_names, tes, comps.tokenizers):

@@ -126,13 +126,15 @@ RECIPE = {"full": (1500, 700, NUM_TRAIN_IMAGES, DEFAULT_STEPS, STAGE2_STEPS, 64)
 
 
 def sampling_scheduler():
-    """The shipped sampler: DDPM's ancestral steps (50 by default), predicted clean latents clipped to +-1.5
-    (about 1.5 standard deviations of the scaled latents). On this small model, judged over 64 prompts, it
-    drew the right shape 98% of the time where DPM-Solver++ drew 42% (stage 1) and unclipped DDPM 58%."""
-    from diffusers import DDPMScheduler
+    """The shipped sampler: DPM-Solver++ (50 steps by default) with thresholding at 1.0, which clips each
+    predicted clean latent to +-1 (sample_max_value 1.0 keeps the threshold fixed). Unclipped, this small
+    epsilon model overshoots at high noise and colours drift: judged over 64 prompts it drew the right colour
+    39% of the time; clipped, 86%. (DDPM's clip_sample did as well, but StableDiffusionPipeline switches
+    clip_sample off when it loads a model; thresholding it leaves alone.)"""
+    from diffusers import DPMSolverMultistepScheduler
 
-    return DDPMScheduler(**BETAS, prediction_type="epsilon", steps_offset=1, clip_sample=True,
-                         clip_sample_range=1.5)
+    return DPMSolverMultistepScheduler(**BETAS, prediction_type="epsilon", steps_offset=1, thresholding=True,
+                                       sample_max_value=1.0)
 
 
 class _Stages:
