@@ -79,7 +79,6 @@ class _Recorder:
 @pytest.mark.parametrize("rate,empty", [(0.0, 0), (1.0, 64)])
 def test_caption_dropout_replaces_captions_with_empty_text(rate, empty):
     from engine.families import get_family
-    from engine.families.base import resolve_source
 
     cfg = validate({"pretrained_model_name_or_path": "builtin:tiny-sd", "caption_dropout_rate": rate,
                     "resolution": 64, "train_data_dir": "unused"})

@@ -93,7 +93,7 @@ def test_each_toy_preset_trains_and_the_quality_bench_reads_it(tmp_path, preset)
                                     num_inference_steps=2))
     run = out / cfg.adaptor_name
     assert (run / f"{cfg.adaptor_name}.safetensors").is_file()
-    assert len(list((run / "samples").glob("*.png"))) == 1
+    assert len(list((run / "samples").glob("*.png"))) == 3  # 8 images, batch 8: one step, one sample an epoch
     proc = subprocess.run([sys.executable, "-m", "bench.quality", "--preset", str(path), "--adaptor", str(run),
                            "--samples", "2", "--steps", "2", "--json"], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
@@ -116,7 +116,7 @@ def test_the_build_command_runs_every_stage_and_resumes(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     report = json.loads((tmp_path / "model" / REPORT_FILE).read_text())
     assert set(report["stage_seconds"]) == {"vae", "judge", "data", "stage1", "stage2", "quality"}
-    assert json.loads((tmp_path / "model" / "model_index.json").read_text())["scheduler"][1] == "DDPMScheduler"
+    assert json.loads((tmp_path / "model" / "model_index.json").read_text())["scheduler"][1] == "DPMSolverMultistepScheduler"
     assert (tmp_path / "model" / JUDGE_FILE).is_file()
     again = subprocess.run(cmd + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
