@@ -10,6 +10,12 @@ from pathlib import Path
 
 import torch
 
+from engine.methods import lora
+from engine.methods.lora import trainable_params
+
+# which modules a run trains is the same question for both methods
+trained_modules = lora.trained_modules
+
 
 def prepare(comps, cfg) -> list[dict]:
     comps.vae.requires_grad_(False)
@@ -24,17 +30,7 @@ def prepare(comps, cfg) -> list[dict]:
 
 def _trainable(module) -> list[torch.nn.Parameter]:
     module.requires_grad_(True)
-    params = list(module.parameters())
-    for p in params:  # half-precision bases: updates need fp32 weights (mixed precision autocasts)
-        p.data = p.data.float()
-    return params
-
-
-def trained_modules(comps, cfg) -> dict[str, torch.nn.Module]:
-    out = {"unet": comps.unet}
-    if cfg.train_text_encoder:
-        out.update(zip(comps.family.text_encoder_names, comps.text_encoders))
-    return out
+    return trainable_params(module)
 
 
 def state_dicts(modules: dict[str, torch.nn.Module]) -> dict[str, dict[str, torch.Tensor]]:

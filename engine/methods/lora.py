@@ -31,16 +31,16 @@ def prepare(comps, cfg) -> list[dict]:
         comps.unet.add_adapter(_config(cfg, cfg.lora_target_modules))
     except ValueError as e:  # PEFT: "Target modules {...} not found in the base model"
         raise ValueError(f"lora_target_modules = {cfg.lora_target_modules}: {e}") from None
-    groups = [{"params": _trainable(comps.unet), "lr": cfg.learning_rate, "name": "unet"}]
+    groups = [{"params": trainable_params(comps.unet), "lr": cfg.learning_rate, "name": "unet"}]
     if cfg.train_text_encoder:
         te_lr = cfg.text_encoder_lr if cfg.text_encoder_lr is not None else cfg.learning_rate
         for name, te in zip(comps.family.text_encoder_names, comps.text_encoders):
             te.add_adapter(_config(cfg, TEXT_ENCODER_TARGETS))
-            groups.append({"params": _trainable(te), "lr": te_lr, "name": name})
+            groups.append({"params": trainable_params(te), "lr": te_lr, "name": name})
     return groups
 
 
-def _trainable(module) -> list[torch.nn.Parameter]:
+def trainable_params(module) -> list[torch.nn.Parameter]:
     # A real list: a `filter` object would be used up by the optimizer and leave clipping nothing to clip.
     params = [p for p in module.parameters() if p.requires_grad]
     for p in params:  # fp16/bf16 bases: the grad scaler and small updates need fp32 trainable weights
@@ -49,7 +49,7 @@ def _trainable(module) -> list[torch.nn.Parameter]:
 
 
 def trained_modules(comps, cfg) -> dict[str, torch.nn.Module]:
-    """component name -> module that carries LoRA layers."""
+    """component name -> module whose weights (or LoRA layers) are trained."""
     out = {"unet": comps.unet}
     if cfg.train_text_encoder:
         out.update(zip(comps.family.text_encoder_names, comps.text_encoders))
