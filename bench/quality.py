@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 KEYS = ("base_concept_rate", "adaptor_concept_rate", "adaptor_trigger_concept_rate", "base_adherence",
         "adaptor_adherence", "train_seconds")
@@ -79,12 +78,11 @@ def train(preset: Path, out_dir: Path) -> tuple[Path, float]:
 
 
 def measure(preset: Path, adaptor: Path | None, samples: int, steps: int | None, log=print) -> dict:
-    import torch
     from diffusers import StableDiffusionPipeline
 
     from engine.builtin import resolve_builtin
     from engine.builtin.toy import JUDGE_FILE
-    from engine.builtin.toy.build import world_prompts
+    from engine.builtin.toy.build import adherence, sample
     from engine.builtin.toy.judge import load_judge, predict
     from engine.config import load_config
     from engine.data import build_caption
@@ -101,32 +99,17 @@ def measure(preset: Path, adaptor: Path | None, samples: int, steps: int | None,
         judge = load_judge(base_dir / JUDGE_FILE)
         pipe = StableDiffusionPipeline.from_pretrained(base_dir)
         pipe.set_progress_bar_config(disable=True)
-
-        def images(prompts):
-            out = []
-            for start in range(0, len(prompts), 32):
-                chunk = prompts[start:start + 32]
-                gens = [torch.Generator().manual_seed(start + i) for i in range(len(chunk))]
-                kw = {"num_inference_steps": steps} if steps else {}
-                out += pipe(chunk, generator=gens, **kw).images
-            return predict(judge, out)
-
         concept = [s.caption() for s in concept_scenes(attribute, value, samples)]
-        world = world_prompts(samples)
-        plain = [s.caption() for s in world]
 
-        def rate(read):
-            return sum(r[attribute] == value for r in read) / samples
+        def concept_rate(prompts):
+            return sum(r[attribute] == value for r in predict(judge, sample(pipe, prompts, steps))) / samples
 
-        def adherence(read):
-            return sum(r["shape"] == s.shape and r["colour"] == s.colour for r, s in zip(read, world)) / samples
-
-        result["base_concept_rate"] = rate(images(concept))
-        result["base_adherence"] = adherence(images(plain))
+        result["base_concept_rate"] = concept_rate(concept)
+        result["base_adherence"] = adherence(pipe, judge, samples, steps)["shape_and_colour"]
         pipe.load_lora_weights(str(Path(adaptor) / "diffusers"))
-        result["adaptor_concept_rate"] = rate(images(concept))
-        result["adaptor_trigger_concept_rate"] = rate(images([build_caption(p, cfg.trigger_word) for p in concept]))
-        result["adaptor_adherence"] = adherence(images(plain))
+        result["adaptor_concept_rate"] = concept_rate(concept)
+        result["adaptor_trigger_concept_rate"] = concept_rate([build_caption(p, cfg.trigger_word) for p in concept])
+        result["adaptor_adherence"] = adherence(pipe, judge, samples, steps)["shape_and_colour"]
     return {k: round(result[k], 4) for k in KEYS}
 
 

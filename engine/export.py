@@ -175,14 +175,17 @@ def model_card(cfg, comps, stats: dict, outputs: dict[str, str], samples: list[s
         f"- `{cfg.adaptor_name}.safetensors`: kohya format, for ComfyUI and AUTOMATIC1111 (`models/loras/`).",
         "- `diffusers/pytorch_lora_weights.safetensors`: diffusers format.",
         "- `config.toml`: the exact settings; `python -m engine.train config.toml` trains it again.",
-        "",
-        "## Use with diffusers",
-        "```python",
+    ]
+    return finish_card(lines, [
         f"pipe = {fam.pipeline_class.__name__}.from_pretrained(BASE_MODEL)",
         f"pipe.load_lora_weights(\"{outputs.get('run_dir', '.')}/diffusers\")",
         f"image = pipe(\"{(trig + ', ') if trig else ''}{cfg.validation_prompt or 'your prompt'}\").images[0]",
-        "```",
-    ]
+    ], samples)
+
+
+def finish_card(lines: list[str], usage: list[str], samples: list[str]) -> str:
+    """A model card's "Use with diffusers" code block and sample images, after its own lines."""
+    lines = [*lines, "", "## Use with diffusers", "```python", *usage, "```"]
     if samples:
         lines += ["", "## Samples", ""] + [f"![sample]({s})" for s in samples]
     return "\n".join(lines) + "\n"

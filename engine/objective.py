@@ -1,6 +1,8 @@
 """The training objective: noise, timesteps, the prediction target and the (min-SNR weighted) loss."""
 from __future__ import annotations
 
+import random
+
 import torch
 import torch.nn.functional as F
 
@@ -32,8 +34,9 @@ def compute_loss(batch, comps, unet, encode_text, cfg, device, weight_dtype, pre
     noisy = comps.noise_scheduler.add_noise(latents, noise, timesteps)
     captions = batch["captions"]
     if cfg.caption_dropout_rate:
-        dropped = torch.rand(len(captions), generator=gen, device=device) < cfg.caption_dropout_rate
-        captions = ["" if d else c for c, d in zip(captions, dropped.tolist())]
+        # drawn on the host from the step's seed: a device draw would need a sync every step to read back
+        pick = random.Random(gen.initial_seed())
+        captions = ["" if pick.random() < cfg.caption_dropout_rate else c for c in captions]
     hidden, pooled = encode_text(captions)
     if cfg.channels_last:
         noisy = noisy.contiguous(memory_format=torch.channels_last)

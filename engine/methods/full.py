@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from engine.export import finish_card
 from engine.methods import lora
 from engine.methods.lora import trainable_params
 
@@ -91,13 +92,8 @@ def model_card(cfg, comps, stats: dict, outputs: dict[str, str], samples: list[s
         f"resolution {cfg.resolution}, batch {cfg.train_batch_size} x {cfg.gradient_accumulation_steps}, "
         f"seed {cfg.seed}",
         f"- Text encoder trained: {'yes' if cfg.train_text_encoder else 'no'}",
-        "",
-        "## Use with diffusers",
-        "```python",
+    ]
+    return finish_card(lines, [
         f"pipe = {fam.pipeline_class.__name__}.from_pretrained(\"{outputs.get('diffusers', 'diffusers')}\")",
         f"image = pipe(\"{cfg.validation_prompt or 'your prompt'}\").images[0]",
-        "```",
-    ]
-    if samples:
-        lines += ["", "## Samples", ""] + [f"![sample]({s})" for s in samples]
-    return "\n".join(lines) + "\n"
+    ], samples)

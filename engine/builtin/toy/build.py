@@ -98,20 +98,24 @@ def world_prompts(n: int = 64, seed: int = 777) -> list[world.Scene]:
             for s, c in (combos[i % len(combos)] for i in range(n))]
 
 
-def sample(pipe, prompts: list[str], seed: int = 0, batch: int = 32):
-    """Images for prompts, image i from seed + i, with the pipeline's own sampler and default steps."""
+def sample(pipe, prompts: list[str], steps: int | None = None, seed: int = 0, batch: int = 32):
+    """Images for prompts, image i from seed + i, with the pipeline's own sampler (its default steps unless
+    `steps`)."""
+    kw = {"num_inference_steps": steps} if steps else {}
     images = []
     for start in range(0, len(prompts), batch):
         chunk = prompts[start:start + batch]
         gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
-        images += pipe(chunk, generator=gens).images
+        images += pipe(chunk, generator=gens, **kw).images
     return images
 
 
-def adherence(pipe, judge, n: int = 64) -> dict[str, float]:
+def adherence(pipe, judge, n: int = 64, steps: int | None = None) -> dict[str, float]:
+    """How often the judge finds the prompted shape, colour and background in ordinary world prompts."""
+    from engine.builtin.toy.judge import predict
+
     scenes = world_prompts(n)
-    got = __import__("engine.builtin.toy.judge", fromlist=["predict"]).predict(
-        judge, sample(pipe, [s.caption() for s in scenes]))
+    got = predict(judge, sample(pipe, [s.caption() for s in scenes], steps))
     return {
         "shape": sum(g["shape"] == s.shape for g, s in zip(got, scenes)) / n,
         "colour": sum(g["colour"] == s.colour for g, s in zip(got, scenes)) / n,

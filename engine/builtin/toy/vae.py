@@ -35,8 +35,9 @@ def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
 def batch_of(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Images in [-1, 1] and the shapes' coverage masks (N x 1 x H x W)."""
     scenes = [world.random_scene(rng, shapes=world.SHAPES, fills=world.FILLS) for _ in range(n)]
-    masks = torch.from_numpy(np.stack([world.coverage(s) for s in scenes]))[:, None]
-    return to_tensor([world.render(s) for s in scenes]), masks
+    masks = [world.coverage(s) for s in scenes]
+    images = to_tensor([world.render(s, m) for s, m in zip(scenes, masks)])
+    return images, torch.from_numpy(np.stack(masks))[:, None]
 
 
 def train_vae(steps: int = 1500, batch_size: int = 16, lr: float = 2e-3, seed: int = 0, log=print):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -108,9 +109,9 @@ def coverage(scene: Scene) -> np.ndarray:
     return m.reshape(SIZE, _SS, SIZE, _SS).mean(axis=(1, 3))
 
 
-def render(scene: Scene) -> np.ndarray:
-    """uint8 SIZE x SIZE x 3 image of the scene."""
-    m = coverage(scene)[..., None]
+def render(scene: Scene, mask: np.ndarray | None = None) -> np.ndarray:
+    """uint8 SIZE x SIZE x 3 image of the scene (pass its coverage() if you already have it)."""
+    m = (coverage(scene) if mask is None else mask)[..., None]
     fg = np.asarray(COLOURS[scene.colour], dtype=np.float32)
     bg = np.asarray(BACKGROUNDS[scene.background], dtype=np.float32)
     return np.clip(bg * (1 - m) + fg * m + 0.5, 0, 255).astype(np.uint8)
@@ -122,8 +123,6 @@ def render_image(scene: Scene) -> Image.Image:
 
 def write_dataset(folder, items: list[Scene], prefix: str = "") -> None:
     """PNG + .txt caption pairs (the kohya layout) for the given scenes."""
-    from pathlib import Path
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     width = max(4, len(str(len(items) - 1)))
@@ -169,8 +168,6 @@ def example_scenes(name: str) -> list[Scene]:
 
 def write_examples(root) -> list:
     """examples/datasets/toy-star and toy-striped: 8 PNGs with .txt captions and a README each."""
-    from pathlib import Path
-
     written = []
     for name, readme in EXAMPLE_READMES.items():
         folder = Path(root) / name
