@@ -21,3 +21,25 @@ def safe_child(parent: str | os.PathLike, name: str) -> Path:
     if name in ("", ".", "..") or child.parent != parent_p:
         raise ValueError(f"{name!r} is not a plain name inside {parent}")
     return child
+
+
+def studio_home() -> Path:
+    """Where the studio keeps user data: ADAPTOR_STUDIO_HOME, else the project folder. Under it: runs/ (run
+    folders and the job queue), datasets/ (uploads), presets/user/ (saved presets)."""
+    return Path(os.environ.get("ADAPTOR_STUDIO_HOME") or PROJECT_ROOT).resolve()
+
+
+def runs_dir() -> Path:
+    return studio_home() / "runs"
+
+
+def datasets_dir() -> Path:
+    return studio_home() / "datasets"
+
+
+def user_presets_dir() -> Path:
+    return studio_home() / "presets" / "user"
+
+
+def shipped_presets_dir() -> Path:
+    return PROJECT_ROOT / "presets"
