@@ -89,7 +89,7 @@ def test_each_toy_preset_trains_and_the_quality_bench_reads_it(tmp_path, preset)
     cfg = load_config(path)
     assert cfg.pretrained_model_name_or_path == "builtin:toy" and cfg.trigger_word == "sks"
     out = tmp_path / "runs"
-    run_training([str(path)] + sets(max_train_steps=3, output_dir=out, num_validation_images=1,
+    run_training([str(path)] + sets(max_train_steps=3, output_dir=out, num_validation_images=1, validation_epochs=1,
                                     num_inference_steps=2))
     run = out / cfg.adaptor_name
     assert (run / f"{cfg.adaptor_name}.safetensors").is_file()
