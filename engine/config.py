@@ -450,3 +450,11 @@ def describe_fields() -> str:
             alias = f" (alias: {', '.join(f.aliases)})" if f.aliases else ""
             lines.append(f"  {f.name} = {default}{alias}  {f.help}" + (f" [{allowed}]" if allowed else ""))
     return "\n".join(lines)
+
+
+def check_value(key: str, value: Any) -> Any:
+    """One field on its own (type and range), as the UI checks it next to its widget; returns it coerced."""
+    f = FIELD_BY_NAME[canonical_key(key)]
+    v = _coerce(f, value)
+    _check_range(f, v)
+    return v
