@@ -1,11 +1,12 @@
 """Adaptor Studio entry point: `./launch.sh [--port N] [--listen --auth user:pass] [--share]`.
 
 Binds 127.0.0.1 by default. Exposing the app to the network (--listen, --share) requires --auth.
-The studio tabs arrive with the studio issue; until then this page says how to train headless.
+The page opens with builtin:toy, the toy-star example dataset and presets/toy-lora.toml selected.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--auth", help="user:password, or a file holding user:password lines")
     p.add_argument("--share", action="store_true", help="a public Gradio share link (needs --auth)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.add_argument("--home", help="folder for runs/, datasets/ and presets/user/ (default: the project folder)")
     return p.parse_args(argv)
 
 
@@ -30,20 +32,20 @@ def read_auth(value: str | None) -> list[tuple[str, str]] | None:
     return pairs
 
 
-def build_app():
-    import gradio as gr
+def make_studio(home: str | None = None):
+    """The studio a fresh page opens with: builtin:toy, the toy-star example and presets/toy-lora.toml."""
+    if home:
+        os.environ["ADAPTOR_STUDIO_HOME"] = str(Path(home).resolve())
+    from engine.jobs import JobQueue
+    from engine.paths import PROJECT_ROOT, runs_dir
+    from ui.studio import Studio
 
-    from engine.builtin import builtin_names
-
-    with gr.Blocks(title="Adaptor Studio") as demo:
-        gr.Markdown(
-            "# Adaptor Studio\n"
-            "The studio tabs (Dataset, Training, Run, Compare) are on their way. Training works today "
-            "from the command line:\n\n"
-            "```\n./launch.sh train my.toml --set learning_rate=5e-5\n```\n\n"
-            f"Built-in models: {', '.join(builtin_names())}. Every config key: "
-            "`.venv/bin/python -m engine.train --help-config`.")
-    return demo
+    studio = Studio(default_preset=PROJECT_ROOT / "presets" / "toy-lora.toml",
+                    default_dataset=PROJECT_ROOT / "examples" / "datasets" / "toy-star",
+                    default_prompts="a red star on a white background\na blue star on a black background",
+                    queue=JobQueue(runs_dir()))
+    studio.queue.start()
+    return studio
 
 
 def main(argv=None) -> int:
@@ -54,8 +56,17 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     host = "0.0.0.0" if args.listen else "127.0.0.1"
-    build_app().launch(server_name=host, server_port=args.port, auth=auth, share=args.share,
-                       inbrowser=not args.no_browser)
+    from ui import CSS, build_app
+
+    studio = make_studio(args.home)
+    print(f"Adaptor Studio (pid {os.getpid()}) starting on http://{host}:{args.port}", flush=True)
+    try:
+        build_app(studio).launch(server_name=host, server_port=args.port, auth=auth, share=args.share,
+                                 inbrowser=not args.no_browser, css=CSS)
+    finally:
+        studio.queue.stop()
+        if studio.worker is not None:
+            studio.worker.close()
     return 0
 
 

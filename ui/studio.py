@@ -19,6 +19,7 @@ class Studio:
     # what a fresh page opens with (app.py fills these in: builtin:toy, toy-star, presets/toy-lora.toml)
     default_preset: Path | None = None
     default_dataset: Path | None = None
+    default_prompts: str = ""  # the Compare tab's prompts, one per line
     queue: Any = None   # engine.jobs.JobQueue
     worker: Any = None  # engine.generate.GenerationWorker, started on first use
     shared: dict[str, Any] = field(default_factory=dict)  # gradio components tabs offer each other

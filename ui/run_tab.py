@@ -1,0 +1,129 @@
+"""The Run tab: the job queue, and the selected run live (progress and ETA, loss and LR curves, speed and
+memory, the log tail, validation images as they appear, errors with their hint). A one-second timer
+refreshes it from the run folders; the jobs themselves run as `accelerate launch` subprocesses.
+
+elem_ids: run-queue, run-select, run-refresh, run-cancel, run-resume, run-action-status, run-progress,
+run-stats, run-loss-plot, run-lr-plot, run-samples, run-log, run-error.
+"""
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+import pandas as pd
+
+from engine.events import format_duration
+from engine.jobs import progress
+from ui.studio import Studio
+
+QUEUE_COLUMNS = ["id", "name", "status", "progress", "elapsed"]
+
+
+def queue_rows(studio: Studio) -> pd.DataFrame:
+    rows = []
+    for job in studio.queue.jobs():
+        p = progress(job)
+        done = f"{p.step}/{p.total_steps}" if p.total_steps else "-"
+        rows.append([job.id, job.name, job.status, done, format_duration(job.elapsed) if job.started else "-"])
+    return pd.DataFrame(rows, columns=QUEUE_COLUMNS)
+
+
+def _job_choices(studio: Studio) -> list[tuple[str, str]]:
+    return [(f"{j.name} ({j.id}, {j.status})", j.id) for j in studio.queue.jobs()]
+
+
+def progress_html(job, p) -> str:
+    total = p.total_steps or 0
+    frac = (p.step / total) if total else 0.0
+    eta = f" · ETA {format_duration(p.eta_s)}" if job.status == "running" and p.eta_s is not None else ""
+    label = f"{job.status} · step {p.step}/{total or '?'}{eta}"
+    return (f'<div id="run-progress-box" data-step="{p.step}" data-total="{total}" data-status="{job.status}">'
+            f'<progress value="{p.step}" max="{max(total, 1)}" style="width:100%"></progress>'
+            f"<div>{html.escape(label)} ({frac:.0%})</div></div>")
+
+
+def stats_text(job, p) -> str:
+    parts = [f"elapsed {format_duration(job.elapsed)}" if job.started else "not started"]
+    if p.it_per_s:
+        parts.append(f"{p.it_per_s:.2f} it/s")
+    if p.peak_memory_mb:
+        parts.append(f"peak memory {p.peak_memory_mb:.0f} MB")
+    if p.epoch:
+        parts.append(f"epoch {p.epoch}")
+    if job.attempts and job.attempts > 1:
+        parts.append(f"attempt {job.attempts}")
+    return " · ".join(parts)
+
+
+def curve(points, y: str) -> pd.DataFrame:
+    return pd.DataFrame(points or [], columns=["step", y])
+
+
+def error_text(job, p) -> str:
+    if p.error:
+        message, hint = p.error
+        return f"**Error:** {message}" + (f"\n\n**Hint:** {hint}" if hint else "")
+    if job.status == "interrupted":
+        return "**Interrupted:** the process ended before finishing. Press Resume to continue from its last checkpoint."
+    if job.status == "cancelled":
+        return "Cancelled."
+    return ""
+
+
+def view(studio: Studio, job_id: str | None):
+    """Everything the selected run shows, in the order of the outputs wired in build()."""
+    job = studio.queue.get(job_id) if job_id else None
+    if job is None:
+        empty = pd.DataFrame([], columns=["step", "loss"])
+        return ("<div id='run-progress-box' data-status='none'>No run selected.</div>", "", empty,
+                pd.DataFrame([], columns=["step", "lr"]), [], "", "")
+    p = progress(job)
+    return (progress_html(job, p), stats_text(job, p), curve(p.losses, "loss"), curve(p.lrs, "lr"),
+            [str(s) for s in p.samples], p.log_tail, error_text(job, p))
+
+
+def build(studio: Studio) -> None:
+    with gr.Row():
+        queue_df = gr.Dataframe(queue_rows(studio), headers=QUEUE_COLUMNS, interactive=False, label="Queue",
+                                elem_id="run-queue")
+    with gr.Row():
+        select = gr.Dropdown(_job_choices(studio), value=studio.shared.get("selected_job"), label="Run",
+                             elem_id="run-select", scale=3)
+        refresh_btn = gr.Button("Refresh", elem_id="run-refresh", scale=1)
+        cancel_btn = gr.Button("Cancel", variant="stop", elem_id="run-cancel", scale=1)
+        resume_btn = gr.Button("Resume", elem_id="run-resume", scale=1)
+    action_status = gr.Markdown("", elem_id="run-action-status")
+    progress_box = gr.HTML(elem_id="run-progress")
+    stats = gr.Markdown(elem_id="run-stats")
+    with gr.Row():
+        loss_plot = gr.LinePlot(x="step", y="loss", title="Loss", elem_id="run-loss-plot", height=260)
+        lr_plot = gr.LinePlot(x="step", y="lr", title="Learning rate", elem_id="run-lr-plot", height=260)
+    samples = gr.Gallery(label="Validation images", columns=8, height=200, elem_id="run-samples")
+    error_md = gr.Markdown(elem_id="run-error")
+    log_box = gr.Textbox(label="Log", lines=12, max_lines=12, autoscroll=True, elem_id="run-log")
+    outputs = [progress_box, stats, loss_plot, lr_plot, samples, log_box, error_md]
+
+    def tick(job_id):
+        """Follow a run started from the Training tab; otherwise keep the user's pick."""
+        wanted = studio.shared.pop("selected_job", None) or job_id
+        if wanted is None:
+            jobs = studio.queue.jobs()
+            wanted = jobs[0].id if jobs else None
+        return (queue_rows(studio), gr.update(choices=_job_choices(studio), value=wanted),
+                *view(studio, wanted))
+
+    def act(action, job_id):
+        if not job_id:
+            return "Pick a run first."
+        try:
+            job = getattr(studio.queue, action)(job_id)
+        except (ValueError, KeyError) as e:
+            return f"⚠ {e}"
+        return f"{action.capitalize()}: {getattr(job, 'name', job_id)}."
+
+    timer = gr.Timer(1.0)
+    timer.tick(tick, [select], [queue_df, select] + outputs, show_progress="hidden")
+    refresh_btn.click(tick, [select], [queue_df, select] + outputs)
+    select.change(lambda j: view(studio, j), [select], outputs, show_progress="hidden")
+    cancel_btn.click(lambda j: act("cancel", j), [select], [action_status])
+    resume_btn.click(lambda j: act("resume", j), [select], [action_status])
