@@ -54,7 +54,7 @@ class _Collector:
         try:
             validate(probe)
         except ConfigError as e:
-            raise ConfigError(f"{what}: the imported settings do not fit together: {e}") from None
+            raise ConfigError(f"{what}: {e}") from None
         return ImportResult(self.values, self.unmapped, self.notes)
 
 
@@ -108,12 +108,12 @@ def _command_lines(text: str) -> tuple[list[str], dict[str, str]]:
         if not line or line.startswith("#"):
             continue
         assignment = re.fullmatch(r"(?:export\s+)?([A-Za-z_]\w*)=(.*)", line)
-        if assignment:
-            try:
-                value = shlex.split(assignment.group(2))
-            except ValueError:
-                value = [assignment.group(2)]
-            variables[assignment.group(1)] = " ".join(value)
+        try:
+            value = shlex.split(assignment.group(2)) if assignment else None
+        except ValueError:
+            value = None
+        if value is not None and len(value) <= 1:  # `X=1 python train.py` is a command, not an assignment
+            variables[assignment.group(1)] = value[0] if value else ""
         else:
             commands.append(line)
     return commands, variables

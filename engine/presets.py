@@ -17,6 +17,7 @@ engine.importers and re-exported here.
 """
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from engine.paths import safe_child, shipped_presets_dir, user_presets_dir
 
 __all__ = ["Preset", "list_presets", "find_preset", "read_preset", "preset_values", "preset_bytes",
            "save_user_preset", "delete_user_preset", "user_preset_path", "ImportResult",
-           "import_diffusers_command", "import_kohya_toml"]
+           "import_diffusers_command", "import_kohya_toml", "import_pasted"]
 
 USER_PREFIX = "user/"
 HEADER = ("# Adaptor Studio preset: every setting, in the schema's tables (python -m engine.train --help-config).\n"
@@ -97,7 +98,8 @@ def preset_values(path: str | Path) -> Config:
 
 
 def _blank_to_unset(values: dict[str, Any]) -> dict[str, Any]:
-    """A form's empty text box for an optional field means unset, as a missing TOML key does."""
+    """An empty optional text (a form's empty box, `x = ""` in a file) means unset, as a missing key does, so
+    a form and the file it came from save the same bytes."""
     return {k: None if FIELD_BY_NAME[k].optional and isinstance(v, str) and not v.strip() else v
             for k, v in values.items()}
 
@@ -107,8 +109,8 @@ def preset_bytes(values: dict[str, Any] | Config) -> bytes:
 
     `values` may be a Config or a dict as a form or a TOML file gives it (aliases, tables, numbers as
     floats, lists as "a, b" text, "" for an unset optional field)."""
-    raw = values.to_dict() if isinstance(values, Config) else _blank_to_unset(flatten(dict(values)))
-    cfg = validate(raw)
+    raw = values.to_dict() if isinstance(values, Config) else flatten(dict(values))
+    cfg = validate(_blank_to_unset(raw))
     return (HEADER + tomli_w.dumps(to_toml_dict(cfg))).encode("utf-8")
 
 
@@ -161,3 +163,13 @@ def delete_user_preset(name: str) -> Path:
         raise ConfigError(f"no user preset named '{USER_PREFIX}{path.stem}'; yours: {_available(users)}")
     path.unlink()
     return path
+
+
+def import_pasted(text: str) -> ImportResult:
+    """Pasted settings of either kind: a kohya config is TOML; anything else is read as a command line
+    (which may start with `export VAR=...` lines, `CUDA_VISIBLE_DEVICES=0`, python or torchrun)."""
+    try:
+        is_toml = bool(tomllib.loads(text))
+    except tomllib.TOMLDecodeError:
+        is_toml = False
+    return import_kohya_toml(text) if is_toml else import_diffusers_command(text)
