@@ -77,6 +77,8 @@ def _output_folder(c: _Collector, path: str, source: str) -> None:
 
 # ============================================================================= diffusers command lines
 
+_SDPA = "accepted; attention always runs through PyTorch's SDPA here"
+
 # store_true flags of the diffusers scripts that have no field here (their bool fields are known from FIELDS)
 _DIFFUSERS_SWITCHES = {
     "push_to_hub", "enable_xformers_memory_efficient_attention", "use_8bit_adam", "with_prior_preservation",
@@ -201,13 +203,13 @@ def import_diffusers_command(text: str) -> ImportResult:
     stem = PurePath(script).stem if script.endswith(".py") else script.rsplit(".", 1)[-1]
     given = {name for name, _, _ in args if name}
     for name, value, written in args:
-        _map_diffusers_flag(c, name, value, written, given)
+        _map_diffusers_flag(c, name, value, written)
     _map_launcher(c, launcher, given)
     _script_hints(c, stem, given)
     return c.result("the command")
 
 
-def _map_diffusers_flag(c: _Collector, name, value, written: str, given: set[str]) -> None:
+def _map_diffusers_flag(c: _Collector, name, value, written: str) -> None:
     source = written if value is True else f"--{name}={value}"
     if name is None:
         c.unmapped.append(f"{written} (a bare word, not a --flag)")
@@ -216,7 +218,7 @@ def _map_diffusers_flag(c: _Collector, name, value, written: str, given: set[str
     elif name == "use_8bit_adam":
         c.set("optimizer", "adamw8bit", source)
     elif name == "enable_xformers_memory_efficient_attention":
-        c.notes.append(f"{source}: accepted; attention always runs through PyTorch's SDPA here")
+        c.notes.append(f"{source}: {_SDPA}")
     elif name == "report_to" and value in ("all", "comet_ml"):
         c.unmapped.append(source)
         c.notes.append(f"{source}: report_to here is none, tensorboard or wandb")
@@ -293,12 +295,9 @@ _KOHYA_RENAMES = {
     "max_data_loader_n_workers": "dataloader_num_workers", "dataset_repeats": "repeats",
     "sample_every_n_epochs": "validation_epochs", "max_train_epochs": "num_train_epochs",
 }
-_KOHYA_OPTIMIZERS = {"adamw": "adamw", "adamw8bit": "adamw8bit", "prodigy": "prodigy"}
 _KOHYA_SCHEDULERS = set(FIELD_BY_NAME["lr_scheduler"].choices)
 _KOHYA_NOTES = {
-    "xformers": "accepted; attention always runs through PyTorch's SDPA here",
-    "sdpa": "accepted; attention always runs through PyTorch's SDPA here",
-    "mem_eff_attn": "accepted; attention always runs through PyTorch's SDPA here",
+    "xformers": _SDPA, "sdpa": _SDPA, "mem_eff_attn": _SDPA,
     "save_precision": "not needed: the adaptor is saved as the engine writes it (a kohya .safetensors file and "
                       "a diffusers folder)",
     "save_model_as": "not needed: the adaptor is always saved as .safetensors, in kohya and diffusers format",
@@ -312,8 +311,6 @@ _KOHYA_NOTES = {
     "network_train_text_encoder_only": "training only the text encoder is not supported",
     "resume": "kohya state folders cannot be resumed here; resume_from_checkpoint takes this studio's checkpoints",
 }
-
-
 # options that change nothing here: noted, not listed as unmapped
 _KOHYA_ACCEPTED = {"xformers", "sdpa", "mem_eff_attn", "save_precision", "save_model_as", "no_half_vae"}
 
@@ -358,7 +355,7 @@ def _kohya_sample_prompts(c: _Collector, value) -> None:
         c.unmapped.append(source)
         c.notes.append(f"{source}: not a .txt prompt file found here; set validation_prompt yourself")
         return
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    lines = (ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines())
     prompts = [ln for ln in lines if ln and not ln.startswith("#")]
     if not prompts:
         c.notes.append(f"{source}: the file holds no prompt")
@@ -459,9 +456,8 @@ def _kohya_optimizer(c: _Collector, flat: dict) -> None:
         opt = "AdamW8bit"
     if opt is not None:
         source = f"optimizer_type = {opt!r}"
-        mapped = _KOHYA_OPTIMIZERS.get(str(opt).lower())
-        if mapped:
-            c.set("optimizer", mapped, source)
+        if str(opt).lower() in FIELD_BY_NAME["optimizer"].choices:  # AdamW, AdamW8bit, Prodigy
+            c.set("optimizer", str(opt).lower(), source)
         else:
             c.unmapped.append(source)
             c.notes.append(f"{source}: optimizers here are AdamW, AdamW8bit and Prodigy; AdamW is used")
