@@ -122,7 +122,7 @@ FIELDS: list[Field] = [
     _f("prediction_type", str, None, "training",
        "epsilon or v_prediction; unset uses the base model's scheduler.", optional=True,
        choices=("epsilon", "v_prediction")),
-    _f("snr_gamma", float, None, "training", "Min-SNR loss weighting gamma (5.0 is usual).", optional=True,
+    _f("snr_gamma", float, None, "training", "Min-SNR loss weighting gamma (5.0 is usual; 0 = off, as in kohya).", optional=True,
        min=0.0, aliases=("min_snr_gamma",)),
     _f("dataloader_num_workers", int, 0, "training", "Data loading worker processes.", min=0, max=64),
     _f("cache_text_encoder_outputs", bool, False, "training",

@@ -48,7 +48,7 @@ def compute_loss(batch, comps, unet, encode_text, cfg, device, weight_dtype, pre
         target = comps.noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = noise
-    if cfg.snr_gamma is None:
+    if not cfg.snr_gamma:  # unset, or 0 = off as in kohya (a gamma of 0 would weight every loss by 0)
         return F.mse_loss(pred.float(), target.float(), reduction="mean")
     # Min-SNR weighting (Hang et al. 2023): min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v-prediction
     ac = alphas_cumprod[timesteps].float()
