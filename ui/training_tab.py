@@ -50,9 +50,12 @@ def import_settings(text: str) -> tuple[dict, str]:
     if not text:
         raise ConfigError("paste a diffusers training command (accelerate launch train_...py --flag=value ...) "
                           "or a kohya sd-scripts config TOML first")
-    looks_like_command = text.split()[0] in ("accelerate", "python", "python3") or text.lstrip().startswith("--")
-    result = (presets.import_diffusers_command(text) if looks_like_command else presets.import_kohya_toml(text))
-    kind = "diffusers command" if looks_like_command else "kohya config"
+    import tomllib
+    try:  # the same test import_pasted makes: a kohya config is TOML, anything else a command line
+        kind = "kohya config" if tomllib.loads(text) else "command line"
+    except tomllib.TOMLDecodeError:
+        kind = "command line"
+    result = presets.import_pasted(text)
     lines = [f"Imported {len(result.values)} settings from the {kind}."]
     if result.unmapped:
         lines.append("Not mapped (no matching setting here): " + ", ".join(f"`{u}`" for u in result.unmapped))
