@@ -110,6 +110,8 @@ def test_save_caption_one_image(star):
     assert written == star / "0004.txt" and written.read_bytes() == b"sks, a new caption"
     with pytest.raises(DataError, match="nope.png is not one of the images"):
         cf.save_caption(star, "nope.png", "x")
+    with pytest.raises(DataError, match="missing; give the folder"):
+        cf.list_images(star / "nowhere")
 
 
 def test_kohya_folder_text_is_the_base_of_bulk_changes(tmp_path):
@@ -209,10 +211,12 @@ def test_upload_files_and_refusals(tmp_path):
     assert sorted(p.name for p in datasets.iterdir()) == ["dogs"]
 
 
-def test_tab_builds_and_loads_the_default(star, tmp_path):
+def test_tab_builds_and_loads_the_default(star, tmp_path, monkeypatch):
     gr = pytest.importorskip("gradio")
     from ui import dataset_tab
     from ui.studio import Studio
+
+    monkeypatch.setattr(dataset_tab, "THUMBNAIL_CACHE", tmp_path / "thumbs")
 
     studio = Studio(home=tmp_path / "home", default_dataset=star)
     with gr.Blocks() as demo:
@@ -226,3 +230,9 @@ def test_tab_builds_and_loads_the_default(star, tmp_path):
     assert len(gallery) == 8 and keys[0] == "0000.png" and "Loaded 8 images" in status
     assert gallery[0][1] == "0000.png: a red star on a white background" and Path(gallery[0][0]).is_file()
     assert problems["data"] == [] and tags["data"][0][:2] == ["tag", "an orange star on a black background"]
+    assert Path(gallery[0][0]).parent == tmp_path / "thumbs"
+    click = gr.SelectData(None, {"index": 3, "value": None})
+    assert dataset_tab.select_image(str(star), ".txt", keys, click)[:2] == (
+        "0003.png", "a green star on a pink background")
+    assert dataset_tab.save_caption(str(star), ".txt", "0003.png", "sks, green") == "Saved `0003.txt`."
+    assert (star / "0003.txt").read_text() == "sks, green"

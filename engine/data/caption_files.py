@@ -48,6 +48,9 @@ def _config(folder: Path, caption_extension: str):
 def list_images(folder: str | Path, caption_extension: str = ".txt") -> tuple[list[CaptionedImage], list[str]]:
     """Every image training would use from `folder`, with its caption file; and the layout's warnings."""
     root = Path(folder).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"{root} is {'a file' if root.exists() else 'missing'}; give the folder that holds "
+                        "your images")
     cfg = _config(root, caption_extension)
     warnings: list[str] = []
     candidates, look_in = folder_candidates(root, cfg, warnings.append)
