@@ -32,16 +32,30 @@ def read_auth(value: str | None) -> list[tuple[str, str]] | None:
     return pairs
 
 
+def _working_copy(example: Path, datasets: Path) -> Path:
+    """The example dataset copied under datasets/ once, so caption edits never touch the shipped files."""
+    import shutil
+    import tempfile
+    target = datasets / example.name
+    if not target.exists():
+        datasets.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{example.name}.", dir=datasets))
+        shutil.copytree(example, tmp, dirs_exist_ok=True)
+        tmp.rename(target)  # whole or not at all
+    return target
+
+
 def make_studio(home: str | None = None):
     """The studio a fresh page opens with: builtin:toy, the toy-star example and presets/toy-lora.toml."""
     if home:
         os.environ["ADAPTOR_STUDIO_HOME"] = str(Path(home).resolve())
     from engine.jobs import JobQueue
-    from engine.paths import PROJECT_ROOT, runs_dir
+    from engine.paths import PROJECT_ROOT, datasets_dir, runs_dir
     from ui.studio import Studio
 
     studio = Studio(default_preset=PROJECT_ROOT / "presets" / "toy-lora.toml",
-                    default_dataset=PROJECT_ROOT / "examples" / "datasets" / "toy-star",
+                    default_dataset=_working_copy(PROJECT_ROOT / "examples" / "datasets" / "toy-star",
+                                                  datasets_dir()),
                     default_prompts="a red star on a white background\na blue star on a black background",
                     queue=JobQueue(runs_dir()))
     studio.queue.start()

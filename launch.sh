@@ -48,11 +48,26 @@ setup() {
   echo "$want" > "$stamp"
 }
 
+# The browser tests drive the system Chromium through Playwright (never `playwright install`).
+ensure_chromium() {
+  if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || [ -n "${CHROMIUM:-}" ]; then
+    return 0
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "launch.sh: installing chromium for the browser tests" >&2
+    apt-get install -y -q chromium >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } ||
+      echo "launch.sh: could not install chromium; the browser tests will be skipped" >&2
+  else
+    echo "launch.sh: no chromium found; install it (e.g. sudo apt-get install chromium) or the browser tests are skipped" >&2
+  fi
+}
+
 cmd="${1:-app}"
 case "$cmd" in
   setup) setup ;;
   test)
-    shift; setup
+    shift; setup; ensure_chromium
     exec "$VENV/bin/python" -m pytest "$@" ;;
   train)
     shift; setup

@@ -14,6 +14,7 @@ import gradio as gr
 
 from engine.config import FIELD_BY_NAME, FIELDS, GROUPS, ConfigError, Field, check_value, validate
 
+COLUMNS = 3  # fields side by side in a group
 UNSET = "(unset)"  # how a dropdown spells "leave it to the default / the model"
 GROUP_TITLES = {"model": "Model", "dataset": "Dataset", "training": "Training", "lora": "LoRA",
                 "validation": "Validation samples", "output": "Output and checkpoints"}
@@ -41,8 +42,10 @@ def to_widget(f: Field, value: Any) -> Any:
         return ", ".join(value or [])
     if f.choices and f.optional:
         return UNSET if value is None else value
-    if f.type is str and value is None:
+    if value is None and (f.type is str or f.optional):
         return ""
+    if f.optional and f.type in (int, float):  # shown in a text box (see make_widget)
+        return str(value)
     return value
 
 
@@ -68,6 +71,8 @@ def make_widget(f: Field, value: Any) -> gr.components.Component:
     if f.choices:
         choices = ([UNSET] if f.optional else []) + list(f.choices)
         return gr.Dropdown(choices=choices, **common)
+    if f.type in (int, float) and f.optional:  # a Number box shows "unset" as 0; empty text stays unset
+        return gr.Textbox(lines=1, placeholder="unset", **common)
     if f.type in (int, float):
         return gr.Number(minimum=f.min, maximum=f.max, precision=0 if f.type is int else None, **common)
     return gr.Textbox(lines=1, **common)
@@ -147,6 +152,9 @@ def build_form(values: dict[str, Any], skip: tuple[str, ...] = (), open_groups: 
             continue
         with gr.Accordion(GROUP_TITLES.get(group, group.replace("_", " ").capitalize()),
                           open=group in open_groups, elem_id=f"group-{group}"):
-            for f in fields:
-                form.add(f, values.get(f.name, f.default))
+            for start in range(0, len(fields), COLUMNS):
+                with gr.Row(equal_height=False):
+                    for f in fields[start:start + COLUMNS]:
+                        with gr.Column(min_width=240):
+                            form.add(f, values.get(f.name, f.default))
     return form
