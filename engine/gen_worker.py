@@ -112,6 +112,7 @@ class GenerationWorker:
         self.log_path = Path(log_path) if log_path else None
         self._proc: subprocess.Popen | None = None
         self._lines: queue.Queue | None = None
+        self._stderr_thread: threading.Thread | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=30)
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -130,7 +131,8 @@ class GenerationWorker:
                                       encoding="utf-8", errors="replace", bufsize=1)
         self._lines = queue.Queue()  # per process: a dead worker's last lines never answer a new request
         threading.Thread(target=self._pump_stdout, args=(self._proc, self._lines), daemon=True).start()
-        threading.Thread(target=self._pump_stderr, args=(self._proc,), daemon=True).start()
+        self._stderr_thread = threading.Thread(target=self._pump_stderr, args=(self._proc,), daemon=True)
+        self._stderr_thread.start()
 
     @staticmethod
     def _pump_stdout(proc, lines: queue.Queue) -> None:
@@ -152,6 +154,7 @@ class GenerationWorker:
 
     def _died(self, what: str) -> GenerationError:
         code = self._proc.wait()
+        self._stderr_thread.join(timeout=2)  # its last words, for the message
         tail = "\n".join(list(self._stderr_tail)[-8:])
         self._start()
         self.restarts += 1

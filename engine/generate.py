@@ -56,20 +56,21 @@ class Adaptor:
 
 def run_settings(run_dir: Path) -> dict[str, Any]:
     """A run's config.toml with schema defaults filled in (not re-validated: its dataset may be gone)."""
+    path = run_dir / "config.toml"
     try:
-        raw = flatten(read_toml(run_dir / "config.toml"))
+        raw = flatten(read_toml(path))
     except ConfigError as e:
-        raise GenerationError(f"cannot read the run's settings: {e}") from None
+        raise GenerationError(f"cannot read the run's settings {path}: {e}") from None
     return {f.name: raw.get(f.name, f.default) for f in FIELD_BY_NAME.values()}
 
 
 def _model_ref(base: str, settings: dict | None, vae: str | None) -> ModelRef:
-    """The base as given; the run's VAE, revision and variant apply only to the run's own base."""
-    same = settings is not None and base == settings["pretrained_model_name_or_path"]
-    keep = (lambda k: settings[k] if same else None)
-    return ModelRef(base, vae if vae is not None else keep("pretrained_vae_model_name_or_path"),
-                    keep("revision"), keep("variant"), settings["model_family"] if same else "auto",
-                    bool(settings and settings["allow_pickle"]) if same else False)
+    """The base as given; the run's VAE, revision, variant and family apply only to the run's own base."""
+    if settings is None or base != settings["pretrained_model_name_or_path"]:
+        return ModelRef(base, vae)
+    s = settings
+    return ModelRef(base, vae if vae is not None else s["pretrained_vae_model_name_or_path"], s["revision"],
+                    s["variant"], s["model_family"], bool(s["allow_pickle"]))
 
 
 def _owning_run(file: Path) -> dict | None:

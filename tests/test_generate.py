@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, make_images
+from engine.builtin import resolve_builtin
 from engine.config import save_config, validate
 from engine.families import get_family
 from engine.generate import GenerationError, PipeCache, compare_grid, img2img, inpaint
@@ -121,6 +122,11 @@ def test_kohya_file_scale_and_no_trigger(runs, tmp_path):
     assert zero["cols"] == 2 and Image.open(zero["grid"]).size[0] == 2 * 64
     assert np.abs(_arr(zero["cells"][0][1]) - _arr(zero["cells"][0][0])).max() <= 2  # scale 0 = the base
     assert cache.loads == 1
+    other = tmp_path / "other-base"  # another base replaces the loaded one
+    shutil.copytree(resolve_builtin("builtin:tiny-sd"), other)
+    compare_grid(str(other), bare, PROMPTS[:1], out=tmp_path / "d.png", pipe_cache=cache, **STEPS)
+    assert cache.loads == 2 and list(cache.slots) == ["base"]
+    assert cache.slots["base"][0][0].pretrained_model_name_or_path == str(other)
 
 
 def test_full_run_uses_its_own_pipeline(runs, tmp_path):
@@ -177,6 +183,7 @@ def _serve_env():
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
+@pytest.mark.slow  # starts Python processes (torch import: ~10 s each on 2 busy cores)
 def test_serve_protocol_keeps_stdout_to_responses(runs, tmp_path):
     compare = {"op": "compare", "base": None, "adaptor": str(runs["lora"]), "prompts": ["a red square"],
                "out": str(tmp_path / "w.png"), **STEPS}
@@ -194,6 +201,7 @@ def test_serve_protocol_keeps_stdout_to_responses(runs, tmp_path):
     assert Image.open(out[5]["grid"]).size[0] == 3 * 64
 
 
+@pytest.mark.slow  # starts Python processes (torch import: ~10 s each on 2 busy cores)
 def test_worker_client_errors_and_restart(runs, tmp_path):
     log = tmp_path / "worker.log"
     with GenerationWorker(log_path=log) as worker:
@@ -212,3 +220,31 @@ def test_worker_client_errors_and_restart(runs, tmp_path):
         assert worker.request("ping")["pid"] not in (None, pid) and worker.restarts == 1
     assert worker.pid is None
     assert log.is_file()
+
+
+@pytest.mark.slow  # starts Python processes (torch import: ~10 s each on 2 busy cores)
+def test_cli_compare_img2img_inpaint_and_bad_input(runs, tmp_path, capsys):
+    from engine.generate import main
+    grid = tmp_path / "cli" / "grid.png"
+    proc = subprocess.run([sys.executable, "-m", "engine.generate", "compare", "--adaptor", str(runs["lora"]),
+                           "--prompt", "a red square", "--prompt", "a blue circle", "--steps", "4", "--seed", "7",
+                           "--out", str(grid)], capture_output=True, text=True, cwd=tmp_path, env=_serve_env(),
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == str(grid)
+    assert Image.open(grid).size[0] == 3 * 64 and len(list((tmp_path / "cli" / "grid-cells").glob("*.png"))) == 6
+
+    src = make_images(tmp_path / "in", n=1, captions=False) / "img0.png"
+    assert main(["img2img", "--adaptor", str(runs["lora"]), "--prompt", "a red square", "--image", str(src),
+                 "--strength", "0.5", "--steps", "4", "--out", str(tmp_path / "i.png")]) == 0
+    Image.new("L", (64, 64), 255).save(tmp_path / "m.png")
+    assert main(["inpaint", "--adaptor", str(runs["lora"]), "--image", str(src), "--mask", str(tmp_path / "m.png"),
+                 "--steps", "4", "--no-trigger", "--out", str(tmp_path / "p.png")]) == 0
+    assert Image.open(tmp_path / "i.png").size == Image.open(tmp_path / "p.png").size == (64, 64)
+    capsys.readouterr()
+    missing = tmp_path / "no-such-run"
+    assert main(["compare", "--adaptor", str(missing), "--prompt", "x", "--out", str(tmp_path / "z.png")]) == 2
+    assert str(missing) in capsys.readouterr().err and not (tmp_path / "z.png").exists()
+    assert main(["inpaint", "--adaptor", str(runs["lora"]), "--image", str(src), "--mask", str(tmp_path / "nope.png"),
+                 "--out", str(tmp_path / "z.png")]) == 2
+    assert "nope.png" in capsys.readouterr().err
