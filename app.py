@@ -76,7 +76,8 @@ def main(argv=None) -> int:
     print(f"Adaptor Studio (pid {os.getpid()}) starting on http://{host}:{args.port}", flush=True)
     try:
         build_app(studio).launch(server_name=host, server_port=args.port, auth=auth, share=args.share,
-                                 inbrowser=not args.no_browser, css=CSS)
+                                 inbrowser=not args.no_browser, css=CSS,
+                                 allowed_paths=[str(studio.home)])  # run samples and grids live there
     finally:
         studio.queue.stop()
         if studio.worker is not None:

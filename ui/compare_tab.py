@@ -48,7 +48,7 @@ def _out_dir(studio: Studio) -> Path:
 
 def _worker(studio: Studio):
     if studio.worker is None:
-        from engine.generate import GenerationWorker
+        from engine.gen_worker import GenerationWorker  # no torch in the app process
         studio.worker = GenerationWorker(log_path=_out_dir(studio) / "worker.log")
     return studio.worker
 
@@ -131,9 +131,11 @@ def build(studio: Studio) -> None:
             result = run_compare(studio, *args)
         except Exception as e:  # the worker's message names the file or value; show it, never a trace
             return None, None, f"⚠ {e}"
-        trigger = result.get("trigger") or "(none)"
+        trigger = result.get("trigger") or "(none: no third column)"
+        columns = " | ".join(result.get("columns") or [])
         return (result["grid"], result["grid"],
-                f"{result['rows']} prompts x 3 columns, seed {int(args[5])}, trigger word: **{trigger}**.")
+                f"{result['rows']} prompts x {result['cols']} columns ({columns}), seed {int(args[5])}, "
+                f"trigger word: **{trigger}**.")
 
     def edit(op, editor_value, run, lora_file, base, prompts_text, negative, seed, steps, guidance, scale, strength_v):
         try:
