@@ -21,11 +21,13 @@ def values(data, **kw):
     return {**BASE, "train_data_dir": str(data), **kw}
 
 
-def wait_for(queue, condition, what, timeout=240):
-    """poll() until condition() holds; on timeout, fail showing every job's console tail."""
+def wait_for(queue, condition, what, timeout=240, poll=True):
+    """poll() (unless the queue's own thread does) until condition() holds; on timeout, fail showing every
+    job's console tail."""
     end = time.time() + timeout
     while time.time() < end:
-        queue.poll()
+        if poll:
+            queue.poll()
         if condition():
             return
         time.sleep(0.1)
@@ -88,6 +90,31 @@ def test_restart_judges_jobs_whose_process_is_gone_and_spares_reused_pids(tmp_pa
         other.wait()
 
 
+def test_cancel_kills_an_adopted_job_that_ignores_sigterm(tmp_path, tiny_data):
+    root = tmp_path / "runs"
+    job = JobQueue(root).submit(values(tiny_data, adaptor_name="stubborn"))
+    # a stand-in for a training process left by a dead app: same command-line marks, deaf to SIGTERM
+    code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('deaf', flush=True); "
+            "time.sleep(60)")
+    stubborn = subprocess.Popen([sys.executable, "-c", code, "-m", "engine.train", str(job.config_path)],
+                                start_new_session=True, stdout=subprocess.PIPE, text=True)
+    try:
+        assert stubborn.stdout.readline() == "deaf\n"
+        state = json.loads((root / ".queue" / "jobs.json").read_text())
+        state["jobs"][0].update(status="running", started=time.time(), attempts=1, pid=stubborn.pid)
+        (root / ".queue" / "jobs.json").write_text(json.dumps(state))
+        q = JobQueue(root)
+        adopted = q.get(job.id)
+        assert adopted.status == "running"
+        t0 = time.time()
+        q.cancel(job.id, grace=0.5)
+        assert adopted.status == "cancelled" and time.time() - t0 < 5
+        assert stubborn.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        stubborn.kill()
+        stubborn.communicate()
+
+
 @pytest.mark.slow
 def test_two_jobs_run_one_after_the_other(tmp_path, tiny_data):
     root = tmp_path / "runs"
@@ -101,7 +128,11 @@ def test_two_jobs_run_one_after_the_other(tmp_path, tiny_data):
         seen.add((a.status, b.status))
         return a.status == b.status == "done"
 
-    wait_for(q, both_done, "both jobs to finish")
+    q.start(interval=0.2)
+    try:
+        wait_for(q, both_done, "both jobs to finish", poll=False)
+    finally:
+        q.stop()
     assert ("running", "queued") in seen and not any(s == ("running", "running") for s in seen)
     assert a.ended <= b.started and a.returncode == b.returncode == 0 and a.attempts == b.attempts == 1
     for job in (a, b):
