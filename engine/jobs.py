@@ -269,6 +269,7 @@ class JobQueue:
             if job.id in self._cancelling and time.time() > self._cancelling[job.id]:
                 _signal_group(job.pid, signal.SIGKILL)
             return False
+        job.ended, job.returncode = time.time(), rc
         # nothing of a job outlives it (e.g. the training process when only its launcher was killed)
         if self._procs.pop(job.id, None) is not None:
             _signal_group(job.pid, signal.SIGKILL)
@@ -276,7 +277,9 @@ class JobQueue:
             for pid in _group_members(job.pid):
                 if _is_training_process(pid, job.config_path):
                     _signal(pid, signal.SIGKILL)
-        job.ended, job.returncode = time.time(), rc
+            # it may have ended long before this app looked: its last output says when
+            last_output = [p.stat().st_mtime for p in (job.console_log, job.run_dir / "events.jsonl") if p.exists()]
+            job.ended = min(job.ended, max([job.started or job.ended, *last_output]))
         job.earlier_s += max(0.0, job.ended - (job.started or job.ended))
         job.status, job.reason = self._verdict(job, rc)
         self._cancelling.pop(job.id, None)

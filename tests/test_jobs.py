@@ -67,7 +67,7 @@ def test_restart_judges_jobs_whose_process_is_gone_and_spares_reused_pids(tmp_pa
         now = time.time()
         state = json.loads(q.state_file.read_text())
         for entry in state["jobs"]:
-            entry.update(status="running", started=now, attempts=1,
+            entry.update(status="running", started=now - 3600, attempts=1,
                          pid=other.pid if entry["id"] == reused.id else dead.pid)
         q.state_file.write_text(json.dumps(state))
         finished.run_dir.mkdir(parents=True)  # its events say it finished before the app died
@@ -78,6 +78,8 @@ def test_restart_judges_jobs_whose_process_is_gone_and_spares_reused_pids(tmp_pa
         assert restarted.get(gone.id).status == "interrupted"
         assert restarted.get(finished.id).status == "done"
         assert restarted.get(reused.id).status == "interrupted"  # that pid is another program now
+        # run time ends at the job's last output, not when the restarted app looked
+        assert restarted.get(gone.id).elapsed == 0 and 3500 < restarted.get(finished.id).elapsed < 3700
         assert other.poll() is None, "the unrelated process was signalled"
         assert "killed" in progress(restarted.get(gone.id)).error
         assert json.loads(q.state_file.read_text())["jobs"][0]["status"] == "interrupted"
