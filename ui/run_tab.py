@@ -61,10 +61,10 @@ def curve(points, y: str) -> pd.DataFrame:
 
 def error_text(job, p) -> str:
     if p.error:
-        message, hint = p.error
-        return f"**Error:** {message}" + (f"\n\n**Hint:** {hint}" if hint else "")
+        return f"**Error:** {p.error}" + (f"\n\n**Hint:** {p.hint}" if p.hint else "")
     if job.status == "interrupted":
-        return "**Interrupted:** the process ended before finishing. Press Resume to continue from its last checkpoint."
+        return (f"**Interrupted:** {job.reason or 'the process ended before finishing'}. Press Resume to continue "
+                "from its last checkpoint.")
     if job.status == "cancelled":
         return "Cancelled."
     return ""
@@ -108,7 +108,7 @@ def build(studio: Studio) -> None:
         wanted = studio.shared.pop("selected_job", None) or job_id
         if wanted is None:
             jobs = studio.queue.jobs()
-            wanted = jobs[0].id if jobs else None
+            wanted = jobs[-1].id if jobs else None  # the newest
         return (queue_rows(studio), gr.update(choices=_job_choices(studio), value=wanted),
                 *view(studio, wanted))
 
