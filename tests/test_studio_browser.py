@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from engine import presets
-from engine.config import load_config
+from engine.config import FIELD_BY_NAME, load_config
 from engine.paths import PROJECT_ROOT
+from ui.schema_form import GROUP_TITLES
 from ui.testing import TAB_LABELS, StudioServer, chromium_path, launch_chromium, open_tab, screenshot_tabs
 
 pytestmark = [pytest.mark.slow,
@@ -55,6 +56,9 @@ def field(page, name: str):
 
 def set_field(page, name: str, value) -> None:
     box = field(page, name)
+    if not box.is_visible():  # its group's accordion is closed: open it as a user would
+        group = FIELD_BY_NAME[name].group
+        page.locator(f"#group-{group}").get_by_text(GROUP_TITLES[group], exact=True).first.click()
     box.fill(str(value))
     box.press("Tab")  # a number commits its value on blur
 
