@@ -1,4 +1,6 @@
 """method = "dreambooth" (LoRA and full, prior preservation) and "textual_inversion" (SD and SDXL)."""
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -16,6 +18,7 @@ BASE = dict(resolution=64, seed=5, train_batch_size=2, report_to="none", lr_warm
 
 
 def _comps(**kw):
+    kw = {k: str(v) if isinstance(v, Path) else v for k, v in kw.items()}
     cfg = validate({"train_data_dir": "unused", **BASE, **kw})
     family, source = get_family(cfg)
     return cfg, family.load(source, cfg, torch.float32)
