@@ -61,13 +61,15 @@ def concept_scenes(attribute: str, value: str, n: int):
     return out
 
 
-def train(preset: Path, out_dir: Path) -> tuple[Path, float]:
+def train(preset: Path, out_dir: Path, overrides: list[str] = ()) -> tuple[Path, float]:
     """One real `python -m engine.train` run of the preset; returns (run folder, wall seconds)."""
     from engine.config import load_config
     from engine.loop import run_dir_for
 
     cmd = [sys.executable, "-m", "engine.train", str(preset), "--set", f"output_dir={out_dir}",
            "--set", "overwrite=true", "--set", "report_to=none", "--set", "num_validation_images=0"]
+    for item in overrides:
+        cmd += ["--set", item]
     started = time.time()
     proc = subprocess.run(cmd, cwd=ROOT)
     seconds = time.time() - started
@@ -86,6 +88,7 @@ def measure(preset: Path, adaptor: Path | None, samples: int, steps: int | None,
     from engine.builtin.toy.judge import load_judge, predict
     from engine.config import load_config
     from engine.data import build_caption
+    from engine.methods import get_method
 
     cfg = load_config(preset)
     captions = [p.read_text() for p in sorted((ROOT / cfg.train_data_dir).glob(f"*{cfg.caption_extension}"))]
@@ -106,9 +109,13 @@ def measure(preset: Path, adaptor: Path | None, samples: int, steps: int | None,
 
         result["base_concept_rate"] = concept_rate(concept)
         result["base_adherence"] = adherence(pipe, judge, samples, steps)["shape_and_colour"]
-        pipe.load_lora_weights(str(Path(adaptor) / "diffusers"))
+        get_method(cfg.method).load_into_pipeline(pipe, Path(adaptor), cfg)
         result["adaptor_concept_rate"] = concept_rate(concept)
-        result["adaptor_trigger_concept_rate"] = concept_rate([build_caption(p, cfg.trigger_word) for p in concept])
+        if cfg.method == "textual_inversion":  # the learned token takes the concept word's place
+            triggered = [p.replace(f" {value} ", f" {cfg.placeholder_token} ") for p in concept]
+        else:
+            triggered = [build_caption(p, cfg.trigger_word) for p in concept]
+        result["adaptor_trigger_concept_rate"] = concept_rate(triggered)
         result["adaptor_adherence"] = adherence(pipe, judge, samples, steps)["shape_and_colour"]
     return {k: round(result[k], 4) for k in KEYS}
 
@@ -131,6 +138,17 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the pipeline's 50)")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     args = p.parse_args(argv)
+    from engine.config import load_config
+
+    if load_config(args.preset).method == "dreambooth":  # subject and class drift, with and without prior
+        from bench.dreambooth_quality import measure as measure_dreambooth
+
+        r = measure_dreambooth(args.preset, args.samples, args.steps, train)
+        for k, v in r.items():
+            print(f"{k:30s} {v}")
+        if args.json:
+            print(json.dumps(r))
+        return 0
     r = measure(args.preset, args.adaptor, args.samples, args.steps)
     for k in KEYS:
         print(f"{k:30s} {r[k]}")

@@ -52,12 +52,14 @@ FIELDS: list[Field] = [
     _f("model_family", str, "auto", "model", "Model family; auto detects it from the model.",
        choices=("auto", "sd1", "sd2", "sdxl")),
     _f("method", str, "lora", "model", "What to train: lora (an adaptor file) or full (every UNet weight, and "
-       "the text encoder's with train_text_encoder; writes a whole diffusers pipeline).",
-       choices=("lora", "full")),
+       "the text encoder's with train_text_encoder; writes a whole diffusers pipeline), dreambooth (a subject "
+       "from instance_prompt, LoRA unless dreambooth_full) or textual_inversion (new token embeddings).",
+       choices=("lora", "full", "dreambooth", "textual_inversion")),
     _f("allow_pickle", bool, False, "model",
        "Allow loading pickle checkpoints (.ckpt/.bin/.pt). Pickle files can run code: only for files you trust."),
     # --- dataset
-    _f("train_data_dir", str, None, "dataset", "Local folder of images and captions.", optional=True),
+    _f("train_data_dir", str, None, "dataset", "Local folder of images and captions.", optional=True,
+       aliases=("instance_data_dir",)),
     _f("dataset_name", str, None, "dataset",
        "A datasets hub id or a local dataset folder (save_to_disk or load_dataset layout).", optional=True),
     _f("image_column", str, "image", "dataset", "Image column of a dataset or metadata file."),
@@ -142,6 +144,35 @@ FIELDS: list[Field] = [
     _f("train_text_encoder", bool, False, "lora", "Also train LoRA on the text encoder(s)."),
     _f("text_encoder_lr", float, None, "lora", "Text encoder learning rate (unset: learning_rate).",
        optional=True, min=0.0, max=1.0),
+    # --- dreambooth (method = "dreambooth"; names as in diffusers' train_dreambooth*.py)
+    _f("dreambooth_full", bool, False, "dreambooth",
+       "Train the UNet itself (and the text encoder with train_text_encoder) instead of a LoRA; writes a whole "
+       "diffusers pipeline."),
+    _f("instance_prompt", str, None, "dreambooth",
+       "Caption of every subject image, with a rare identifier, e.g. \"a photo of sks dog\" (caption files are "
+       "ignored, as in diffusers' DreamBooth). The subject images are train_data_dir (alias instance_data_dir).",
+       optional=True),
+    _f("with_prior_preservation", bool, False, "dreambooth",
+       "Also train on class images (class_prompt), so the class itself does not drift to the subject."),
+    _f("class_prompt", str, None, "dreambooth", "Prompt of the class images, e.g. \"a photo of dog\".",
+       optional=True),
+    _f("class_data_dir", str, None, "dreambooth",
+       "Folder of class images; missing ones (up to num_class_images) are generated there by the base model "
+       "and reused by later runs.", optional=True),
+    _f("prior_loss_weight", float, 1.0, "dreambooth", "Weight of the class images' (prior) loss.", min=0.0),
+    _f("num_class_images", int, 100, "dreambooth", "Class images to train with (generated if fewer exist).",
+       min=1, max=100000),
+    _f("sample_batch_size", int, 4, "dreambooth", "Batch size when generating class images.", min=1, max=256),
+    # --- textual_inversion (method = "textual_inversion"; names as in diffusers' textual_inversion.py)
+    _f("placeholder_token", str, None, "textual_inversion",
+       "The new token that learns the concept, e.g. \"<cat-toy>\"; use it in prompts.", optional=True),
+    _f("initializer_token", str, None, "textual_inversion",
+       "One existing word whose embedding starts the new token's, e.g. \"toy\".", optional=True),
+    _f("num_vectors", int, 1, "textual_inversion", "Embedding vectors the placeholder token stands for.",
+       min=1, max=75),
+    _f("learnable_property", str, "object", "textual_inversion",
+       "object (\"a photo of a {}\" templates) or style (\"a painting in the style of {}\").",
+       choices=("object", "style")),
     # --- validation
     _f("validation_prompt", str, None, "validation", "Prompt for sample images during training.",
        optional=True, aliases=("eval_prompt",)),
@@ -330,9 +361,41 @@ def validate(raw: dict[str, Any]) -> Config:
         if lo % values["bucket_reso_steps"] or hi % values["bucket_reso_steps"]:
             raise ConfigError(f"min_bucket_reso = {lo} and max_bucket_reso = {hi} must be multiples of "
                               f"bucket_reso_steps = {values['bucket_reso_steps']}")
+    _check_method_fields(values)
     if not values["caption_extension"].startswith("."):
         values["caption_extension"] = "." + values["caption_extension"]
     return Config(values)
+
+
+def _check_method_fields(values: dict[str, Any]) -> None:
+    """What dreambooth and textual_inversion need, named key by key."""
+    method = values["method"]
+    if method == "dreambooth":
+        if not values["instance_prompt"]:
+            raise ConfigError("method = \"dreambooth\" needs instance_prompt, the caption of every subject image "
+                              "with a rare identifier, e.g. instance_prompt = \"a photo of sks dog\"")
+        if values["trigger_word"]:
+            raise ConfigError("trigger_word is not used with method = \"dreambooth\": every image trains with "
+                              "instance_prompt; put the identifier there and leave trigger_word empty")
+        if values["with_prior_preservation"]:
+            missing = [k for k in ("class_prompt", "class_data_dir") if not values[k]]
+            if missing:
+                raise ConfigError(f"with_prior_preservation = true needs {' and '.join(missing)} (e.g. class_prompt "
+                                  "= \"a photo of dog\", class_data_dir = \"class_images/dog\")")
+            if values["enable_bucket"]:
+                raise ConfigError("with_prior_preservation cannot be used with enable_bucket yet (each batch "
+                                  "pairs subject and class images of one size); turn enable_bucket off")
+    elif values["with_prior_preservation"]:
+        raise ConfigError(f"with_prior_preservation = true is a DreamBooth setting; set method = \"dreambooth\" "
+                          f"(method is {method!r})")
+    if method == "textual_inversion":
+        missing = [k for k in ("placeholder_token", "initializer_token") if not values[k]]
+        if missing:
+            raise ConfigError(f"method = \"textual_inversion\" needs {' and '.join(missing)}, e.g. "
+                              "placeholder_token = \"<cat-toy>\", initializer_token = \"toy\"")
+        if values["cache_text_encoder_outputs"]:
+            raise ConfigError("cache_text_encoder_outputs = true cannot be used with method = "
+                              "\"textual_inversion\" (the trained embeddings change the outputs); turn it off")
 
 
 # ----------------------------------------------------------------------------- reading and writing

@@ -162,6 +162,7 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     groups = method.prepare(comps, cfg)
     modules = method.trained_modules(comps, cfg)
     comps.vae.to(device)
+    comps.unet.to(device)  # prepare() moves only trained modules; textual inversion does not train the UNet
     for te in comps.text_encoders:
         te.to(device)
     if cfg.gradient_checkpointing:
@@ -174,7 +175,9 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     def warn(msg):
         events.emit("warning", message=msg)
 
-    items = discover_items(cfg, warn)
+    custom_items = getattr(method, "discover_items", None)
+    items = (custom_items(cfg, comps, warn, device, accelerator, events.say) if custom_items
+             else discover_items(cfg, warn))
     if cfg.cache_latents:
         if not cfg.center_crop:
             warn("cache_latents freezes the crop to the centre (random crop needs fresh encodes)")
@@ -188,8 +191,10 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
         dataset = TrainDataset(items, cfg)
     loading = dict(collate_fn=collate, num_workers=cfg.dataloader_num_workers, pin_memory=device.type == "cuda",
                    persistent_workers=cfg.dataloader_num_workers > 0)
-    bucket_sampler = None
-    if cfg.enable_bucket:  # each batch from one bucket; the order is a function of (seed, epoch)
+    bucket_sampler = getattr(method, "batch_sampler", lambda cfg, dataset: None)(cfg, dataset)
+    if bucket_sampler is not None:  # the method batches (DreamBooth: subject and class examples together)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=bucket_sampler, **loading)
+    elif cfg.enable_bucket:  # each batch from one bucket; the order is a function of (seed, epoch)
         bucket_sampler = BucketBatchSampler(dataset.bucket_of, cfg.train_batch_size, seed=cfg.seed)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=bucket_sampler, **loading)
     else:
@@ -228,7 +233,8 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     prepared = accelerator.prepare(*trained, optimizer, loader, lr_scheduler)
     trained, (optimizer, loader, lr_scheduler) = list(prepared[: len(trained)]), prepared[len(trained):]
     unwrapped = {name: accelerator.unwrap_model(m) for name, m in zip(modules, trained)}
-    unet = trained[0]
+    unet = trained[list(modules).index("unet")] if "unet" in modules else comps.unet
+    trains_text = any(n in modules for n in family.text_encoder_names)
     text_encoders = [unwrapped.get(n, te) for n, te in zip(family.text_encoder_names, comps.text_encoders)]
     train_encoders = [trained[list(modules).index(n)] if n in modules else te
                       for n, te in zip(family.text_encoder_names, comps.text_encoders)]
@@ -236,7 +242,7 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     def encode_text(captions):
         if text_cache is not None:
             return text_cache.lookup(captions, device)
-        with torch.set_grad_enabled(cfg.train_text_encoder):
+        with torch.set_grad_enabled(trains_text):
             return family.encode_prompt(comps.tokenizers, train_encoders, captions, device)
 
     steps_per_epoch = math.ceil(len(loader) / cfg.gradient_accumulation_steps)
@@ -298,6 +304,9 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     epoch = first_epoch
     micro_step = global_step * cfg.gradient_accumulation_steps
     accum_loss, accum_count = torch.zeros((), device=device), 0  # summed micro-batch losses since the last report
+    accum_parts: dict[str, torch.Tensor] = {}  # the same for the parts a method reports (DreamBooth's prior loss)
+    loss_fn = getattr(method, "compute_loss", compute_loss)
+    after_step = getattr(method, "after_optimizer_step", None)
     tick_step = global_step
     for epoch in range(first_epoch, num_epochs):
         for m in trained:
@@ -315,8 +324,12 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
             gen = step_generator(cfg.seed, micro_step, accelerator.process_index, device)
             micro_step += 1
             with accelerator.accumulate(*trained):
-                loss = compute_loss(batch, comps, unet, encode_text, cfg, device, weight_dtype, prediction_type,
-                                    alphas_cumprod, gen)
+                loss = loss_fn(batch, comps, unet, encode_text, cfg, device, weight_dtype, prediction_type,
+                               alphas_cumprod, gen)
+                if isinstance(loss, tuple):
+                    loss, parts = loss
+                    for k, v in parts.items():
+                        accum_parts[k] = accum_parts.get(k, 0) + v
                 accum_loss += loss.detach()
                 accum_count += 1
                 accelerator.backward(loss)
@@ -324,6 +337,8 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
                     accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
                                                 cfg.max_grad_norm)
                 optimizer.step()
+                if after_step is not None:
+                    after_step(unwrapped)
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             if not accelerator.sync_gradients:
@@ -334,7 +349,9 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
                 # the only host sync of the loop: loss (mean over micro-batches, steps since the last
                 # report and processes), progress, the NaN check
                 mean_loss = accelerator.gather((accum_loss / accum_count).reshape(1)).mean().item()
-                accum_loss, accum_count = torch.zeros((), device=device), 0
+                parts = {k: accelerator.gather((v / accum_count).reshape(1)).mean().item()
+                         for k, v in accum_parts.items()}
+                accum_loss, accum_count, accum_parts = torch.zeros((), device=device), 0, {}
                 _check_finite(mean_loss, global_step, ckpt_dir)
                 now = time.time()
                 step_times.append((now - last_tick) / max(1, global_step - tick_step))
@@ -345,7 +362,7 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
                 accelerator.log({"loss": mean_loss, "lr": lr}, step=global_step)
                 events.emit("step", step=global_step, total_steps=total_steps, epoch=epoch + 1, loss=mean_loss,
                             lr=lr, it_per_s=it_per_s, eta_s=(total_steps - global_step) / it_per_s,
-                            peak_memory_mb=round(_peak_memory_mb(device), 1))
+                            peak_memory_mb=round(_peak_memory_mb(device), 1), **parts)
             if cfg.checkpointing_steps and global_step % cfg.checkpointing_steps == 0 and global_step < total_steps:
                 ckpt.save_checkpoint(accelerator, ckpt_dir, global_step, epoch, cfg, events)
                 last_tick, tick_step = time.time(), global_step
@@ -354,8 +371,8 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
         if _validation_due(cfg, epoch, num_epochs, global_step >= total_steps) and accelerator.is_main_process:
             tag = f"epoch{epoch + 1:03d}-step{global_step:06d}"
             with _on_device(idle if device.type == "cuda" else [], device):
-                paths = validation_images(comps, unwrapped["unet"], text_encoders, cfg, device, weight_dtype,
-                                          run_dir / "samples", tag)
+                paths = validation_images(comps, unwrapped.get("unet", comps.unet), text_encoders, cfg, device,
+                                          weight_dtype, run_dir / "samples", tag)
             for p in paths:
                 samples.append(str(p.relative_to(run_dir)))
                 events.emit("sample", path=str(p), prompt=cfg.validation_prompt, step=global_step, epoch=epoch + 1)

@@ -102,8 +102,10 @@ def _warn_missing_captions(items: list[Item], cfg, warn: Warn) -> None:
     warn(f"{len(missing)} of {len(items)} images have no caption (e.g. {missing[0].key}); {effect}")
 
 
-def discover_items(cfg, warn: Warn) -> list[Item]:
-    """The training images of cfg's data source, checked, capped at cfg.max_train_samples."""
+def discover_items(cfg, warn: Warn, captioned: bool = True) -> list[Item]:
+    """The training images of cfg's data source, checked, capped at cfg.max_train_samples.
+
+    captioned=False: the caller captions the images itself (DreamBooth), so missing captions are no news."""
     rows, nothing_found = _dataset_items(cfg) if cfg.dataset_name else _folder_items(cfg, warn)
     items: list[Item] = []
     skipped = 0
@@ -122,7 +124,8 @@ def discover_items(cfg, warn: Warn) -> list[Item]:
             raise DataError(f"no usable images in {source}: all {skipped} were skipped as unreadable "
                             "(see the warnings above); replace or remove those files")
         raise DataError(nothing_found())
-    _warn_missing_captions(items, cfg, warn)
+    if captioned:
+        _warn_missing_captions(items, cfg, warn)
     return items
 
 

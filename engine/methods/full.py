@@ -48,6 +48,22 @@ def output_path(run_dir: Path, cfg) -> Path:
     return run_dir / "diffusers" / "model_index.json"
 
 
+def load_into_pipeline(pipe, run_dir: Path, cfg, scale: float = 1.0) -> None:
+    """The trained UNet (and text encoders, if trained) in place of a loaded base pipeline's; `scale` blends
+    the weights: base + scale x (trained - base)."""
+    folder = Path(run_dir) / "diffusers"
+    names = ["unet"] + [n for n in ("text_encoder", "text_encoder_2")
+                        if cfg.train_text_encoder and getattr(pipe, n, None) is not None]
+    for name in names:
+        base = getattr(pipe, name)
+        trained = type(base).from_pretrained(folder, subfolder=name).to(base.device, base.dtype)
+        if scale != 1.0:
+            old = base.state_dict()
+            trained.load_state_dict({k: old[k] + scale * (v - old[k]) if v.is_floating_point() else v
+                                     for k, v in trained.state_dict().items()})
+        setattr(pipe, name, trained)
+
+
 def write_outputs(folder: Path, cfg, comps, modules: dict, stats: dict) -> dict[str, str]:
     """The whole pipeline (trained parts in fp32, the rest as loaded), saved to a temp folder and renamed
     into place, keeping the base's sampling scheduler."""

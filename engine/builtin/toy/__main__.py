@@ -15,7 +15,7 @@ def main(argv=None) -> int:
     b.add_argument("--work", type=Path, default=None, help="scratch folder (default: the cache)")
     b.add_argument("--resume", action="store_true", help="reuse the stages an earlier build finished in --work")
     b.add_argument("--smoke", action="store_true", help="a seconds-long run of every stage (needs --out)")
-    e = sub.add_parser("examples", help="write the example datasets (toy-star, toy-striped)")
+    e = sub.add_parser("examples", help="write the example datasets (toy-star, toy-striped, toy-subject)")
     e.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[3] / "examples" / "datasets")
     args = parser.parse_args(argv)
     if args.command == "examples":

@@ -6,6 +6,7 @@ the same on every machine. The base model `builtin:toy` only ever sees BASE_SHAP
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,15 +122,16 @@ def render_image(scene: Scene) -> Image.Image:
     return Image.fromarray(render(scene), "RGB")
 
 
-def write_dataset(folder, items: list[Scene], prefix: str = "") -> None:
-    """PNG + .txt caption pairs (the kohya layout) for the given scenes."""
+def write_dataset(folder, items: list[Scene], prefix: str = "", captions: bool = True) -> None:
+    """PNG + .txt caption pairs (the kohya layout) for the given scenes (PNGs alone without captions)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     width = max(4, len(str(len(items) - 1)))
     for i, s in enumerate(items):
         stem = f"{prefix}{i:0{width}d}"
         render_image(s).save(folder / f"{stem}.png", optimize=True)
-        (folder / f"{stem}.txt").write_text(s.caption() + "\n")
+        if captions:
+            (folder / f"{stem}.txt").write_text(s.caption() + "\n")
 
 
 EXAMPLE_READMES = {
@@ -149,7 +151,24 @@ A LoRA trained on this folder (presets/toy-style-lora.toml, trigger word `sks`) 
 
 Made by `python -m engine.builtin.toy examples`; the same command writes the same files.
 """,
+    "toy-subject": """# toy-subject: one subject of a class the base knows
+
+Eight pictures of the same object, a red-and-white striped circle of one size on a white background, a
+little further left or right, up or down in each (DreamBooth's few photos of one subject). builtin:toy
+knows circles, but only solid ones. No caption files: DreamBooth captions every image with its instance
+prompt (presets/toy-dreambooth.toml: "a sks circle", class prompt "a circle").
+
+Made by `python -m engine.builtin.toy examples`; the same command writes the same files.
+""",
 }
+SUBJECT = Scene(shape="circle", colour="red", background="white", fill=NEW_FILL, r=18.0)  # the toy-subject
+
+
+def subject_scenes(n: int = 8) -> list[Scene]:
+    """The subject at n positions (within 6 px of the centre); nothing else changes."""
+    rng = np.random.default_rng(303)
+    return [dataclasses.replace(SUBJECT, cx=float(SIZE / 2 + rng.uniform(-6, 6)),
+                                cy=float(SIZE / 2 + rng.uniform(-6, 6))) for _ in range(n)]
 
 
 def example_scenes(name: str) -> list[Scene]:
@@ -167,11 +186,15 @@ def example_scenes(name: str) -> list[Scene]:
 
 
 def write_examples(root) -> list:
-    """examples/datasets/toy-star and toy-striped: 8 PNGs with .txt captions and a README each."""
+    """examples/datasets/toy-star and toy-striped (8 PNGs with .txt captions) and toy-subject (5 PNGs), each
+    with a README."""
     written = []
     for name, readme in EXAMPLE_READMES.items():
         folder = Path(root) / name
-        write_dataset(folder, example_scenes(name))
+        if name == "toy-subject":
+            write_dataset(folder, subject_scenes(), captions=False)
+        else:
+            write_dataset(folder, example_scenes(name))
         (folder / "README.md").write_text(readme)
         written.append(folder)
     return written
