@@ -86,6 +86,7 @@ def measure(preset: Path, adaptor: Path | None, samples: int, steps: int | None,
     from engine.builtin.toy.judge import load_judge, predict
     from engine.config import load_config
     from engine.data import build_caption
+    from engine.methods import get_method
 
     cfg = load_config(preset)
     captions = [p.read_text() for p in sorted((ROOT / cfg.train_data_dir).glob(f"*{cfg.caption_extension}"))]
@@ -106,7 +107,7 @@ def measure(preset: Path, adaptor: Path | None, samples: int, steps: int | None,
 
         result["base_concept_rate"] = concept_rate(concept)
         result["base_adherence"] = adherence(pipe, judge, samples, steps)["shape_and_colour"]
-        pipe.load_lora_weights(str(Path(adaptor) / "diffusers"))
+        get_method(cfg.method).load_into_pipeline(pipe, Path(adaptor), load_config(Path(adaptor) / "config.toml"))
         result["adaptor_concept_rate"] = concept_rate(concept)
         result["adaptor_trigger_concept_rate"] = concept_rate([build_caption(p, cfg.trigger_word) for p in concept])
         result["adaptor_adherence"] = adherence(pipe, judge, samples, steps)["shape_and_colour"]
