@@ -149,7 +149,8 @@ FIELDS: list[Field] = [
        "outliers; see huber_c).", choices=("l2", "huber", "smooth_l1")),
     _f("huber_c", float, 0.1, "training", "Huber / smooth L1 threshold c.", min=1e-6, max=10.0),
     _f("huber_schedule", str, "constant", "training", "How c varies with the timestep (kohya): constant, "
-       "exponential (1 at t=0 down to huber_c at the last timestep) or snr.", choices=("constant", "exponential", "snr")),
+       "exponential (1 at t=0 down to huber_c at the last timestep) or snr.",
+       choices=("constant", "exponential", "snr")),
     _f("do_edm_style_training", bool, False, "training",
        "EDM-style training (Karras et al. 2022) as in diffusers' SDXL DreamBooth script: Euler sigmas, "
        "preconditioned inputs and outputs, the clean latents as target. Not with snr_gamma."),

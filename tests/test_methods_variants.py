@@ -303,11 +303,11 @@ def test_full_with_ema_saves_the_average_and_a_single_file_that_loads(tmp_path, 
 
     from engine.checkpoints import load_trained_state
 
-    run = _run(tmp_path, tiny_data, "ft", method="full", use_ema=True, ema_decay=0.5, learning_rate=1e-3,
-               checkpointing_steps=2)
+    args = dict(method="full", use_ema=True, ema_decay=0.5, learning_rate=1e-3, checkpointing_steps=2)
+    run = _run(tmp_path, tiny_data, "ft", **args)
     ckpt = run / "checkpoints" / "checkpoint-2"
     state = load_trained_state(ckpt / "trained_state.safetensors")
-    saved = {k: v for k, v in load_file(str(ckpt / "diffusers" / "unet" / "diffusion_pytorch_model.safetensors")).items()}
+    saved = load_file(str(ckpt / "diffusers" / "unet" / "diffusion_pytorch_model.safetensors"))
     ema, raw = state["ema_unet"], state["unet"]
     assert int(ema.pop("__optimization_step__")) == 2
     assert all(torch.equal(saved[k], ema[k]) for k in ema)
@@ -320,3 +320,9 @@ def test_full_with_ema_saves_the_average_and_a_single_file_that_loads(tmp_path, 
     single.set_progress_bar_config(disable=True)
     assert np.array_equal(image(pipe), image(single))
     assert np.abs(image(pipe) - image(load_base("builtin:tiny-sd", "sd1"))).max() > 1e-3
+
+    # resuming from the checkpoint restores the EMA too: the same averaged weights as the uninterrupted run
+    final = load_file(str(run / "diffusers" / "unet" / "diffusion_pytorch_model.safetensors"))
+    _run(tmp_path, tiny_data, "ft", **args, resume_from_checkpoint=ckpt)
+    resumed = load_file(str(run / "diffusers" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert max((final[k] - resumed[k]).abs().max().item() for k in final) < 1e-6

@@ -181,7 +181,7 @@ def model_card(cfg, comps, stats: dict, outputs: dict[str, str], samples: list[s
         f"resolution {cfg.resolution}, batch {cfg.train_batch_size} x {cfg.gradient_accumulation_steps}, "
         f"seed {cfg.seed}",
         f"- Text encoder trained: {'yes' if cfg.train_text_encoder else 'no'}",
-        f"- EMA: {'yes, decay ' + format(cfg.ema_decay, 'g') + ' (the saved weights are the average)' if cfg.use_ema else 'no'}",
+        f"- EMA: {f'yes, decay {cfg.ema_decay:g} (the saved weights are the average)' if cfg.use_ema else 'no'}",
     ]
     return finish_card(lines, [
         f"pipe = {fam.pipeline_class.__name__}.from_pretrained(\"{outputs.get('diffusers', 'diffusers')}\")",
