@@ -109,7 +109,7 @@ def measure(preset: Path, adaptor: Path | None, samples: int, steps: int | None,
 
         result["base_concept_rate"] = concept_rate(concept)
         result["base_adherence"] = adherence(pipe, judge, samples, steps)["shape_and_colour"]
-        get_method(cfg.method).load_into_pipeline(pipe, Path(adaptor), cfg)
+        get_method(cfg.method).load_into_pipeline(pipe, Path(adaptor), load_config(Path(adaptor) / "config.toml"))
         result["adaptor_concept_rate"] = concept_rate(concept)
         if cfg.method == "textual_inversion":  # the learned token takes the concept word's place
             triggered = [p.replace(f" {value} ", f" {cfg.placeholder_token} ") for p in concept]

@@ -69,6 +69,19 @@ FIELDS: list[Field] = [
     _f("caption_dropout_rate", float, 0.0, "dataset",
        "Train this fraction of steps' captions as empty text, so classifier-free guidance has an unconditional "
        "model to steer from (needed when training from scratch; 0.05-0.1 is usual).", min=0.0, max=1.0),
+    _f("shuffle_caption", bool, False, "dataset",
+       "Shuffle the comma-separated tags of each caption every time it is used (kohya); the first keep_tokens "
+       "tags and the trigger word stay in place."),
+    _f("keep_tokens", int, 0, "dataset", "With shuffle_caption: how many leading tags stay in place (the trigger "
+       "word counts as one).", min=0, max=100),
+    _f("color_jitter_brightness", float, 0.0, "dataset", "Colour jitter: brightness factor drawn from "
+       "[1-b, 1+b] per image (torchvision's ColorJitter; 0 = off).", min=0.0, max=1.0),
+    _f("color_jitter_contrast", float, 0.0, "dataset", "Colour jitter: contrast factor from [1-c, 1+c].",
+       min=0.0, max=1.0),
+    _f("color_jitter_saturation", float, 0.0, "dataset", "Colour jitter: saturation factor from [1-s, 1+s].",
+       min=0.0, max=1.0),
+    _f("color_jitter_hue", float, 0.0, "dataset", "Colour jitter: hue shift from [-h, h] turns of the colour "
+       "wheel.", min=0.0, max=0.5),
     _f("resolution", int, 512, "dataset", "Training resolution in pixels (square).",
        min=64, max=2048, multiple_of=8),
     _f("center_crop", bool, False, "dataset", "Center crop instead of random crop."),
@@ -107,11 +120,19 @@ FIELDS: list[Field] = [
     _f("lr_num_cycles", int, 1, "training", "Cycles of cosine_with_restarts.", min=1),
     _f("lr_power", float, 1.0, "training", "Power of the polynomial schedule.", min=0.0),
     _f("optimizer", str, "adamw", "training", "Optimizer (adamw8bit needs CUDA and bitsandbytes).",
-       choices=("adamw", "adamw8bit", "prodigy")),
+       choices=("adamw", "adamw8bit", "prodigy", "adafactor", "lion")),
     _f("adam_beta1", float, 0.9, "training", "Adam beta1.", min=0.0, max=1.0),
     _f("adam_beta2", float, 0.999, "training", "Adam beta2.", min=0.0, max=1.0),
     _f("adam_weight_decay", float, 0.01, "training", "Weight decay.", min=0.0, max=10.0),
     _f("adam_epsilon", float, 1e-8, "training", "Adam epsilon.", min=0.0, max=1.0),
+    _f("prodigy_beta3", float, None, "training", "Prodigy beta3 (unset: the square root of adam_beta2).",
+       optional=True, min=0.0, max=1.0),
+    _f("prodigy_decouple", bool, True, "training", "Prodigy: AdamW-style decoupled weight decay."),
+    _f("prodigy_use_bias_correction", bool, False, "training", "Prodigy: Adam's bias correction (true is "
+       "usual for diffusion)."),
+    _f("prodigy_safeguard_warmup", bool, False, "training", "Prodigy: guard the step-size estimate during "
+       "warm-up (true when the schedule has warm-up)."),
+    _f("prodigy_d_coef", float, 1.0, "training", "Prodigy: multiplier of the estimated step size.", min=0.0),
     _f("max_grad_norm", float, 1.0, "training", "Clip gradients to this norm (0 = no clipping).", min=0.0),
     _f("mixed_precision", str, "no", "training", "Weight and autocast precision.",
        choices=("no", "fp16", "bf16")),
@@ -126,6 +147,21 @@ FIELDS: list[Field] = [
        choices=("epsilon", "v_prediction")),
     _f("snr_gamma", float, None, "training", "Min-SNR loss weighting gamma (5.0 is usual; 0 = off, as in kohya).", optional=True,
        min=0.0, aliases=("min_snr_gamma",)),
+    _f("loss_type", str, "l2", "training", "Loss: l2 (mean squared error), huber or smooth_l1 (robust to "
+       "outliers; see huber_c).", choices=("l2", "huber", "smooth_l1")),
+    _f("huber_c", float, 0.1, "training", "Huber / smooth L1 threshold c.", min=1e-6, max=10.0),
+    _f("huber_schedule", str, "constant", "training", "How c varies with the timestep (kohya): constant, "
+       "exponential (1 at t=0 down to huber_c at the last timestep) or snr.",
+       choices=("constant", "exponential", "snr")),
+    _f("do_edm_style_training", bool, False, "training",
+       "EDM-style training (Karras et al. 2022) as in diffusers' SDXL DreamBooth script: Euler sigmas, "
+       "preconditioned inputs and outputs, the clean latents as target. Not with snr_gamma."),
+    _f("use_ema", bool, False, "training", "method = full: keep an exponential moving average of the UNet weights "
+       "and save it as the result."),
+    _f("ema_decay", float, 0.9999, "training", "EMA decay (warmed up as (1+step)/(10+step) until it reaches this).",
+       min=0.0, max=1.0),
+    _f("offload_ema", bool, False, "training", "Keep the EMA weights in CPU memory (saves GPU memory, slower).",
+       aliases=("ema_on_cpu",)),
     _f("dataloader_num_workers", int, 0, "training", "Data loading worker processes.", min=0, max=64),
     _f("cache_text_encoder_outputs", bool, False, "training",
        "Encode each caption once with the frozen text encoder(s) and reuse it (also across runs). Not with "
@@ -144,6 +180,18 @@ FIELDS: list[Field] = [
     _f("train_text_encoder", bool, False, "lora", "Also train LoRA on the text encoder(s)."),
     _f("text_encoder_lr", float, None, "lora", "Text encoder learning rate (unset: learning_rate).",
        optional=True, min=0.0, max=1.0),
+    _f("lora_type", str, "lora", "lora", "lora, loha (Hadamard product) or lokr (Kronecker product); LoHa and "
+       "LoKr files use the LyCORIS layout ComfyUI and AUTOMATIC1111 load.", choices=("lora", "loha", "lokr")),
+    _f("use_dora", bool, False, "lora", "DoRA: weight-decomposed LoRA (lora_type = lora only)."),
+    _f("lora_dropout", float, 0.0, "lora", "Dropout on the LoRA layers' input (lora_type = lora).",
+       min=0.0, max=1.0),
+    _f("rank_dropout", float, 0.0, "lora", "LoHa/LoKr: dropout of whole ranks.", min=0.0, max=1.0),
+    _f("module_dropout", float, 0.0, "lora", "LoHa/LoKr: chance to skip a module's adaptor in a step.",
+       min=0.0, max=1.0),
+    _f("conv_rank", int, None, "lora", "Also train the UNet's 3x3 conv layers (resnets, down/upsamplers) at this "
+       "rank (kohya's conv_dim; unset: no conv layers).", optional=True, min=1, max=128, aliases=("conv_dim",)),
+    _f("conv_alpha", float, None, "lora", "Alpha of the conv layers (unset: 1.0, kohya's default).",
+       optional=True, min=0.0),
     # --- dreambooth (method = "dreambooth"; names as in diffusers' train_dreambooth*.py)
     _f("dreambooth_full", bool, False, "dreambooth",
        "Train the UNet itself (and the text encoder with train_text_encoder) instead of a LoRA; writes a whole "
@@ -353,6 +401,7 @@ def validate(raw: dict[str, Any]) -> Config:
     if values["cache_text_encoder_outputs"] and values["train_text_encoder"]:
         raise ConfigError("cache_text_encoder_outputs = true cannot be used with train_text_encoder = true "
                           "(trained encoders change their outputs every step); turn one off")
+    _check_variants(values)
     if values["enable_bucket"]:
         lo, hi, res = values["min_bucket_reso"], values["max_bucket_reso"], values["resolution"]
         if lo > res or hi < res:
@@ -367,6 +416,30 @@ def validate(raw: dict[str, Any]) -> Config:
     return Config(values)
 
 
+def _check_variants(values: dict[str, Any]) -> None:
+    """Combinations of the method, adaptor and objective options that cannot work together."""
+    kind = values["lora_type"]
+    if values["use_dora"] and kind != "lora":
+        raise ConfigError(f"use_dora = true needs lora_type = \"lora\" (DoRA is a LoRA variant), not {kind!r}")
+    if kind != "lora" and values["lora_dropout"]:
+        raise ConfigError(f"lora_dropout applies to lora_type = \"lora\"; for {kind} use rank_dropout or "
+                          "module_dropout")
+    if kind == "lora" and (values["rank_dropout"] or values["module_dropout"]):
+        raise ConfigError("rank_dropout and module_dropout apply to lora_type = \"loha\" or \"lokr\"; for lora "
+                          "use lora_dropout")
+    if values["do_edm_style_training"] and values["snr_gamma"]:
+        raise ConfigError("do_edm_style_training = true cannot be used with snr_gamma (min_snr_gamma): EDM "
+                          "training weights the loss by its own sigmas; unset snr_gamma or turn EDM off")
+    if values["use_ema"] and values["method"] != "full":
+        raise ConfigError(f"use_ema = true needs method = \"full\" (method = {values['method']!r} trains an "
+                          "adaptor, which keeps no EMA)")
+    jitter = [values[f"color_jitter_{k}"] for k in ("brightness", "contrast", "saturation", "hue")]
+    if any(jitter) and values["cache_latents"]:
+        raise ConfigError("color_jitter_* needs fresh pixels each step, so it cannot be used with cache_latents "
+                          "= true; turn one off")
+    if values["shuffle_caption"] and values["cache_text_encoder_outputs"]:
+        raise ConfigError("shuffle_caption = true makes new captions every step, so it cannot be used with "
+                          "cache_text_encoder_outputs = true; turn one off")
 def _check_method_fields(values: dict[str, Any]) -> None:
     """What dreambooth and textual_inversion need, named key by key."""
     method = values["method"]

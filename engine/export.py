@@ -35,24 +35,56 @@ def canonical_keys(component: str, state_dict: dict[str, torch.Tensor]) -> dict[
     return {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state_dict.items()}
 
 
-def peft_to_kohya(state_dict: dict[str, torch.Tensor], prefix: str, alpha: float) -> dict[str, torch.Tensor]:
-    """`a.b.to_q.lora_A.weight` -> `{prefix}_a_b_to_q.lora_down.weight` (+ `.lora_up.weight`, `.alpha`)."""
+_LORA_NAMES = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight",
+               "lora_magnitude_vector": "dora_scale"}
+_LYCORIS_NAMES = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2",
+                  "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    """`a.b.to_q.lora_A.weight` -> ("a.b.to_q", "lora_A.weight"); likewise `.hada_w1_a`, `.lokr_w2` ..."""
+    for part in (*_LORA_NAMES, *_LYCORIS_NAMES):
+        if key.endswith("." + part):
+            return key[: -len(part) - 1], part
+    raise ValueError(f"unexpected adaptor key {key!r}")
+
+
+def peft_to_kohya(state_dict: dict[str, torch.Tensor], prefix: str, alpha) -> dict[str, torch.Tensor]:
+    """`a.b.to_q.lora_A.weight` -> `{prefix}_a_b_to_q.lora_down.weight` (+ `.lora_up.weight`, `.alpha`).
+
+    LoHa / LoKr keep their names in the LyCORIS layout (`{prefix}_a_b_to_q.hada_w1_a`, `.lokr_w1` ...); DoRA's
+    magnitude becomes kohya's `.dora_scale` (one value per output channel, shaped [out, 1, ...]).
+    `alpha`: one value, or {module path: (alpha, rank)} as PEFT built each layer (conv layers may differ)."""
     out: dict[str, torch.Tensor] = {}
+    modules: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state_dict.items():
-        module, sep, rest = key.partition(".lora_")
-        if not sep or rest not in ("A.weight", "B.weight"):
-            raise ValueError(f"unexpected LoRA key {key!r}")
+        module, part = _split_key(key)
+        modules.setdefault(module, {})[part] = value
+    for module, parts in modules.items():
         name = f"{prefix}_{module.replace('.', '_')}"
-        out[f"{name}.lora_down.weight" if rest == "A.weight" else f"{name}.lora_up.weight"] = value.contiguous()
-        out[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
+        a, rank = alpha[module] if isinstance(alpha, dict) else (alpha, None)
+        if "lokr_w1" in parts and "lokr_w2" in parts:
+            # LyCORIS loaders (ComfyUI, AUTOMATIC1111) scale a LoKr by alpha / rank only when a factor is split
+            # (`_a`/`_b`), by 1 otherwise; PEFT always scales by alpha / r: fold PEFT's scale into lokr_w1.
+            parts = {**parts, "lokr_w1": parts["lokr_w1"] * (a / rank)}
+            a = float(rank)
+        for part, value in parts.items():
+            if part == "lora_magnitude_vector":
+                value = value.reshape(value.numel(), *([1] * (parts["lora_B.weight"].dim() - 1)))
+            out[f"{name}.{_LORA_NAMES.get(part, part)}"] = value.contiguous()
+        out[f"{name}.alpha"] = torch.tensor(float(a), dtype=torch.float32)
     return out
 
 
-def kohya_state_dict(family, state_dicts: dict[str, dict[str, torch.Tensor]], alpha: float) -> dict:
+def kohya_state_dict(family, state_dicts: dict[str, dict[str, torch.Tensor]], alpha) -> dict:
+    """alpha: one value for every module, or {component: {module path: alpha}}."""
     prefixes = {"unet": "lora_unet", **family.kohya_te_prefixes}
     out: dict[str, torch.Tensor] = {}
     for component, sd in state_dicts.items():
-        out.update(peft_to_kohya(canonical_keys(component, sd), prefixes[component], alpha))
+        a = alpha[component] if isinstance(alpha, dict) else alpha
+        if isinstance(a, dict):
+            a = canonical_keys(component, a)
+        out.update(peft_to_kohya(canonical_keys(component, sd), prefixes[component], a))
     return out
 
 

@@ -344,6 +344,8 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
             if not accelerator.sync_gradients:
                 continue
             global_step += 1
+            if hasattr(method, "after_optimizer_step"):  # e.g. full's EMA
+                method.after_optimizer_step(unwrapped)
             stats.update(step=global_step, epoch=epoch + 1)
             if global_step % cfg.logging_steps == 0 or global_step >= total_steps:
                 # the only host sync of the loop: loss (mean over micro-batches, steps since the last

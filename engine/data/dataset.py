@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .buckets import item_targets
+from .augment import color_jitter, jitter_ranges, shuffle_tags
 from .images import load_rgb, prepare_image
 from .items import DataError, Item, build_caption
 
@@ -45,8 +46,11 @@ class RepeatedItems(Dataset):
 
     def example(self, item: Item, original_size, crop_top_left, target: tuple[int, int]) -> dict[str, Any]:
         """The fields every example carries besides its pixels or latents."""
+        caption = build_caption(item.caption, self.cfg.trigger_word)
+        if self.cfg.shuffle_caption:
+            caption = shuffle_tags(caption, self.cfg.keep_tokens, self.cfg.trigger_word)
         return {
-            "caption": build_caption(item.caption, self.cfg.trigger_word),
+            "caption": caption,
             "original_size": tuple(int(v) for v in original_size),
             "crop_top_left": tuple(int(v) for v in crop_top_left),
             "target_size": (int(target[1]), int(target[0])),  # (h, w), like the other two
@@ -59,6 +63,8 @@ class TrainDataset(RepeatedItems):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item, target = self.locate(index)
         img = load_rgb(item.load())
+        if any(jitter_ranges(self.cfg)):
+            img = color_jitter(img, *jitter_ranges(self.cfg))
         flip = self.cfg.random_flip and bool(torch.rand(()) < 0.5)
         prepared = prepare_image(img, target, self.cfg.image_interpolation_mode, flip,
                                  center=self.cfg.center_crop)

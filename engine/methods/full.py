@@ -1,15 +1,22 @@
 """Full training: every UNet weight (and the text encoder's, with train_text_encoder) from a base, which
 may be a randomly initialised model (training from scratch, as builtin:toy is built). The result is a
-complete diffusers pipeline folder that loads with `<Pipeline>.from_pretrained`."""
+complete diffusers pipeline folder that loads with `<Pipeline>.from_pretrained`, and the same weights as one
+original-layout `{adaptor_name}.safetensors` for `from_single_file`, AUTOMATIC1111 and ComfyUI.
+
+With use_ema, an exponential moving average of the UNet (diffusers' EMAModel) rides along on the UNet module
+(attribute `EMA_ATTR`, not a submodule, so accelerate and state dicts ignore it); it is stepped after every
+optimizer step, saved in checkpoints, and is what the outputs hold."""
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from engine import single_file
 from engine.export import finish_card
 from engine.methods import lora
 from engine.methods.lora import trainable_params
@@ -21,6 +28,8 @@ trained_modules = lora.trained_modules
 def prepare(comps, cfg) -> list[dict]:
     comps.vae.requires_grad_(False)
     groups = [{"params": _trainable(comps.unet), "lr": cfg.learning_rate, "name": "unet"}]
+    if cfg.use_ema:
+        _attach_ema(comps.unet, cfg)
     te_lr = cfg.text_encoder_lr if cfg.text_encoder_lr is not None else cfg.learning_rate
     for name, te in zip(comps.family.text_encoder_names, comps.text_encoders):
         te.requires_grad_(bool(cfg.train_text_encoder))
@@ -29,19 +38,81 @@ def prepare(comps, cfg) -> list[dict]:
     return groups
 
 
+EMA_ATTR = "adaptor_studio_ema"
+EMA_STATE = "ema_unet"
+
+
+def _attach_ema(unet, cfg) -> None:
+    from diffusers.training_utils import EMAModel
+
+    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, foreach=True)
+    ema.offload = bool(cfg.offload_ema)
+    setattr(unet, EMA_ATTR, ema)
+
+
+def ema_of(unet):
+    return getattr(unet, EMA_ATTR, None)
+
+
+def after_optimizer_step(modules: dict) -> None:
+    """Called by the loop after each optimizer step: move the EMA towards the new UNet weights."""
+    unet = modules["unet"]
+    ema = ema_of(unet)
+    if ema is None:
+        return
+    device = next(unet.parameters()).device
+    if ema.shadow_params[0].device != device:
+        ema.to(device=device, non_blocking=True)  # once, or every step with offload_ema (as diffusers does)
+    ema.step(unet.parameters())
+    if ema.offload and device.type != "cpu":
+        ema.to(device="cpu", non_blocking=True)
+
+
 def _trainable(module) -> list[torch.nn.Parameter]:
     module.requires_grad_(True)
     return trainable_params(module)
 
 
 def state_dicts(modules: dict[str, torch.nn.Module]) -> dict[str, dict[str, torch.Tensor]]:
-    return {name: {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
-            for name, m in modules.items()}
+    out = {name: {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
+           for name, m in modules.items()}
+    ema = ema_of(modules["unet"])
+    if ema is not None:  # by parameter name, plus the step count its decay warm-up depends on
+        names = [n for n, _ in modules["unet"].named_parameters()]
+        out[EMA_STATE] = {n: p.detach().cpu().contiguous() for n, p in zip(names, ema.shadow_params)}
+        out[EMA_STATE]["__optimization_step__"] = torch.tensor(ema.optimization_step)
+    return out
 
 
 def load_state(modules: dict[str, torch.nn.Module], state: dict[str, dict[str, torch.Tensor]]) -> None:
     for name, module in modules.items():
         module.load_state_dict(state[name])
+    ema = ema_of(modules["unet"])
+    if ema is not None:
+        saved = state.get(EMA_STATE)
+        if saved is None:
+            raise ValueError("use_ema = true but the checkpoint holds no EMA weights (it was saved without "
+                             "use_ema); resume without use_ema or start afresh")
+        names = [n for n, _ in modules["unet"].named_parameters()]
+        for shadow, n in zip(ema.shadow_params, names):
+            shadow.data.copy_(saved[n].to(shadow.device))
+        ema.optimization_step = int(saved["__optimization_step__"])
+
+
+@contextmanager
+def _ema_weights(unet):
+    """The UNet holds the EMA weights inside the block (if it keeps an EMA), its own weights again after."""
+    ema = ema_of(unet)
+    if ema is None:
+        yield
+        return
+    params = list(unet.parameters())
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
 
 
 def output_path(run_dir: Path, cfg) -> Path:
@@ -66,7 +137,7 @@ def load_into_pipeline(pipe, run_dir: Path, cfg, scale: float = 1.0) -> None:
 
 def write_outputs(folder: Path, cfg, comps, modules: dict, stats: dict) -> dict[str, str]:
     """The whole pipeline (trained parts in fp32, the rest as loaded), saved to a temp folder and renamed
-    into place, keeping the base's sampling scheduler."""
+    into place, keeping the base's sampling scheduler; and the same weights as one single-file checkpoint."""
     fam = comps.family
     tes = [modules.get(n, te) for n, te in zip(fam.text_encoder_names, comps.text_encoders)]
     pipe = fam.make_pipeline(comps, unet=modules["unet"], text_encoders=tes)
@@ -74,14 +145,32 @@ def write_outputs(folder: Path, cfg, comps, modules: dict, stats: dict) -> dict[
     final = Path(folder) / "diffusers"
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".diffusers-", dir=final.parent))
+    single = Path(folder) / f"{cfg.adaptor_name}.safetensors"
     try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
+        with _ema_weights(modules["unet"]):
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            single_file.write_single_file(pipe, fam.name, single, {
+                "modelspec.sai_model_spec": "1.0.0", "modelspec.title": cfg.adaptor_name,
+                "modelspec.architecture": fam.modelspec_architecture(comps, "-").rsplit("/", 1)[0],
+                "modelspec.prediction_type": comps.noise_scheduler.config.prediction_type,
+                "ss_ema": str(bool(cfg.use_ema))})
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"diffusers": str(final)}
+    return {"diffusers": str(final), "single_file": str(single)}
+
+
+def load_into_pipeline(pipe, run_dir: Path, cfg, scale: float = 1.0) -> None:
+    """Swap a finished run's trained parts into a pipeline of its base (scale must be 1: nothing to blend)."""
+    if scale != 1.0:
+        raise ValueError(f"a fully trained model has no strength to set (scale = {scale}); use 1.0")
+    folder = Path(run_dir) / "diffusers"
+    for name in ("unet", "text_encoder", "text_encoder_2"):
+        part = getattr(pipe, name, None)
+        if part is not None and (folder / name).is_dir():
+            setattr(pipe, name, type(part).from_pretrained(folder / name).to(pipe.device, part.dtype))
 
 
 def _sampling_scheduler(comps):
@@ -108,8 +197,11 @@ def model_card(cfg, comps, stats: dict, outputs: dict[str, str], samples: list[s
         f"resolution {cfg.resolution}, batch {cfg.train_batch_size} x {cfg.gradient_accumulation_steps}, "
         f"seed {cfg.seed}",
         f"- Text encoder trained: {'yes' if cfg.train_text_encoder else 'no'}",
+        f"- EMA: {f'yes, decay {cfg.ema_decay:g} (the saved weights are the average)' if cfg.use_ema else 'no'}",
     ]
     return finish_card(lines, [
         f"pipe = {fam.pipeline_class.__name__}.from_pretrained(\"{outputs.get('diffusers', 'diffusers')}\")",
+        f"# or: {fam.pipeline_class.__name__}.from_single_file(\"{outputs.get('single_file', '')}\", "
+        f"config=\"{outputs.get('diffusers', 'diffusers')}\")",
         f"image = pipe(\"{cfg.validation_prompt or 'your prompt'}\").images[0]",
     ], samples)
