@@ -45,7 +45,8 @@ class ModelRef:
 
 @dataclass
 class Adaptor:
-    kind: str  # "lora" (path: a LoRA file) or "full" (path: a whole diffusers pipeline folder)
+    kind: str  # "lora" (path: a LoRA file), "full" (path: a whole diffusers pipeline folder) or "method"
+    # (path: a run folder whose method applies itself: textual inversion, LoHa/LoKr)
     path: Path
     base: ModelRef
     trigger: str
@@ -100,6 +101,16 @@ def _check_lora_file(path: Path) -> dict[str, str]:
     return meta
 
 
+def _run_trigger(s: dict) -> str:
+    """What turns the adaptor on in a prompt: the trigger word; a DreamBooth run's instance prompt; a textual
+    inversion's token."""
+    if s["method"] == "textual_inversion":
+        return s["placeholder_token"] or ""
+    if s["method"] == "dreambooth":
+        return s["instance_prompt"] or ""
+    return s["trigger_word"] or ""
+
+
 def resolve_adaptor(adaptor: str | Path, base: str | None = None, trigger: str | None = None,
                     vae: str | None = None) -> Adaptor:
     path = Path(adaptor).expanduser()
@@ -114,8 +125,12 @@ def resolve_adaptor(adaptor: str | Path, base: str | None = None, trigger: str |
     if path.is_dir():
         s = run_settings(path)
         base = base or s["pretrained_model_name_or_path"]
-        trig = trigger if trigger is not None else s["trigger_word"] or ""
-        if s["method"] == "full":
+        trig = trigger if trigger is not None else _run_trigger(s)
+        if s["method"] == "textual_inversion" or s["lora_type"] != "lora":
+            if not (path / "diffusers").is_dir() and not (path / "peft").is_dir():
+                raise GenerationError(f"run {path} has no adaptor yet: training has not finished; see its train.log")
+            return Adaptor("method", path, _model_ref(base, s, vae), trig, s["resolution"])
+        if s["method"] == "full" or (s["method"] == "dreambooth" and s["dreambooth_full"]):
             if not (path / "diffusers" / "model_index.json").is_file():
                 raise GenerationError(f"run {path} has no trained model yet (no diffusers/model_index.json): "
                                       "wait for training to finish, or see its train.log")
@@ -164,8 +179,11 @@ class PipeCache:
     slots: dict[str, tuple] = field(default_factory=dict)
     loads: int = 0
 
-    def get(self, ref: ModelRef, dtype: torch.dtype, slot: str = "base"):
-        key = (ref, _stamp(ref.pretrained_model_name_or_path), str(dtype), str(self.device))
+    def get(self, ref: ModelRef, dtype: torch.dtype, slot: str = "base", applied=None):
+        """`applied` = (key, fn): a copy of the model with fn(pipe) applied once (an adaptor that changes the
+        pipeline in ways it cannot undo, e.g. new tokens), cached under that key."""
+        key = (ref, _stamp(ref.pretrained_model_name_or_path), str(dtype), str(self.device),
+               applied[0] if applied else None)
         held = self.slots.get(slot)
         if held and held[0] == key:
             return held[1]
@@ -177,6 +195,8 @@ class PipeCache:
         family, source = get_family(ref)
         pipe = family.make_pipeline(family.load(source, ref, dtype)).to(self.device)
         pipe.set_progress_bar_config(disable=True)
+        if applied:
+            applied[1](pipe)
         self.slots[slot] = (key, pipe)
         self.loads += 1
         return pipe
@@ -211,9 +231,24 @@ def lora_applied(pipe, adaptor: Adaptor, scale: float):
 def adaptor_pipeline(cache: PipeCache, adaptor: Adaptor, dtype, scale: float):
     if adaptor.kind == "full":
         yield cache.get(ModelRef(str(adaptor.path)), dtype, slot="adaptor")
+    elif adaptor.kind == "method":
+        yield cache.get(adaptor.base, dtype, slot="adaptor", applied=(
+            (str(adaptor.path), _stamp(str(adaptor.path / "config.toml")), scale),
+            lambda pipe: _apply_run(pipe, adaptor.path, scale)))
     else:
         with lora_applied(cache.get(adaptor.base, dtype), adaptor, scale) as pipe:
             yield pipe
+
+
+def _apply_run(pipe, run_dir: Path, scale: float) -> None:
+    from engine.config import load_config
+    from engine.methods import get_method
+
+    cfg = load_config(run_dir / "config.toml")
+    try:
+        get_method(cfg.method).load_into_pipeline(pipe, run_dir, cfg, scale)
+    except Exception as e:
+        raise GenerationError(f"could not apply the run {run_dir} ({cfg.method}): {str(e).splitlines()[0][:300]}")
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):

@@ -1,8 +1,10 @@
 """method = "dreambooth" (LoRA and full, prior preservation) and "textual_inversion" (SD and SDXL)."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -234,3 +236,11 @@ def test_textual_inversion_on_sdxl_trains_and_saves_both_encoders(tmp_path):
                                                                "placeholder_token": "<tok>",
                                                                "initializer_token": "dog"}))
     assert abs(_image(fresh, "a photo of <tok>") - after).max() < 1e-5
+
+    # the Compare tab: the token is the run's trigger, and the third column uses it
+    from engine.generate import compare_grid
+    grid = compare_grid(None, run, ["a photo of dog"], steps=2, out=tmp_path / "grid.png")
+    assert grid["trigger"] == "<tok>" and grid["cols"] == 3
+    base_cell, adaptor_cell, trigger_cell = (np.asarray(Image.open(c), dtype=float) for c in grid["cells"][0])
+    assert np.abs(adaptor_cell - base_cell).max() == 0  # without its token, an embedding changes nothing
+    assert np.abs(trigger_cell - base_cell).max() > 0

@@ -278,6 +278,13 @@ def test_lycoris_run_loads_into_a_pipeline_and_changes_the_image(tmp_path, tiny_
     lora.load_into_pipeline(half, run, cfg, scale=0.5)
     assert 0 < np.abs(image(half) - before).max() < np.abs(after - before).max() + 1e-6
 
+    from PIL import Image
+
+    from engine.generate import compare_grid
+    grid = compare_grid(None, run, ["a red square"], steps=2, out=tmp_path / "grid.png")  # the Compare tab
+    base_cell, adaptor_cell = (np.asarray(Image.open(c), dtype=float) for c in grid["cells"][0][:2])
+    assert np.abs(adaptor_cell - base_cell).max() > 0
+
 
 @pytest.mark.slow
 def test_dora_with_conv_layers_loads_with_load_lora_weights(tmp_path, tiny_data):

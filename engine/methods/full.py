@@ -162,17 +162,6 @@ def write_outputs(folder: Path, cfg, comps, modules: dict, stats: dict) -> dict[
     return {"diffusers": str(final), "single_file": str(single)}
 
 
-def load_into_pipeline(pipe, run_dir: Path, cfg, scale: float = 1.0) -> None:
-    """Swap a finished run's trained parts into a pipeline of its base (scale must be 1: nothing to blend)."""
-    if scale != 1.0:
-        raise ValueError(f"a fully trained model has no strength to set (scale = {scale}); use 1.0")
-    folder = Path(run_dir) / "diffusers"
-    for name in ("unet", "text_encoder", "text_encoder_2"):
-        part = getattr(pipe, name, None)
-        if part is not None and (folder / name).is_dir():
-            setattr(pipe, name, type(part).from_pretrained(folder / name).to(pipe.device, part.dtype))
-
-
 def _sampling_scheduler(comps):
     """The base pipeline's own scheduler class with the training noise schedule, when it can be read."""
     import diffusers

@@ -197,12 +197,4 @@ def load_into_pipeline(pipe, run_dir: Path, cfg, scale: float = 1.0) -> None:
         module.eval()
 
 
-def load_into_pipeline(pipe, run_dir: Path, cfg, scale: float = 1.0) -> None:
-    """The run's diffusers-format LoRA on a loaded base pipeline, at `scale` (1.0: as trained)."""
-    name = cfg.adaptor_name
-    pipe.load_lora_weights(str(Path(run_dir) / "diffusers"), adapter_name=name)
-    if scale != 1.0:
-        pipe.set_adapters([name], adapter_weights=[scale])
-
-
 model_card = export.model_card
