@@ -1,0 +1,52 @@
+"""The studio's glue without a browser: the schema form's value conversions and the image editor's mask."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.config import FIELDS, load_config, validate
+from engine.paths import PROJECT_ROOT
+from ui.compare_tab import _editor_to_files
+from ui.schema_form import UNSET, field_for_error, from_widget, to_widget
+
+
+@pytest.mark.parametrize("preset", sorted((PROJECT_ROOT / "presets").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_field_survives_the_form_both_ways(preset):
+    cfg = load_config(preset)
+    back = {}
+    for f in FIELDS:
+        shown = to_widget(f, getattr(cfg, f.name))
+        if f.optional and getattr(cfg, f.name) is None:
+            assert shown in ("", UNSET)  # unset shows as empty, never as 0
+        value = from_widget(f, shown)
+        if value is not None:
+            back[f.name] = value
+    assert validate(back) == cfg
+
+
+def test_an_empty_optional_number_is_unset_and_zero_is_a_value():
+    seed = next(f for f in FIELDS if f.name == "seed")
+    assert from_widget(seed, "") is None and from_widget(seed, " 0 ") == "0"
+    assert validate({"train_data_dir": "x", "seed": from_widget(seed, "0")}).seed == 0
+
+
+def test_a_cross_field_message_lands_on_the_first_field_it_names():
+    msg = "cache_text_encoder_outputs = true cannot be used with train_text_encoder = true"
+    assert field_for_error(msg) == "cache_text_encoder_outputs"
+    assert field_for_error("something else entirely") == ""
+
+
+def test_the_painted_layer_becomes_a_white_mask(tmp_path):
+    background = np.zeros((40, 48, 4), np.uint8)
+    background[..., :3] = 90
+    background[..., 3] = 255
+    layer = np.zeros((40, 48, 4), np.uint8)
+    layer[10:20, 5:15] = (255, 0, 0, 255)  # a brush stroke, any colour
+    image_path, mask_path = _editor_to_files({"background": background, "layers": [layer], "composite": None},
+                                             tmp_path)
+    mask = np.asarray(Image.open(mask_path))
+    assert Image.open(image_path).size == (48, 40) and np.asarray(Image.open(image_path))[0, 0, 0] == 90
+    assert mask[15, 10] == 255 and mask[30, 30] == 0 and (mask == 255).sum() == 100
+    with pytest.raises(ValueError, match="upload an image"):
+        _editor_to_files({"background": None, "layers": []}, tmp_path)
