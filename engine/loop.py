@@ -306,7 +306,6 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     accum_loss, accum_count = torch.zeros((), device=device), 0  # summed micro-batch losses since the last report
     accum_parts: dict[str, torch.Tensor] = {}  # the same for the parts a method reports (DreamBooth's prior loss)
     loss_fn = getattr(method, "compute_loss", compute_loss)
-    after_step = getattr(method, "after_optimizer_step", None)
     tick_step = global_step
     for epoch in range(first_epoch, num_epochs):
         for m in trained:
@@ -337,14 +336,12 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
                     accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
                                                 cfg.max_grad_norm)
                 optimizer.step()
-                if after_step is not None:
-                    after_step(unwrapped)
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             if not accelerator.sync_gradients:
                 continue
             global_step += 1
-            if hasattr(method, "after_optimizer_step"):  # e.g. full's EMA
+            if hasattr(method, "after_optimizer_step"):  # full's EMA; textual inversion restores the other rows
                 method.after_optimizer_step(unwrapped)
             stats.update(step=global_step, epoch=epoch + 1)
             if global_step % cfg.logging_steps == 0 or global_step >= total_steps:
