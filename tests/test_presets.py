@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from engine import presets
-from engine.config import FIELD_BY_NAME, FIELDS, ConfigError, validate
+from engine.config import FIELD_BY_NAME, FIELDS, GROUPS, ConfigError, validate
 from engine.paths import user_presets_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ["toy-lora", "toy-style-lora", "sd15-lora", "sd15-transformerlab", "sdxl-lora"]
+SHIPPED = ["toy-dreambooth", "toy-full", "toy-lora", "toy-style-lora", "toy-textual-inversion", "sd15-lora",
+           "sd15-transformerlab", "sdxl-dreambooth-lora", "sdxl-lora"]
 
 
 @pytest.fixture(autouse=True)
@@ -124,7 +125,7 @@ def test_preset_bytes_keeps_relative_paths_and_schema_order():
     text = presets.preset_bytes(cfg).decode()
     assert 'train_data_dir = "examples/datasets/toy-star"' in text
     tables = [line for line in text.splitlines() if line.startswith("[")]
-    assert tables == ["[model]", "[dataset]", "[training]", "[lora]", "[validation]", "[output]"]
+    assert tables == [f"[{g}]" for g in GROUPS]  # every table, in the schema's order
     assert "snr_gamma" not in text  # unset: TOML has no null
 
 
@@ -303,15 +304,17 @@ def test_import_kohya_maps_keys_and_keeps_zeros(tmp_path):
 
 
 def test_import_kohya_defaults_and_foreign_options():
-    r = presets.import_kohya_toml('network_module = "lycoris.kohya"\noptimizer_type = "Lion"\n'
+    r = presets.import_kohya_toml('network_module = "lycoris.kohya"\nnetwork_args = ["algo=loha", "conv_dim=4", '
+                                  '"conv_alpha=1", "preset=full"]\noptimizer_type = "Lion"\n'
                                   'min_snr_gamma = 0\nresolution = "768,1024"\ntrain_data_dir = "nowhere"\n')
     v = r.values
     # kohya's own defaults where ours differ: alpha 1, rank 4, 1600 steps, lr 2e-6, text encoder trained
     assert (v["lora_alpha"], v["rank"], v["max_train_steps"], v["learning_rate"]) == (1.0, 4, 1600, 2e-6)
     assert v["train_text_encoder"] is True and v["resolution"] == 888  # about the same area, a multiple of 8
     assert "snr_gamma" not in v  # 0 turns Min-SNR off in kohya
-    assert r.unmapped == ["network_module = 'lycoris.kohya'", "optimizer_type = 'Lion'"]
-    assert any("LyCORIS" in n for n in r.notes) and any("no such folder" in n for n in r.notes)
+    assert (v["lora_type"], v["conv_rank"], v["conv_alpha"], v["optimizer"]) == ("loha", 4, 1.0, "lion")
+    assert r.unmapped == ["network_args preset=full"]
+    assert any("no such folder" in n for n in r.notes)
     validate(v)
 
 
