@@ -153,15 +153,16 @@ Made by `python -m engine.builtin.toy examples`; the same command writes the sam
 """,
     "toy-subject": """# toy-subject: one subject of a class the base knows
 
-Eight pictures of the same object, a red-and-white striped circle of one size on a white background, a
-little further left or right, up or down in each (DreamBooth's few photos of one subject). builtin:toy
-knows circles, but only solid ones. No caption files: DreamBooth captions every image with its instance
-prompt (presets/toy-dreambooth.toml: "a sks circle", class prompt "a circle").
+Eight pictures of the same object, one red circle of one size on a white background, a little further left
+or right, up or down in each (DreamBooth's few photos of one subject). builtin:toy knows circles of every
+colour on every background; "a circle" alone gives any of them. No caption files: DreamBooth captions every
+image with its instance prompt (presets/toy-dreambooth.toml: "a sks circle", class prompt "a circle"), and
+the bench asks whether "a sks circle" now gives this circle, and whether plain circles drift towards it.
 
 Made by `python -m engine.builtin.toy examples`; the same command writes the same files.
 """,
 }
-SUBJECT = Scene(shape="circle", colour="red", background="white", fill=NEW_FILL, r=18.0)  # the toy-subject
+SUBJECT = Scene(shape="circle", colour="red", background="white", fill="solid", r=18.0)  # the toy-subject
 
 
 def subject_scenes(n: int = 8) -> list[Scene]:
