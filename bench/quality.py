@@ -130,14 +130,23 @@ def verdict(r: dict) -> list[str]:
     return missed
 
 
+METHOD_PRESETS = {"lora": "toy-lora.toml", "dreambooth": "toy-dreambooth.toml",
+                  "textual_inversion": "toy-textual-inversion.toml", "full": "toy-full.toml"}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.splitlines()[0])
-    p.add_argument("--preset", type=Path, default=ROOT / "presets" / "toy-lora.toml")
+    p.add_argument("--preset", type=Path, default=None, help="a toy preset (default: presets/toy-lora.toml)")
+    p.add_argument("--method", choices=sorted(METHOD_PRESETS), default=None,
+                   help="the shipped toy preset of a method (dreambooth on toy-subject, the rest on toy-star)")
     p.add_argument("--adaptor", type=Path, default=None, help="a finished run folder (skips training)")
     p.add_argument("--samples", type=int, default=64, help="images per figure")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the pipeline's 50)")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     args = p.parse_args(argv)
+    if args.preset and args.method:
+        p.error("give --preset or --method, not both")
+    args.preset = args.preset or ROOT / "presets" / METHOD_PRESETS[args.method or "lora"]
     from engine.config import load_config
 
     if load_config(args.preset).method == "dreambooth":  # subject and class drift, with and without prior
