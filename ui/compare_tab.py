@@ -135,7 +135,7 @@ def build(studio: Studio) -> None:
         columns = " | ".join(result.get("columns") or [])
         return (result["grid"], result["grid"],
                 f"{result['rows']} prompts x {result['cols']} columns ({columns}), seed {int(args[5])}, "
-                f"trigger word: **{trigger}**.")
+                f"trigger word: **{trigger}**; made in {result.get('seconds', 0):.1f} s.")
 
     def edit(op, editor_value, run, lora_file, base, prompts_text, negative, seed, steps, guidance, scale, strength_v):
         try:

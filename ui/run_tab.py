@@ -82,6 +82,17 @@ def view(studio: Studio, job_id: str | None):
             [str(s) for s in p.samples], p.log_tail, error_text(job, p))
 
 
+def _signature(studio: Studio, job_id: str | None) -> str:
+    """What the tab shows, in short: the queue's statuses and the selected run's step, files and log size."""
+    jobs = studio.queue.jobs()
+    parts = [f"{j.id}:{j.status}:{int(j.elapsed) if j.started and j.status == 'running' else ''}" for j in jobs]
+    job = next((j for j in jobs if j.id == job_id), None)
+    if job is not None:
+        p = progress(job)
+        parts.append(f"{job_id}|{p.step}|{len(p.samples)}|{len(p.log_tail)}|{p.error}")
+    return ";".join(parts)
+
+
 def build(studio: Studio) -> None:
     with gr.Row():
         queue_df = gr.Dataframe(queue_rows(studio), headers=QUEUE_COLUMNS, interactive=False, label="Queue",
@@ -103,14 +114,21 @@ def build(studio: Studio) -> None:
     log_box = gr.Textbox(label="Log", lines=12, max_lines=12, autoscroll=True, elem_id="run-log")
     outputs = [progress_box, stats, loss_plot, lr_plot, samples, log_box, error_md]
 
-    def tick(job_id):
-        """Follow a run started from the Training tab; otherwise keep the user's pick."""
+    def tick(job_id, last_seen):
+        """Follow a run started from the Training tab; otherwise keep the user's pick. Nothing is sent when
+        nothing changed: a finished run's gallery and plots are not re-sent (and re-hashed) every second."""
         wanted = studio.shared.pop("selected_job", None) or job_id
         if wanted is None:
             jobs = studio.queue.jobs()
             wanted = jobs[-1].id if jobs else None  # the newest
+        seen = _signature(studio, wanted)
+        if seen == last_seen:
+            return (gr.skip(),) * (2 + len(outputs)) + (seen,)
         return (queue_rows(studio), gr.update(choices=_job_choices(studio), value=wanted),
-                *view(studio, wanted))
+                *view(studio, wanted), seen)
+
+    def refresh(job_id):
+        return tick(job_id, None)[:-1]
 
     def act(action, job_id):
         if not job_id:
@@ -121,9 +139,10 @@ def build(studio: Studio) -> None:
             return f"⚠ {e}"
         return f"{action.capitalize()}: {getattr(job, 'name', job_id)}."
 
+    last_seen = gr.State(None)
     timer = gr.Timer(1.0)
-    timer.tick(tick, [select], [queue_df, select] + outputs, show_progress="hidden")
-    refresh_btn.click(tick, [select], [queue_df, select] + outputs)
+    timer.tick(tick, [select, last_seen], [queue_df, select] + outputs + [last_seen], show_progress="hidden")
+    refresh_btn.click(refresh, [select], [queue_df, select] + outputs)
     select.change(lambda j: view(studio, j), [select], outputs, show_progress="hidden")
     cancel_btn.click(lambda j: act("cancel", j), [select], [action_status])
     resume_btn.click(lambda j: act("resume", j), [select], [action_status])
