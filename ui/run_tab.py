@@ -98,7 +98,7 @@ def build(studio: Studio) -> None:
         queue_df = gr.Dataframe(queue_rows(studio), headers=QUEUE_COLUMNS, interactive=False, label="Queue",
                                 elem_id="run-queue")
     with gr.Row():
-        select = gr.Dropdown(_job_choices(studio), value=studio.shared.get("selected_job"), label="Run",
+        select = gr.Dropdown(_job_choices(studio), value=None, label="Run",
                              elem_id="run-select", scale=3)
         refresh_btn = gr.Button("Refresh", elem_id="run-refresh", scale=1)
         cancel_btn = gr.Button("Cancel", variant="stop", elem_id="run-cancel", scale=1)
@@ -115,20 +115,22 @@ def build(studio: Studio) -> None:
     outputs = [progress_box, stats, loss_plot, lr_plot, samples, log_box, error_md]
 
     def tick(job_id, last_seen):
-        """Follow a run started from the Training tab; otherwise keep the user's pick. Nothing is sent when
-        nothing changed: a finished run's gallery and plots are not re-sent (and re-hashed) every second."""
-        wanted = studio.shared.pop("selected_job", None) or job_id
-        if wanted is None:
-            jobs = studio.queue.jobs()
-            wanted = jobs[-1].id if jobs else None  # the newest
-        seen = _signature(studio, wanted)
-        if seen == last_seen:
-            return (gr.skip(),) * (2 + len(outputs)) + (seen,)
+        """Follow a run as soon as it is queued (from the Training tab, in any browser tab); otherwise keep the
+        user's pick. Nothing is sent when nothing changed: a finished run's gallery and plots are not re-sent
+        (and re-hashed) every second."""
+        jobs = studio.queue.jobs()
+        newest = jobs[-1].id if jobs else None
+        seen_sig, seen_newest = last_seen or (None, None)
+        wanted = newest if newest != seen_newest else (job_id or newest)
+        sig = _signature(studio, wanted)
+        if sig == seen_sig and wanted == job_id:
+            return (gr.skip(),) * (2 + len(outputs)) + ((sig, newest),)
         return (queue_rows(studio), gr.update(choices=_job_choices(studio), value=wanted),
-                *view(studio, wanted), seen)
+                *view(studio, wanted), (sig, newest))
 
     def refresh(job_id):
-        return tick(job_id, None)[:-1]
+        jobs = studio.queue.jobs()
+        return tick(job_id, (None, jobs[-1].id if jobs else None))[:-1]
 
     def act(action, job_id):
         if not job_id:

@@ -154,7 +154,6 @@ def build(studio: Studio) -> SchemaForm:
             job = studio.queue.submit(_for_run(cfg, studio))
         except (ConfigError, ValueError) as e:
             return form.error_updates({}) + [gr.update(), f"⚠ Not started: {e}"]
-        studio.shared["selected_job"] = job.id
         return form.error_updates({}) + [gr.update(selected="run"), f"Queued **{job.name}** ({job.id}); see the Run tab."]
 
     load_btn.click(load_preset, [preset_box], form.inputs + [preset_status])
