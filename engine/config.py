@@ -1,7 +1,6 @@
-"""The one config schema: TOML files, `--set` overrides, validation and the UI form all come from FIELDS.
-
-Names are the diffusers training-script flags. A TOML file may hold any key at top level or inside any
-table; tables only group keys for people to read. A zero is a value: only a missing key means "default".
+"""The one config schema at work: TOML files, `--set` overrides, validation and the UI form all come from
+FIELDS (declared in engine/schema.py). A TOML file may hold any key at top level or inside any table; tables
+only group keys for people to read. A zero is a value: only a missing key means "default".
 """
 from __future__ import annotations
 
@@ -10,236 +9,17 @@ import math
 import os
 import tempfile
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import tomli_w
 
+from engine.schema import FIELDS, Field  # the settings themselves; this module reads and checks them
+
 
 class ConfigError(ValueError):
     """A config problem a user can fix; the message names the key, the value and what is allowed."""
 
-
-@dataclass(frozen=True)
-class Field:
-    name: str
-    type: type  # int, float, bool, str, or list (of str)
-    default: Any
-    group: str
-    help: str
-    choices: tuple | None = None
-    min: float | None = None
-    max: float | None = None
-    multiple_of: int | None = None
-    optional: bool = False  # None ("unset") is allowed; TOML cannot spell None, so it is simply left out
-    aliases: tuple = ()
-
-
-def _f(name, type_, default, group, help, **kw) -> Field:
-    return Field(name, type_, default, group, help, **kw)
-
-
-FIELDS: list[Field] = [
-    # --- model
-    _f("pretrained_model_name_or_path", str, "builtin:tiny-sd", "model",
-       "Base model: a built-in name (builtin:tiny-sd, builtin:tiny-sdxl), a hub id, a local diffusers "
-       "folder or a single-file .safetensors checkpoint."),
-    _f("pretrained_vae_model_name_or_path", str, None, "model",
-       "A separate VAE (hub id or folder), e.g. the fp16-fix VAE for SDXL.", optional=True),
-    _f("revision", str, None, "model", "Hub revision of the base model.", optional=True),
-    _f("variant", str, None, "model", "Weight variant of the base model, e.g. fp16.", optional=True),
-    _f("model_family", str, "auto", "model", "Model family; auto detects it from the model.",
-       choices=("auto", "sd1", "sd2", "sdxl")),
-    _f("method", str, "lora", "model", "What to train: lora (an adaptor file) or full (every UNet weight, and "
-       "the text encoder's with train_text_encoder; writes a whole diffusers pipeline), dreambooth (a subject "
-       "from instance_prompt, LoRA unless dreambooth_full) or textual_inversion (new token embeddings).",
-       choices=("lora", "full", "dreambooth", "textual_inversion")),
-    _f("allow_pickle", bool, False, "model",
-       "Allow loading pickle checkpoints (.ckpt/.bin/.pt). Pickle files can run code: only for files you trust."),
-    # --- dataset
-    _f("train_data_dir", str, None, "dataset", "Local folder of images and captions.", optional=True,
-       aliases=("instance_data_dir",)),
-    _f("dataset_name", str, None, "dataset",
-       "A datasets hub id or a local dataset folder (save_to_disk or load_dataset layout).", optional=True),
-    _f("image_column", str, "image", "dataset", "Image column of a dataset or metadata file."),
-    _f("caption_column", str, "text", "dataset", "Caption column of a dataset or metadata file."),
-    _f("caption_extension", str, ".txt", "dataset", "Extension of sidecar caption files."),
-    _f("trigger_word", str, "", "dataset", "Prepended to every caption as 'trigger, caption'."),
-    _f("caption_dropout_rate", float, 0.0, "dataset",
-       "Train this fraction of steps' captions as empty text, so classifier-free guidance has an unconditional "
-       "model to steer from (needed when training from scratch; 0.05-0.1 is usual).", min=0.0, max=1.0),
-    _f("shuffle_caption", bool, False, "dataset",
-       "Shuffle the comma-separated tags of each caption every time it is used (kohya); the first keep_tokens "
-       "tags and the trigger word stay in place."),
-    _f("keep_tokens", int, 0, "dataset", "With shuffle_caption: how many leading tags stay in place (the trigger "
-       "word counts as one).", min=0, max=100),
-    _f("color_jitter_brightness", float, 0.0, "dataset", "Colour jitter: brightness factor drawn from "
-       "[1-b, 1+b] per image (torchvision's ColorJitter; 0 = off).", min=0.0, max=1.0),
-    _f("color_jitter_contrast", float, 0.0, "dataset", "Colour jitter: contrast factor from [1-c, 1+c].",
-       min=0.0, max=1.0),
-    _f("color_jitter_saturation", float, 0.0, "dataset", "Colour jitter: saturation factor from [1-s, 1+s].",
-       min=0.0, max=1.0),
-    _f("color_jitter_hue", float, 0.0, "dataset", "Colour jitter: hue shift from [-h, h] turns of the colour "
-       "wheel.", min=0.0, max=0.5),
-    _f("resolution", int, 512, "dataset", "Training resolution in pixels (square).",
-       min=64, max=2048, multiple_of=8),
-    _f("center_crop", bool, False, "dataset", "Center crop instead of random crop."),
-    _f("random_flip", bool, False, "dataset", "Randomly flip images horizontally."),
-    _f("image_interpolation_mode", str, "lanczos", "dataset", "Resize filter.",
-       choices=("lanczos", "bilinear", "bicubic", "nearest")),
-    _f("repeats", int, 1, "dataset", "How many times each image is seen per epoch.", min=1, max=1000),
-    _f("max_train_samples", int, None, "dataset", "Use only the first N images (for quick tries).",
-       optional=True, min=1),
-    _f("enable_bucket", bool, False, "dataset",
-       "Aspect-ratio bucketing: train each image at the bucket closest to its aspect ratio (about "
-       "resolution x resolution pixels), so wide and tall images are neither cropped away nor padded."),
-    _f("min_bucket_reso", int, 256, "dataset", "Smallest bucket side in pixels.", min=64, max=4096,
-       multiple_of=8),
-    _f("max_bucket_reso", int, 1024, "dataset", "Largest bucket side in pixels.", min=64, max=4096,
-       multiple_of=8),
-    _f("bucket_reso_steps", int, 64, "dataset", "Bucket sides are multiples of this (64 is safe for every "
-       "model; 8 is the least).", min=8, max=256, multiple_of=8),
-    _f("bucket_no_upscale", bool, False, "dataset",
-       "Never enlarge an image to fill its bucket: small images get a smaller bucket of the same shape."),
-    _f("cache_latents", bool, False, "dataset",
-       "Encode images with the VAE once and reuse the latents (also across runs). Freezes the crop to the "
-       "centre; flips stay random (both orientations are cached)."),
-    # --- training
-    _f("num_train_epochs", int, 1, "training", "Passes over the dataset.", min=1, max=1000),
-    _f("max_train_steps", int, None, "training", "Total optimizer steps; overrides num_train_epochs.",
-       optional=True, min=1),
-    _f("train_batch_size", int, 1, "training", "Images per batch per process.", min=1, max=256),
-    _f("gradient_accumulation_steps", int, 1, "training", "Batches per optimizer step.", min=1, max=32),
-    _f("learning_rate", float, 1e-4, "training", "Learning rate.", min=0.0, max=1.0),
-    _f("scale_lr", bool, False, "training",
-       "Multiply the learning rate by batch size x accumulation x processes."),
-    _f("lr_scheduler", str, "constant", "training", "Learning-rate schedule.",
-       choices=("constant", "linear", "cosine", "cosine_with_restarts", "polynomial", "constant_with_warmup")),
-    _f("lr_warmup_steps", int, 50, "training", "Warm-up steps of the schedule.", min=0),
-    _f("lr_num_cycles", int, 1, "training", "Cycles of cosine_with_restarts.", min=1),
-    _f("lr_power", float, 1.0, "training", "Power of the polynomial schedule.", min=0.0),
-    _f("optimizer", str, "adamw", "training", "Optimizer (adamw8bit needs CUDA and bitsandbytes).",
-       choices=("adamw", "adamw8bit", "prodigy", "adafactor", "lion")),
-    _f("adam_beta1", float, 0.9, "training", "Adam beta1.", min=0.0, max=1.0),
-    _f("adam_beta2", float, 0.999, "training", "Adam beta2.", min=0.0, max=1.0),
-    _f("adam_weight_decay", float, 0.01, "training", "Weight decay.", min=0.0, max=10.0),
-    _f("adam_epsilon", float, 1e-8, "training", "Adam epsilon.", min=0.0, max=1.0),
-    _f("prodigy_beta3", float, None, "training", "Prodigy beta3 (unset: the square root of adam_beta2).",
-       optional=True, min=0.0, max=1.0),
-    _f("prodigy_decouple", bool, True, "training", "Prodigy: AdamW-style decoupled weight decay."),
-    _f("prodigy_use_bias_correction", bool, False, "training", "Prodigy: Adam's bias correction (true is "
-       "usual for diffusion)."),
-    _f("prodigy_safeguard_warmup", bool, False, "training", "Prodigy: guard the step-size estimate during "
-       "warm-up (true when the schedule has warm-up)."),
-    _f("prodigy_d_coef", float, 1.0, "training", "Prodigy: multiplier of the estimated step size.", min=0.0),
-    _f("max_grad_norm", float, 1.0, "training", "Clip gradients to this norm (0 = no clipping).", min=0.0),
-    _f("mixed_precision", str, "no", "training", "Weight and autocast precision.",
-       choices=("no", "fp16", "bf16")),
-    _f("gradient_checkpointing", bool, False, "training", "Trade compute for memory."),
-    _f("allow_tf32", bool, False, "training", "Allow TF32 matmuls on Ampere+ GPUs."),
-    _f("seed", int, None, "training", "Random seed (unset: one is drawn and recorded).", optional=True,
-       min=0),
-    _f("noise_offset", float, 0.0, "training", "Noise offset (0.05-0.1 helps very dark/bright images).",
-       min=0.0, max=1.0),
-    _f("prediction_type", str, None, "training",
-       "epsilon or v_prediction; unset uses the base model's scheduler.", optional=True,
-       choices=("epsilon", "v_prediction")),
-    _f("snr_gamma", float, None, "training", "Min-SNR loss weighting gamma (5.0 is usual; 0 = off, as in kohya).", optional=True,
-       min=0.0, aliases=("min_snr_gamma",)),
-    _f("loss_type", str, "l2", "training", "Loss: l2 (mean squared error), huber or smooth_l1 (robust to "
-       "outliers; see huber_c).", choices=("l2", "huber", "smooth_l1")),
-    _f("huber_c", float, 0.1, "training", "Huber / smooth L1 threshold c.", min=1e-6, max=10.0),
-    _f("huber_schedule", str, "constant", "training", "How c varies with the timestep (kohya): constant, "
-       "exponential (1 at t=0 down to huber_c at the last timestep) or snr.",
-       choices=("constant", "exponential", "snr")),
-    _f("do_edm_style_training", bool, False, "training",
-       "EDM-style training (Karras et al. 2022) as in diffusers' SDXL DreamBooth script: Euler sigmas, "
-       "preconditioned inputs and outputs, the clean latents as target. Not with snr_gamma."),
-    _f("use_ema", bool, False, "training", "method = full: keep an exponential moving average of the UNet weights "
-       "and save it as the result."),
-    _f("ema_decay", float, 0.9999, "training", "EMA decay (warmed up as (1+step)/(10+step) until it reaches this).",
-       min=0.0, max=1.0),
-    _f("offload_ema", bool, False, "training", "Keep the EMA weights in CPU memory (saves GPU memory, slower).",
-       aliases=("ema_on_cpu",)),
-    _f("dataloader_num_workers", int, 0, "training", "Data loading worker processes.", min=0, max=64),
-    _f("cache_text_encoder_outputs", bool, False, "training",
-       "Encode each caption once with the frozen text encoder(s) and reuse it (also across runs). Not with "
-       "train_text_encoder."),
-    _f("channels_last", bool, False, "training", "Keep the UNet in channels_last memory format (faster convs on "
-       "recent GPUs)."),
-    _f("torch_compile", bool, False, "training", "Compile the UNet with torch.compile (slow first steps, faster "
-       "after; needs a C++ compiler on CPU)."),
-    _f("logging_steps", int, 1, "training", "Read the loss back from the device every N steps (fewer host "
-       "syncs on GPUs; loss, progress and the NaN check happen at that pace).", min=1, max=10000),
-    # --- lora
-    _f("rank", int, 8, "lora", "LoRA rank (network_dim).", min=4, max=128, aliases=("lora_r", "lora_rank")),
-    _f("lora_alpha", float, 16.0, "lora", "LoRA alpha (network_alpha); scale = alpha / rank.", min=0.0),
-    _f("lora_target_modules", list, ["to_q", "to_k", "to_v", "to_out.0"], "lora",
-       "UNet modules that get LoRA layers."),
-    _f("train_text_encoder", bool, False, "lora", "Also train LoRA on the text encoder(s)."),
-    _f("text_encoder_lr", float, None, "lora", "Text encoder learning rate (unset: learning_rate).",
-       optional=True, min=0.0, max=1.0),
-    _f("lora_type", str, "lora", "lora", "lora, loha (Hadamard product) or lokr (Kronecker product); LoHa and "
-       "LoKr files use the LyCORIS layout ComfyUI and AUTOMATIC1111 load.", choices=("lora", "loha", "lokr")),
-    _f("use_dora", bool, False, "lora", "DoRA: weight-decomposed LoRA (lora_type = lora only)."),
-    _f("lora_dropout", float, 0.0, "lora", "Dropout on the LoRA layers' input (lora_type = lora).",
-       min=0.0, max=1.0),
-    _f("rank_dropout", float, 0.0, "lora", "LoHa/LoKr: dropout of whole ranks.", min=0.0, max=1.0),
-    _f("module_dropout", float, 0.0, "lora", "LoHa/LoKr: chance to skip a module's adaptor in a step.",
-       min=0.0, max=1.0),
-    _f("conv_rank", int, None, "lora", "Also train the UNet's 3x3 conv layers (resnets, down/upsamplers) at this "
-       "rank (kohya's conv_dim; unset: no conv layers).", optional=True, min=1, max=128, aliases=("conv_dim",)),
-    _f("conv_alpha", float, None, "lora", "Alpha of the conv layers (unset: 1.0, kohya's default).",
-       optional=True, min=0.0),
-    # --- dreambooth (method = "dreambooth"; names as in diffusers' train_dreambooth*.py)
-    _f("dreambooth_full", bool, False, "dreambooth",
-       "Train the UNet itself (and the text encoder with train_text_encoder) instead of a LoRA; writes a whole "
-       "diffusers pipeline."),
-    _f("instance_prompt", str, None, "dreambooth",
-       "Caption of every subject image, with a rare identifier, e.g. \"a photo of sks dog\" (caption files are "
-       "ignored, as in diffusers' DreamBooth). The subject images are train_data_dir (alias instance_data_dir).",
-       optional=True),
-    _f("with_prior_preservation", bool, False, "dreambooth",
-       "Also train on class images (class_prompt), so the class itself does not drift to the subject."),
-    _f("class_prompt", str, None, "dreambooth", "Prompt of the class images, e.g. \"a photo of dog\".",
-       optional=True),
-    _f("class_data_dir", str, None, "dreambooth",
-       "Folder of class images; missing ones (up to num_class_images) are generated there by the base model "
-       "and reused by later runs.", optional=True),
-    _f("prior_loss_weight", float, 1.0, "dreambooth", "Weight of the class images' (prior) loss.", min=0.0),
-    _f("num_class_images", int, 100, "dreambooth", "Class images to train with (generated if fewer exist).",
-       min=1, max=100000),
-    _f("sample_batch_size", int, 4, "dreambooth", "Batch size when generating class images.", min=1, max=256),
-    # --- textual_inversion (method = "textual_inversion"; names as in diffusers' textual_inversion.py)
-    _f("placeholder_token", str, None, "textual_inversion",
-       "The new token that learns the concept, e.g. \"<cat-toy>\"; use it in prompts.", optional=True),
-    _f("initializer_token", str, None, "textual_inversion",
-       "One existing word whose embedding starts the new token's, e.g. \"toy\".", optional=True),
-    _f("num_vectors", int, 1, "textual_inversion", "Embedding vectors the placeholder token stands for.",
-       min=1, max=75),
-    _f("learnable_property", str, "object", "textual_inversion",
-       "object (\"a photo of a {}\" templates) or style (\"a painting in the style of {}\").",
-       choices=("object", "style")),
-    # --- validation
-    _f("validation_prompt", str, None, "validation", "Prompt for sample images during training.",
-       optional=True, aliases=("eval_prompt",)),
-    _f("num_validation_images", int, 4, "validation", "Sample images per validation.", min=0, max=64),
-    _f("validation_epochs", int, 1, "validation", "Sample every N epochs.", min=1, aliases=("eval_steps",)),
-    _f("validation_seed", int, 0, "validation", "Seed of the sample images.", min=0),
-    _f("num_inference_steps", int, 20, "validation", "Denoising steps of sample images.", min=1, max=200),
-    _f("guidance_scale", float, 7.5, "validation", "Guidance scale of sample images.", min=0.0, max=50.0),
-    # --- output
-    _f("adaptor_name", str, "my-lora", "output", "Name of the adaptor and of its run folder."),
-    _f("output_dir", str, "runs", "output", "Folder that holds run folders."),
-    _f("checkpointing_steps", int, None, "output", "Save a resumable checkpoint every N steps.",
-       optional=True, min=1),
-    _f("checkpoints_total_limit", int, None, "output", "Keep at most N checkpoints.", optional=True, min=1),
-    _f("resume_from_checkpoint", str, None, "output", "A checkpoint folder, or 'latest'.", optional=True),
-    _f("overwrite", bool, False, "output", "Replace an adaptor that already exists in the run folder."),
-    _f("report_to", str, "tensorboard", "output", "Experiment tracker.",
-       choices=("none", "tensorboard", "wandb")),
-]
 
 FIELD_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 GROUPS: list[str] = list(dict.fromkeys(f.group for f in FIELDS))
