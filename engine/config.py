@@ -121,7 +121,7 @@ def _coerce(f: Field, v: Any) -> Any:
     raise TypeError(f"unsupported field type {f.type}")
 
 
-def _allowed(f: Field) -> str:
+def allowed_text(f: Field) -> str:
     if f.choices:
         return "one of " + ", ".join(f.choices)
     parts = []
@@ -146,7 +146,7 @@ def _check_range(f: Field, v: Any) -> None:
         or (f.multiple_of and v % f.multiple_of)
     )
     if bad:
-        raise ConfigError(f"{f.name} = {v!r} is out of range: it must be {_allowed(f)}")
+        raise ConfigError(f"{f.name} = {v!r} is out of range: it must be {allowed_text(f)}")
 
 
 def canonical_key(key: str) -> str:
@@ -361,7 +361,7 @@ def describe_fields() -> str:
     for g in GROUPS:
         lines.append(f"[{g}]")
         for f in (f for f in FIELDS if f.group == g):
-            allowed = _allowed(f)
+            allowed = allowed_text(f)
             default = "unset" if f.default is None else repr(f.default)
             alias = f" (alias: {', '.join(f.aliases)})" if f.aliases else ""
             lines.append(f"  {f.name} = {default}{alias}  {f.help}" + (f" [{allowed}]" if allowed else ""))

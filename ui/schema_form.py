@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from engine.config import FIELD_BY_NAME, FIELDS, GROUPS, ConfigError, Field, check_value, validate
+from engine.config import FIELD_BY_NAME, FIELDS, GROUPS, ConfigError, Field, allowed_text, check_value, validate
 
 COLUMNS = 3  # fields side by side in a group
 UNSET = "(unset)"  # how a dropdown spells "leave it to the default / the model"
@@ -20,20 +20,10 @@ GROUP_TITLES = {"model": "Model", "dataset": "Dataset", "training": "Training", 
                 "validation": "Validation samples", "output": "Output and checkpoints"}
 
 
-def _range_text(f: Field) -> str:
-    parts = []
-    if f.min is not None:
-        parts.append(f"min {f.min:g}")
-    if f.max is not None:
-        parts.append(f"max {f.max:g}")
-    if f.multiple_of:
-        parts.append(f"multiple of {f.multiple_of}")
-    return f" [{', '.join(parts)}]" if parts else ""
-
-
 def _info(f: Field) -> str:
     alias = f" Also read as: {', '.join(f.aliases)}." if f.aliases else ""
-    return f"{f.help}{_range_text(f)}{alias}"
+    allowed = "" if f.choices else allowed_text(f)  # a dropdown shows its choices itself
+    return f"{f.help}{f' [{allowed}]' if allowed else ''}{alias}"
 
 
 def to_widget(f: Field, value: Any) -> Any:
