@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
-from engine.config import FIELD_BY_NAME, ConfigError, _check_range, _coerce, canonical_key, validate
+from engine.config import FIELD_BY_NAME, ConfigError, canonical_key, check_value, validate
 
 
 @dataclass
@@ -32,10 +32,8 @@ class _Collector:
         self.notes: list[str] = []
 
     def set(self, key: str, value: Any, source: str) -> None:
-        f = FIELD_BY_NAME[key]
         try:
-            v = _coerce(f, value)
-            _check_range(f, v)
+            v = check_value(key, value)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
         self.values[key] = v

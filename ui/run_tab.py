@@ -70,27 +70,29 @@ def error_text(job, p) -> str:
     return ""
 
 
-def view(studio: Studio, job_id: str | None):
-    """Everything the selected run shows, in the order of the outputs wired in build()."""
+def view(studio: Studio, job_id: str | None, p=None):
+    """Everything the selected run shows, in the order of the outputs wired in build() (`p`: its progress,
+    when the caller has read it already)."""
     job = studio.queue.get(job_id) if job_id else None
     if job is None:
         empty = pd.DataFrame([], columns=["step", "loss"])
         return ("<div id='run-progress-box' data-status='none'>No run selected.</div>", "", empty,
                 pd.DataFrame([], columns=["step", "lr"]), [], "", "")
-    p = progress(job)
+    p = p or progress(job)
     return (progress_html(job, p), stats_text(job, p), curve(p.losses, "loss"), curve(p.lrs, "lr"),
             [str(s) for s in p.samples], p.log_tail, error_text(job, p))
 
 
-def _signature(studio: Studio, job_id: str | None) -> str:
-    """What the tab shows, in short: the queue's statuses and the selected run's step, files and log size."""
+def _signature(studio: Studio, job_id: str | None):
+    """(What the tab shows, in short: the queue's statuses and the selected run's step, files and log size;
+    the selected run's progress, or None)."""
     jobs = studio.queue.jobs()
     parts = [f"{j.id}:{j.status}:{int(j.elapsed) if j.started and j.status == 'running' else ''}" for j in jobs]
     job = next((j for j in jobs if j.id == job_id), None)
-    if job is not None:
-        p = progress(job)
+    p = progress(job) if job is not None else None
+    if p is not None:
         parts.append(f"{job_id}|{p.step}|{len(p.samples)}|{len(p.log_tail)}|{p.error}")
-    return ";".join(parts)
+    return ";".join(parts), p
 
 
 def build(studio: Studio) -> None:
@@ -122,11 +124,11 @@ def build(studio: Studio) -> None:
         newest = jobs[-1].id if jobs else None
         seen_sig, seen_newest = last_seen or (None, None)
         wanted = newest if newest != seen_newest else (job_id or newest)
-        sig = _signature(studio, wanted)
+        sig, p = _signature(studio, wanted)
         if sig == seen_sig and wanted == job_id:
             return (gr.skip(),) * (2 + len(outputs)) + ((sig, newest),)
         return (queue_rows(studio), gr.update(choices=_job_choices(studio), value=wanted),
-                *view(studio, wanted), (sig, newest))
+                *view(studio, wanted, p), (sig, newest))
 
     def refresh(job_id):
         jobs = studio.queue.jobs()
