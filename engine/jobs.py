@@ -163,14 +163,14 @@ class JobQueue:
                 self._save()
                 return job
             self._cancelling[job.id] = time.time() + grace
-            _signal_group(job.pid, signal.SIGTERM)
+            signal_group(job.pid, signal.SIGTERM)
         deadline = time.time() + grace
         if proc is not None:
             try:
                 proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 pass
-        _stop_group(job.pid, deadline)
+        stop_group(job.pid, deadline)
         with self._lock:
             if job.status == "running":
                 self._check(job)
@@ -267,12 +267,12 @@ class JobQueue:
             rc, ended = None, not _is_training_process(job.pid, job.config_path)
         if not ended:
             if job.id in self._cancelling and time.time() > self._cancelling[job.id]:
-                _signal_group(job.pid, signal.SIGKILL)
+                signal_group(job.pid, signal.SIGKILL)
             return False
         job.ended, job.returncode = time.time(), rc
         # nothing of a job outlives it (e.g. the training process when only its launcher was killed)
         if self._procs.pop(job.id, None) is not None:
-            _signal_group(job.pid, signal.SIGKILL)
+            signal_group(job.pid, signal.SIGKILL)
         else:  # an adopted pid's group may be another program's by now: only our own leftovers
             for pid in _group_members(job.pid):
                 if _is_training_process(pid, job.config_path):
@@ -359,7 +359,7 @@ def _signal_name(num: int) -> str:
         return f"signal {num}"
 
 
-def _signal_group(pgid: int | None, sig: int) -> None:
+def signal_group(pgid: int | None, sig: int) -> None:
     if pgid:
         try:
             os.killpg(pgid, sig)
@@ -402,12 +402,12 @@ def group_alive(pgid: int | None) -> bool:
     return bool(_group_members(pgid))
 
 
-def _stop_group(pgid: int | None, deadline: float) -> None:
+def stop_group(pgid: int | None, deadline: float) -> None:
     """Wait for the group to end until deadline, then SIGKILL it and wait a little more."""
     while group_alive(pgid) and time.time() < deadline:
         time.sleep(0.05)
     if group_alive(pgid):
-        _signal_group(pgid, signal.SIGKILL)
+        signal_group(pgid, signal.SIGKILL)
         end = time.time() + 5
         while group_alive(pgid) and time.time() < end:
             time.sleep(0.05)

@@ -159,14 +159,14 @@ def apply_bulk(folder: str | Path, op: str, text: str, replacement: str = "",
     plan = _planned(root, op, text, replacement, caption_extension)
     if not plan:
         return [], None
-    backup = _write_backup(root, [path for path, _ in plan], f"{op}: {text!r}" +
+    backup = write_backup(root, [path for path, _ in plan], f"{op}: {text!r}" +
                            (f" -> {replacement!r}" if op == "find and replace" else ""))
     for path, change in plan:
         atomic_write_bytes(path, change.after.encode("utf-8"))
     return [change for _, change in plan], backup
 
 
-def _write_backup(root: Path, paths: list[Path], what: str) -> Path:
+def write_backup(root: Path, paths: list[Path], what: str) -> Path:
     """Copies of the files that exist and a note of those that do not; built under a temporary name and
     renamed, so an interrupted backup is never taken for a complete one."""
     backups = root / BACKUP_DIR

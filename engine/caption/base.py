@@ -1,0 +1,26 @@
+"""The one interface every captioner offers the runner (engine/caption/run.py)."""
+from __future__ import annotations
+
+from typing import Protocol
+
+from PIL import Image
+
+
+class Captioner(Protocol):
+    def caption(self, images: list[Image.Image]) -> list[str]:
+        """One caption per image (RGB PIL images, any size), in order."""
+
+    def report(self) -> list[str]:
+        """Lines to show when the run ends (WD14: tag frequency); [] when there is nothing to say."""
+
+    def close(self) -> None:
+        """Drop the model and free its memory (the runner calls this when done, cancelled or failed)."""
+
+
+def pick_device(device: str) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
