@@ -26,6 +26,7 @@ Components (elem_id):
   dataset-upload          images, caption files or zips
   dataset-upload-name     name of the new folder under datasets/
   dataset-upload-create   make the folder and load it
+  caption-*               the auto-caption panel (ui/caption_panel.py)
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from pathlib import Path
 import gradio as gr
 
 from engine.data import caption_files, checks, thumbnails, uploads
+from ui import caption_panel
 from engine.data.items import DataError
 
 THUMBNAIL_CACHE = Path(tempfile.gettempdir()) / "adaptor-studio-thumbnails"
@@ -195,6 +197,8 @@ def build(studio) -> None:
         changes = gr.Dataframe(headers=CHANGE_HEADERS, label="Captions that change", interactive=False,
                                wrap=True, elem_id="dataset-bulk-table")
 
+    caption_events = caption_panel.build(studio, path, caption_ext, bulk_undo)
+
     with gr.Accordion("Checks", open=True):
         with gr.Row():
             min_side = gr.Number(value=checks.DEFAULT_MIN_SIDE, precision=0, minimum=1,
@@ -236,5 +240,7 @@ def build(studio) -> None:
         button.click(handler, inputs, [changes, status]).then(
             reload_keeping, [status] + load_inputs, loaded).then(
             current_caption, [path, caption_ext, selected], caption)
+    for event, message in caption_events:  # the new captions show in the gallery
+        event.then(reload_keeping, [message] + load_inputs, loaded)
     create.click(lambda f, n, e: create_from_upload(studio, f, n, e), [files, name, caption_ext],
                  [path, status]).then(reload_keeping, [status] + load_inputs, loaded)

@@ -22,6 +22,7 @@ class Studio:
     default_prompts: str = ""  # the Compare tab's prompts, one per line
     queue: Any = None   # engine.jobs.JobQueue
     worker: Any = None  # engine.generate.GenerationWorker, started on first use
+    caption_job: Any = None  # engine.caption.job.CaptionJob: the newest auto-caption run (one at a time)
     shared: dict[str, Any] = field(default_factory=dict)  # gradio components tabs offer each other
 
     @property
