@@ -1,6 +1,6 @@
 """Training speed and memory through the engine's own CLI and loop, against the GPU's physical limit.
 
-    python -m bench.train_speed [--device cuda|cpu] [--tiny] [--rows a,b] [--features] [--json]
+    python -m bench.train_speed [--device cuda|cpu] [--tiny] [--rows a,b] [--features [a,b]] [--json]
 
 Full size: randomly initialised SD 1.5 and SDXL built from their published configs (builtin:random-sd15,
 builtin:random-sdxl; no download), on synthetic images. `--tiny` runs the same rows on the tiny built-ins at
@@ -9,6 +9,7 @@ step events after the warm-up steps, peak memory is the run's own report (CUDA: 
 Model-FLOPs utilisation uses forward FLOPs per image counted analytically for the full-size models (0.80
 TFLOP SD 1.5 @512, 6.8 TFLOP SDXL @1024, scaled by pixel count), or by torch's FLOP counter with --tiny;
 a LoRA step costs ~2 forwards (3 with gradient checkpointing), a full fine-tune ~3 (4).
+`--features` runs each row again with one speed feature flipped: off where the row has it on, else on.
 """
 from __future__ import annotations
 
@@ -51,16 +52,21 @@ ROWS = [
                       optimizer="adamw8bit")),
     Row("sdxl-full-1024-b1", "sdxl", 1024, 1, method="full"),
 ]
-# Each speed feature flipped against the row's own settings (--features).
+# Each speed feature as (settings with it on, settings with it off); --features flips it against the row.
 FEATURES = {
-    "fp32 (no bf16)": {"mixed_precision": "no"},
-    "cache_latents": {"cache_latents": True},
-    "cache_text_encoder_outputs": {"cache_text_encoder_outputs": True},
-    "channels_last": {"channels_last": True},
-    "torch_compile": {"torch_compile": True},
-    "logging_steps=10 (fewer host syncs)": {"logging_steps": 10},
-    "dataloader_num_workers=4": {"dataloader_num_workers": 4},
+    "bf16": ({"mixed_precision": "bf16"}, {"mixed_precision": "no"}),
+    "cache_latents": ({"cache_latents": True}, {"cache_latents": False}),
+    "cache_text_encoder_outputs": ({"cache_text_encoder_outputs": True}, {"cache_text_encoder_outputs": False}),
+    "sdpa": ({"attention": "sdpa"}, {"attention": "eager"}),
+    "channels_last": ({"channels_last": True}, {"channels_last": False}),
+    "fused_adamw": ({"fused_adamw": True}, {"fused_adamw": False}),
+    "torch_compile": ({"torch_compile": True}, {"torch_compile": False}),
+    "logging_steps=10": ({"logging_steps": 10}, {"logging_steps": 1}),  # 1 host sync per 10 steps, not per step
+    "workers": ({"dataloader_num_workers": 4}, {"dataloader_num_workers": 0}),  # pinned memory on CUDA
+    "enable_bucket": ({"enable_bucket": True}, {"enable_bucket": False}),
 }
+# On a CPU, compiling the UNet's C++ kernels takes many minutes: not a useful measurement there.
+CUDA_ONLY_FEATURES = {"torch_compile": "compiling on a CPU takes many minutes; measure it on CUDA"}
 
 
 def synthetic_images(folder: Path, n: int, size: int) -> Path:
@@ -107,23 +113,43 @@ def peak_tflops(device: str, given: float | None) -> float | None:
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
 
 
-def run_row(row: Row, args, settings: dict, workdir: Path) -> dict:
+def row_config(row: Row, args, workdir: Path) -> dict:
+    """The row's engine settings (before any feature flip)."""
     model = {"sd15": "tiny-sd", "sdxl": "tiny-sdxl"}[row.model] if args.tiny else f"random-{row.model}"
     resolution = 64 if args.tiny else row.resolution
-    result = {"row": row.name, "model": f"builtin:{model}", "resolution": resolution, "batch": row.batch,
-              "method": row.method, "device": args.device, "settings": settings}
-    if row.method != "lora":
-        return {**result, "skipped": f"method {row.method!r} arrives with the methods issue"}
+    # min_bucket_reso: the default (256) would be above --tiny's 64 px, which bucketing refuses
+    return {"pretrained_model_name_or_path": f"builtin:{model}", "method": row.method,
+            "train_data_dir": str(workdir / f"data-{resolution}-{_n_images(row, args)}"), "resolution": resolution,
+            "train_batch_size": row.batch, "max_train_steps": args.warmup + args.steps, "rank": args.rank,
+            "lora_alpha": args.rank, "mixed_precision": "bf16" if args.device == "cuda" else "no",
+            "report_to": "none", "output_dir": str(workdir / "runs"), "adaptor_name": "bench", "overwrite": True,
+            "lr_warmup_steps": 0, "seed": 0, "min_bucket_reso": min(256, resolution), **row.settings}
+
+
+def _n_images(row: Row, args) -> int:
+    return max(args.images, 2 * row.batch)  # at least two full batches
+
+
+def flip(feature: str, cfg: dict) -> tuple[str, dict]:
+    """(label, settings) that turn the feature off if cfg has it on (its settings or the engine's defaults
+    say so), else on."""
+    from engine.config import FIELD_BY_NAME
+
+    on, off = FEATURES[feature]
+    is_on = all(cfg.get(k, FIELD_BY_NAME[k].default) == v for k, v in on.items())
+    return (f"{feature}: off", off) if is_on else (f"{feature}: on", on)
+
+
+def run_row(row: Row, args, settings: dict, workdir: Path, skip: str = "") -> dict:
+    cfg = {**row_config(row, args, workdir), **settings}
+    resolution = cfg["resolution"]
+    result = {"row": row.name, "model": cfg["pretrained_model_name_or_path"], "resolution": resolution,
+              "batch": row.batch, "method": row.method, "device": args.device, "settings": settings}
     if row.needs_cuda and args.device != "cuda":
-        return {**result, "skipped": "needs CUDA (8-bit Adam)"}
-    n_images = max(args.images, 2 * row.batch)  # at least two full batches
-    data = synthetic_images(workdir / f"data-{resolution}-{n_images}", n_images, resolution)
-    total = args.warmup + args.steps
-    cfg = {"pretrained_model_name_or_path": f"builtin:{model}", "train_data_dir": str(data),
-           "resolution": resolution, "train_batch_size": row.batch, "max_train_steps": total, "rank": args.rank,
-           "lora_alpha": args.rank, "mixed_precision": "bf16" if args.device == "cuda" else "no",
-           "report_to": "none", "output_dir": str(workdir / "runs"), "adaptor_name": "bench", "overwrite": True,
-           "lr_warmup_steps": 0, "seed": 0, **row.settings, **settings}
+        skip = skip or "needs CUDA (8-bit Adam)"
+    if skip:
+        return {**result, "skipped": skip}
+    synthetic_images(Path(cfg["train_data_dir"]), _n_images(row, args), resolution)
     cmd = [sys.executable, "-m", "engine.train"]
     for k, v in cfg.items():
         cmd += ["--set", f"{k}={json.dumps(v) if isinstance(v, bool) else v}"]
@@ -134,13 +160,15 @@ def run_row(row: Row, args, settings: dict, workdir: Path) -> dict:
     if proc.returncode != 0:
         return {**result, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1][:300]}
     events = [json.loads(line) for line in (workdir / "runs" / "bench" / "events.jsonl").read_text().splitlines()]
-    steps = [e for e in events if e["type"] == "step"]
-    first = next(e for e in steps if e["step"] >= args.warmup)
-    last = steps[-1]
+    steps = [e for e in events if e["type"] == "step" and e["step"] >= args.warmup]
+    if len(steps) < 2:  # a time needs two step events after the warm-up
+        return {**result, "skipped": f"only {len(steps)} step event(s) after the warm-up: raise --steps above "
+                                     f"2 x logging_steps ({cfg.get('logging_steps', 1)})"}
+    first, last = steps[0], steps[-1]
     seconds = last["time"] - first["time"]
     images_per_s = (last["step"] - first["step"]) * row.batch / seconds if seconds > 0 else float("nan")
     passes = (3 if row.method == "full" else 2) + (1 if cfg.get("gradient_checkpointing") else 0)
-    fwd = forward_tflop(row, args.tiny, f"builtin:{model}", resolution)
+    fwd = forward_tflop(row, args.tiny, cfg["pretrained_model_name_or_path"], resolution)
     peak = peak_tflops(args.device, args.peak_tflops)
     return {**result, "images_per_s": round(images_per_s, 3), "s_per_it": round(row.batch / images_per_s, 4),
             "peak_memory_gb": round(last["peak_memory_mb"] / 1024, 3), "forward_tflop_per_image": fwd,
@@ -160,8 +188,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=("cuda", "cpu"), default=None)
     p.add_argument("--tiny", action="store_true", help="tiny built-in models at 64px (CPU-sized)")
     p.add_argument("--rows", help="comma-separated row names (default: all)")
-    p.add_argument("--features", action="store_true", help="also run each selected row with each speed feature "
-                                                               "flipped")
+    p.add_argument("--features", nargs="?", const=",".join(FEATURES), default="",
+                   help=f"also run each row with each of these speed features flipped (default: all of "
+                        f"{', '.join(FEATURES)})")
     p.add_argument("--steps", type=int, default=20, help="measured steps after warm-up")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--images", type=int, default=32, help="synthetic images per resolution")
@@ -176,11 +205,16 @@ def main(argv=None) -> int:
     rows = ROWS if not args.rows else [r for r in ROWS if r.name in args.rows.split(",")]
     if not rows:
         p.error(f"no such rows; choose from {', '.join(r.name for r in ROWS)}")
-    variants = [("", {})] + (list(FEATURES.items()) if args.features else [])
+    features = [f for f in args.features.split(",") if f]
+    if set(features) - set(FEATURES):
+        p.error(f"no such features: {', '.join(set(features) - set(FEATURES))}; choose from {', '.join(FEATURES)}")
     with tempfile.TemporaryDirectory(prefix="train-speed-") as tmp:
         for row in rows:
-            for label, settings in variants:
-                r = run_row(row, args, settings, Path(tmp))
+            cfg = row_config(row, args, Path(tmp))
+            variants = [("", {}, "")] + [(*flip(f, cfg), CUDA_ONLY_FEATURES.get(f, "") if args.device != "cuda"
+                                          else "") for f in features]
+            for label, settings, skip in variants:
+                r = run_row(row, args, settings, Path(tmp), skip)
                 r["feature"] = label or "row settings"
                 # the targets are for full-size models on a GPU; tiny or CPU figures are not judged
                 judged = not label and not args.tiny and args.device == "cuda"

@@ -74,7 +74,7 @@ def _output_folder(c: _Collector, path: str, source: str) -> None:
 
 # ============================================================================= diffusers command lines
 
-_SDPA = "accepted; attention always runs through PyTorch's SDPA here"
+_SDPA = "accepted; attention runs through PyTorch's SDPA here (attention = \"sdpa\", the default)"
 
 # store_true flags of the diffusers scripts that have no field here (their bool fields are known from FIELDS)
 _DIFFUSERS_SWITCHES = {

@@ -225,6 +225,10 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     total_steps = cfg.max_train_steps or cfg.num_train_epochs * steps_per_epoch_guess
     lr_scheduler = build_lr_scheduler(cfg, optimizer, total_steps, accelerator.num_processes)
 
+    if cfg.attention == "eager":  # diffusers' default processor is SDPA; eager is the comparison
+        from diffusers.models.attention_processor import AttnProcessor
+        for m in (comps.unet, comps.vae):
+            m.set_attn_processor(AttnProcessor())
     if cfg.channels_last:
         comps.unet.to(memory_format=torch.channels_last)
     if cfg.torch_compile:

@@ -1,6 +1,7 @@
 """The training objective: noise, timesteps, the prediction target and the (min-SNR weighted) loss."""
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 
@@ -14,6 +15,13 @@ def step_generator(seed: int, micro_step: int, process_index: int, device) -> to
                                                       % (2**63 - 1))
 
 
+def posterior_generator(gen: torch.Generator) -> torch.Generator:
+    """The VAE posterior's draw gets its own stream, seeded from gen's position (host-side state, no sync):
+    gen's noise and timesteps are then the same draws with and without cache_latents."""
+    digest = hashlib.sha256(gen.get_state().numpy().tobytes()).digest()
+    return torch.Generator(device=gen.device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
 def compute_loss(batch, comps, unet, encode_text, cfg, device, weight_dtype, prediction_type, alphas_cumprod, gen):
     """One micro-batch's loss. `encode_text(captions) -> (hidden states, pooled or None)`."""
     family = comps.family
@@ -22,7 +30,7 @@ def compute_loss(batch, comps, unet, encode_text, cfg, device, weight_dtype, pre
     else:
         px = batch["pixel_values"].to(device, comps.vae.dtype)
         with torch.no_grad():
-            latents = comps.vae.encode(px).latent_dist.sample(generator=gen)
+            latents = comps.vae.encode(px).latent_dist.sample(generator=posterior_generator(gen))
         latents = ((latents - comps.vae_shift_factor) * comps.vae_scaling_factor).to(weight_dtype)
     noise = torch.randn(latents.shape, generator=gen, device=device, dtype=latents.dtype)
     if cfg.noise_offset:

@@ -11,7 +11,7 @@ def build_optimizer(cfg, groups: list[dict], on_cuda: bool) -> torch.optim.Optim
     # param groups may carry a "name" for logging; optimizers ignore unknown keys in groups
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=betas, weight_decay=cfg.adam_weight_decay,
-                                 eps=cfg.adam_epsilon, fused=on_cuda or None)
+                                 eps=cfg.adam_epsilon, fused=cfg.fused_adamw or None)
     if cfg.optimizer == "adamw8bit":
         if not on_cuda:
             raise ConfigError("optimizer = \"adamw8bit\" needs a CUDA GPU (bitsandbytes); use \"adamw\" here")

@@ -155,6 +155,11 @@ FIELDS: list[Field] = [
     _f("cache_text_encoder_outputs", bool, False, "training",
        "Encode each caption once with the frozen text encoder(s) and reuse it (also across runs). Not with "
        "train_text_encoder."),
+    _f("attention", str, "sdpa", "training", "Attention of the UNet and VAE: sdpa (PyTorch's "
+       "scaled_dot_product_attention, which picks flash or memory-efficient kernels on GPUs) or eager (plain "
+       "matmul and softmax: slower, for comparison).", choices=("sdpa", "eager")),
+    _f("fused_adamw", bool, True, "training", "optimizer = adamw: update every parameter in one fused kernel "
+       "(CUDA and CPU; the same results within rounding)."),
     _f("channels_last", bool, False, "training", "Keep the UNet in channels_last memory format (faster convs on "
        "recent GPUs)."),
     _f("torch_compile", bool, False, "training", "Compile the UNet with torch.compile (slow first steps, faster "

@@ -1,5 +1,6 @@
 """The speed benchmark runs on CPU with the tiny models and reports each row as one JSON object."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -10,22 +11,52 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
+ROWS = ["sd15-lora-512-b1", "sd15-lora-512-b16", "sdxl-lora-1024-b1", "sdxl-lora-1024-b8",
+        "sdxl-lora-1024-b1-minmem", "sdxl-full-1024-b1"]
 
-def test_train_speed_tiny_cpu_json():
-    rows = "sd15-lora-512-b1,sdxl-lora-1024-b8,sdxl-lora-1024-b1-minmem,sdxl-full-1024-b1"
+
+def _bench(*args) -> list[dict]:
     proc = subprocess.run([sys.executable, "-m", "bench.train_speed", "--device", "cpu", "--tiny", "--json",
-                           "--rows", rows, "--steps", "3", "--warmup", "1", "--images", "4"],
+                           "--steps", "2", "--warmup", "1", "--images", "4", *args],
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = {r["row"]: r for r in map(json.loads, proc.stdout.strip().splitlines())}
-    assert list(results) == rows.split(",")
-    for name in ("sd15-lora-512-b1", "sdxl-lora-1024-b8"):
-        r = results[name]
-        assert "error" not in r, r
-        assert r["images_per_s"] > 0 and r["s_per_it"] > 0 and r["peak_memory_gb"] > 0
-        assert r["resolution"] == 64 and r["forward_tflop_per_image"] > 0  # counted by torch's FLOP counter
-        assert r["mfu"] is None  # no known peak on a CPU
-    assert results["sdxl-lora-1024-b8"]["batch"] == 8
-    assert "CUDA" in results["sdxl-lora-1024-b1-minmem"]["skipped"]
-    assert "methods issue" in results["sdxl-full-1024-b1"]["skipped"]
+    return [json.loads(line) for line in proc.stdout.strip().splitlines()]
+
+
+def _assert_measured(r: dict) -> None:
+    assert "error" not in r and "skipped" not in r, r
+    for key in ("images_per_s", "s_per_it", "peak_memory_gb", "forward_tflop_per_image"):
+        assert math.isfinite(r[key]) and r[key] > 0, (key, r)
+    assert r["s_per_it"] == pytest.approx(r["batch"] / r["images_per_s"], rel=1e-2)
+    assert r["resolution"] == 64 and r["device"] == "cpu"
+    assert r["mfu"] is None and r["verdict"] == ""  # no known peak on a CPU; tiny figures are not judged
+
+
+def test_train_speed_tiny_cpu_json_has_every_row():
+    results = {r["row"]: r for r in _bench()}
+    assert list(results) == ROWS
+    for name, r in results.items():
+        assert r["feature"] == "row settings"
+        if name == "sdxl-lora-1024-b1-minmem":
+            assert "CUDA" in r["skipped"]  # 8-bit Adam
+        else:
+            _assert_measured(r)
+    assert [results[n]["batch"] for n in ROWS] == [1, 16, 1, 8, 1, 1]
+    assert results["sdxl-full-1024-b1"]["method"] == "full"
+    # counted by torch's FLOP counter on the tiny UNets: SDXL's is the larger
+    assert results["sdxl-lora-1024-b1"]["forward_tflop_per_image"] > results["sd15-lora-512-b1"][
+        "forward_tflop_per_image"]
+
+
+def test_features_flip_against_the_row():
+    results = _bench("--rows", "sd15-lora-512-b1", "--features",
+                     "bf16,sdpa,enable_bucket,torch_compile")
+    by_feature = {r["feature"]: r for r in results}
+    # on a CPU the row trains in float32 with SDPA: bf16 and bucketing are flipped on, SDPA off
+    assert list(by_feature) == ["row settings", "bf16: on", "sdpa: off", "enable_bucket: on", "torch_compile: on"]
+    assert by_feature["bf16: on"]["settings"] == {"mixed_precision": "bf16"}
+    assert by_feature["sdpa: off"]["settings"] == {"attention": "eager"}
+    for label in ("row settings", "bf16: on", "sdpa: off", "enable_bucket: on"):
+        _assert_measured(by_feature[label])
+    assert "CUDA" in by_feature["torch_compile: on"]["skipped"]
