@@ -60,3 +60,20 @@ def test_features_flip_against_the_row():
     for label in ("row settings", "bf16: on", "sdpa: off", "enable_bucket: on"):
         _assert_measured(by_feature[label])
     assert "CUDA" in by_feature["torch_compile: on"]["skipped"]
+
+
+def test_targets_are_judged_on_the_best_batch_size():
+    from bench.train_speed import best_verdicts, target_of
+
+    assert target_of("sdxl-lora-1024-b1-minmem") == "sdxl-lora-1024-b1-minmem"
+    assert target_of("sdxl-lora-1024-b8") == "sdxl-lora-1024" and target_of("sdxl-full-1024-b1") is None
+    rows = [{"row": "sdxl-lora-1024-b1", "feature": "row settings", "images_per_s": 9.0, "peak_memory_gb": 14.0},
+            {"row": "sdxl-lora-1024-b8", "feature": "row settings", "images_per_s": 21.0, "peak_memory_gb": 40.0},
+            {"row": "sdxl-lora-1024-b1-minmem", "feature": "row settings", "images_per_s": 5.0,
+             "peak_memory_gb": 10.5},
+            {"row": "sd15-lora-512-b16", "feature": "row settings", "images_per_s": 149.0, "peak_memory_gb": 9.0}]
+    verdicts = {v["target"].split()[0]: v for v in best_verdicts(rows)}
+    assert verdicts["sdxl-lora-1024"]["best_row"] == "sdxl-lora-1024-b8"
+    assert verdicts["sdxl-lora-1024"]["verdict"] == "met"  # b1 alone is below, the best batch size is not
+    assert verdicts["sd15-lora-512"]["verdict"] == "MISSED"
+    assert verdicts["sdxl-lora-1024-b1-minmem"]["verdict"] == "MISSED"  # 10.5 GB > 10 GB
