@@ -51,13 +51,13 @@ def test_train_speed_tiny_cpu_json_has_every_row():
 
 def test_features_flip_against_the_row():
     results = _bench("--rows", "sd15-lora-512-b1", "--features",
-                     "bf16,sdpa,enable_bucket,torch_compile")
+                     "bf16,sdpa,torch_compile")  # bucketing: test_speed_features
     by_feature = {r["feature"]: r for r in results}
-    # on a CPU the row trains in float32 with SDPA: bf16 and bucketing are flipped on, SDPA off
-    assert list(by_feature) == ["row settings", "bf16: on", "sdpa: off", "enable_bucket: on", "torch_compile: on"]
+    # on a CPU the row trains in float32 with SDPA: bf16 is flipped on, SDPA off
+    assert list(by_feature) == ["row settings", "bf16: on", "sdpa: off", "torch_compile: on"]
     assert by_feature["bf16: on"]["settings"] == {"mixed_precision": "bf16"}
     assert by_feature["sdpa: off"]["settings"] == {"attention": "eager"}
-    for label in ("row settings", "bf16: on", "sdpa: off", "enable_bucket: on"):
+    for label in ("row settings", "bf16: on", "sdpa: off"):
         _assert_measured(by_feature[label])
     assert "CUDA" in by_feature["torch_compile: on"]["skipped"]
 
