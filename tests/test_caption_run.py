@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -155,7 +156,7 @@ def test_job_cancel_in_a_subprocess_keeps_written_captions(tmp_path, tagger):
     folder = make_folder(tmp_path / "ds", colours)
     job = CaptionJob(folder, wd14(tagger, batch_size=1))
     while job.running() and job.state().done < 3:
-        pass
+        time.sleep(0.01)
     job.cancel()
     s = job.state()
     assert s.status == "cancelled", s
