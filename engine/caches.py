@@ -27,20 +27,22 @@ def _stamp(paths) -> str:
     return ""
 
 
-def vae_key(cfg, source) -> str:
-    """Identifies the VAE whose latents are cached (a different VAE must not reuse them)."""
+def vae_key(cfg, source, dtype) -> str:
+    """Identifies the VAE whose latents are cached (a different VAE, or the same one run in another precision,
+    must not reuse them: SDXL's VAE runs in bf16 when that is safe)."""
     loc = cfg.pretrained_vae_model_name_or_path or source.location
     p = Path(loc)
     stamp = _stamp([p / "vae" / "diffusion_pytorch_model.safetensors", p / "diffusion_pytorch_model.safetensors",
                     p])
-    return f"{loc}|{cfg.revision}|{cfg.variant}|{stamp}"
+    return f"{loc}|{cfg.revision}|{cfg.variant}|{stamp}|{dtype}"
 
 
-def text_encoders_key(cfg, source, family) -> str:
-    """Identifies the text encoders (and tokenizers) whose outputs are cached."""
+def text_encoders_key(cfg, source, family, dtype) -> str:
+    """Identifies the text encoders (and tokenizers) whose outputs are cached, and the precision they ran in
+    (outputs of a bf16 run are not what a float32 run would compute)."""
     p = Path(source.location)
     stamps = [_stamp([p / name / "model.safetensors", p]) for name in family.text_encoder_names]
-    return f"{source.location}|{cfg.revision}|{cfg.variant}|{family.name}|{'|'.join(stamps)}"
+    return f"{source.location}|{cfg.revision}|{cfg.variant}|{family.name}|{'|'.join(stamps)}|{dtype}"
 
 
 class TextEncoderCache:

@@ -181,7 +181,7 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     if cfg.cache_latents:
         if not cfg.center_crop:
             warn("cache_latents freezes the crop to the centre (random crop needs fresh encodes)")
-        cache = LatentCache(cache_root() / "latents", vae_key(cfg, source))
+        cache = LatentCache(cache_root() / "latents", vae_key(cfg, source, comps.vae.dtype))
         encode = latent_encoder(comps, device)
         with accelerator.main_process_first():
             fresh = cache.prepare(items, cfg, encode, batch_size=max(1, cfg.train_batch_size))
@@ -201,7 +201,8 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train_batch_size, shuffle=True, **loading)
     text_cache = None
     if cfg.cache_text_encoder_outputs:
-        text_cache = TextEncoderCache(cache_root() / "text", text_encoders_key(cfg, source, family), family,
+        text_cache = TextEncoderCache(cache_root() / "text",
+                                      text_encoders_key(cfg, source, family, comps.text_encoders[0].dtype), family,
                                       comps.tokenizers, comps.text_encoders, device)
         with accelerator.main_process_first():
             fresh = text_cache.prepare([build_caption(it.caption, cfg.trigger_word) for it in items]

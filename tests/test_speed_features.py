@@ -102,9 +102,13 @@ def test_feature_gives_the_same_losses_and_weights(feature, train, baseline, tmp
         _assert_same(tmp_path / "g", *baseline)
 
 
-def test_bf16_gives_close_losses(train, baseline, tmp_path):
+def test_bf16_gives_close_losses_and_never_reuses_float32_caches(train, baseline, tmp_path):
     base_losses, base_weights = baseline
-    train(tmp_path, "b", mixed_precision="bf16")
+    # the float32 runs above (same model, captions and images) have filled both caches; a bf16 model's latents
+    # and text-encoder outputs differ, so they are encoded again, not taken from the float32 entries
+    proc = train(tmp_path, "b", mixed_precision="bf16", cache_latents=True, cache_text_encoder_outputs=True)
+    assert CACHE_SAYS["cache_latents"].format(4) in proc.stdout
+    assert CACHE_SAYS["cache_text_encoder_outputs"].format(4) in proc.stdout
     # bf16 keeps 8 mantissa bits: the frozen model runs coarser, the LoRA weights train in float32
     _assert_same(tmp_path / "b", base_losses, base_weights, rtol=5e-2, weights_tol=5e-3)
 
