@@ -1,6 +1,7 @@
 """The one interface every captioner offers the runner (engine/caption/run.py)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from PIL import Image
@@ -24,3 +25,10 @@ def pick_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def is_local_model(model_id: str) -> bool:
+    """Whether --model names a folder here rather than a hub id ('owner/name' or 'name'): an existing path
+    always does, and so does anything path-like (absolute, ./, ~, a backslash, two slashes, C:)."""
+    return (Path(model_id).expanduser().exists() or model_id.startswith((".", "/", "~")) or "\\" in model_id
+            or model_id.count("/") > 1 or (len(model_id) > 1 and model_id[1] == ":"))

@@ -12,17 +12,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from .base import pick_device
+from .base import is_local_model, pick_device
 from .options import CaptionError, CaptionOptions
 
 GENERATIVE = ("blip", "blip2", "git", "florence2")
 _FIX = "give a local folder with model.safetensors (and the processor files), or check the hub id / network"
-
-
-def _looks_local(model_id: str) -> bool:
-    """A hub id is 'owner/name'; anything path-like (absolute, ./, ~, backslash, two slashes) is a folder."""
-    return (model_id.startswith((".", "/", "~")) or "\\" in model_id or model_id.count("/") > 1
-            or (len(model_id) > 1 and model_id[1] == ":"))
 
 
 def resolve_model(model_id: str) -> str:
@@ -38,7 +32,7 @@ def resolve_model(model_id: str) -> str:
                                "only safetensors are loaded (a .bin checkpoint is a pickle that could run "
                                "code) - convert it to model.safetensors or use a hub id that has them")
         return str(path)
-    if _looks_local(model_id):
+    if is_local_model(model_id):
         raise CaptionError(f"model folder {model_id!r} does not exist; {_FIX}")
     return model_id
 

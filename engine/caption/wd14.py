@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .base import pick_device
+from engine.data.images import load_rgb
+
+from .base import is_local_model, pick_device
 from .options import CaptionError, CaptionOptions, undesired
 
 log = logging.getLogger(__name__)
@@ -43,16 +45,8 @@ def _clean(tag: str) -> str:
     return " ".join(tag.replace("_", " ").split())
 
 
-def _is_local(model_id: str) -> bool:
-    """A path unless it looks like a hub id ('owner/name'); an existing path always wins."""
-    if Path(model_id).expanduser().exists():
-        return True
-    parts = model_id.split("/")
-    return not (len(parts) == 2 and all(parts) and not model_id.startswith((".", "~")) and "\\" not in model_id)
-
-
 def _fetch(model_id: str) -> tuple[Path, Path]:
-    if _is_local(model_id):
+    if is_local_model(model_id):
         folder = Path(model_id).expanduser()
         if not folder.is_dir():
             raise CaptionError(f"WD14 model folder {folder} does not exist or is not a folder; "
@@ -142,10 +136,7 @@ class WD14Tagger:
                                f"tags; use the selected_tags.csv that came with this model")
 
     def _prepare(self, image: Image.Image) -> np.ndarray:
-        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-            rgba = image.convert("RGBA")
-            image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-        image = image.convert("RGB")
+        image = load_rgb(image)  # transparency over white, as the reference tagger does
         side = max(image.size)
         square = Image.new("RGB", (side, side), (255, 255, 255))
         square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
