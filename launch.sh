@@ -4,26 +4,46 @@
 #   ./launch.sh test [pytest args]                       set up and run the whole test suite
 #   ./launch.sh train CONFIG.toml [--set key=value]...   train headless
 #   ./launch.sh setup                                    only set up
-# Re-running is quick: the install is skipped while pyproject.toml is unchanged.
+#   ./launch.sh lock                                     re-resolve requirements.lock (same torch, newest others allowed by pyproject)
+#   ./launch.sh upgrade                                  re-resolve to the newest versions, run the suite in a fresh venv,
+#                                                        and rewrite requirements.lock only if it passes
+# The install comes from requirements.lock (exact versions); it is redone only when the lock,
+# pyproject.toml or this script change. A torch that is already installed is kept.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
-VENV="$ROOT/.venv"
-TORCH_PIN="${ADAPTOR_STUDIO_TORCH:-torch==2.13.0}"
+VENV="${ADAPTOR_STUDIO_VENV:-$ROOT/.venv}"
+LOCK="${ADAPTOR_STUDIO_LOCK:-$ROOT/requirements.lock}"
+UV_PIN="uv==0.13.9"
+# Lines of the lock that belong to torch's own install (its CUDA runtime differs per machine):
+# torch is installed first, by pip, so it picks the build that fits the machine.
+TORCH_PARTS='^(torch|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+)=='
+
+lock_torch() { grep -E '^torch==' "$LOCK" | head -n1 | cut -d' ' -f1; }
+TORCH_PIN="${ADAPTOR_STUDIO_TORCH:-$(lock_torch 2>/dev/null || echo torch==2.13.0)}"
 
 find_python() {
-  for p in "${PYTHON:-}" python3.11 python3.12 python3.10 python3; do
+  for p in "${PYTHON:-}" python3.11 python3.12 python3.13 python3; do
     [ -n "$p" ] || continue
     if command -v "$p" >/dev/null 2>&1 &&
-       "$p" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
+       "$p" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
       echo "$p"; return 0
     fi
   done
-  echo "launch.sh: Python 3.10 or newer is needed (3.11 recommended); set PYTHON=/path/to/python" >&2
+  echo "launch.sh: Python 3.11 or newer is needed (diffusers 0.42 requires it); set PYTHON=/path/to/python" >&2
   return 1
 }
 
+# uv (a pinned wheel from the package registry) installs the lock; pip is the fallback.
+installer() {
+  if [ ! -x "$VENV/bin/uv" ]; then
+    "$VENV/bin/python" -m pip --disable-pip-version-check -q install "$UV_PIN" >&2 || true
+  fi
+  if [ -x "$VENV/bin/uv" ]; then echo uv; else echo pip; fi
+}
+
 setup() {
+  [ -f "$LOCK" ] || { echo "launch.sh: $LOCK is missing; run ./launch.sh lock" >&2; exit 1; }
   if [ ! -x "$VENV/bin/python" ]; then
     local py; py=$(find_python)
     local venv_flags=()
@@ -32,20 +52,61 @@ setup() {
     echo "launch.sh: creating $VENV with $py" >&2
     "$py" -m venv "${venv_flags[@]}" "$VENV"
   fi
-  local pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
   local stamp="$VENV/.adaptor-studio-installed"
-  local want; want=$(cat pyproject.toml launch.sh | sha256sum | cut -c1-16)
+  local want; want=$(cat pyproject.toml launch.sh "$LOCK" | sha256sum | cut -c1-16)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
   if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
     echo "launch.sh: installing $TORCH_PIN" >&2
-    "${pip[@]}" install "$TORCH_PIN"
+    "$VENV/bin/python" -m pip --disable-pip-version-check -q install "$TORCH_PIN"
   fi
-  # Pin whatever torch is there so no other package upgrades it.
-  local have; have=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)')
+  local have; have=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)' 2>/dev/null)
+  [ "torch==${have%%+*}" = "$(lock_torch)" ] ||
+    echo "launch.sh: keeping your torch $have (the lock was tested with $(lock_torch))" >&2
+  # Pin whatever torch is there so nothing upgrades it; install the rest at the lock's versions.
   echo "torch==$have" > "$VENV/constraints.txt"
-  echo "launch.sh: installing Adaptor Studio and its dependencies (torch $have kept)" >&2
-  "${pip[@]}" install -c "$VENV/constraints.txt" -e ".[dev]"
+  grep -vE "$TORCH_PARTS" "$LOCK" > "$VENV/lock-without-torch.txt"
+  echo "launch.sh: installing Adaptor Studio's locked dependencies (torch $have kept)" >&2
+  if [ "$(installer)" = uv ]; then
+    "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" -c "$VENV/constraints.txt" \
+      -r "$VENV/lock-without-torch.txt"
+    "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --no-deps -e .
+  else
+    local pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+    "${pip[@]}" install -c "$VENV/constraints.txt" -r "$VENV/lock-without-torch.txt"
+    "${pip[@]}" install --no-deps -e .
+  fi
   echo "$want" > "$stamp"
+}
+
+# requirements.lock: every dependency (and the dev extra) at an exact version, for every platform.
+# Torch is held at the lock's torch unless ADAPTOR_STUDIO_TORCH names another.
+lock() {  # lock OUTFILE [extra uv flags]
+  local out="$1"; shift
+  local base="${ADAPTOR_STUDIO_VENV:-$ROOT/.venv}"
+  [ -x "$base/bin/uv" ] || { VENV="$base" setup; }
+  local torch_c; torch_c=$(mktemp); echo "$TORCH_PIN" > "$torch_c"
+  "$base/bin/uv" pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+    -c "$torch_c" --custom-compile-command "./launch.sh lock" -q -o "$out" "$@"
+  rm -f "$torch_c"
+}
+
+upgrade() {
+  local new="$ROOT/requirements.lock.new" trial="$ROOT/.venv-upgrade"
+  lock "$new" --upgrade
+  if cmp -s <(grep -v '^#' "$new") <(grep -v '^#' "$LOCK"); then
+    echo "launch.sh: the lock is already the newest resolution" >&2; rm -f "$new"; return 0
+  fi
+  diff <(grep -E '^[a-z0-9]' "$LOCK") <(grep -E '^[a-z0-9]' "$new") >&2 || true
+  rm -rf "$trial"
+  echo "launch.sh: testing the new versions in $trial" >&2
+  if ADAPTOR_STUDIO_VENV="$trial" ADAPTOR_STUDIO_LOCK="$new" "$ROOT/launch.sh" test "$@"; then
+    mv "$new" "$ROOT/requirements.lock"; rm -rf "$trial"
+    echo "launch.sh: the suite passed; requirements.lock rewritten" >&2
+  else
+    echo "launch.sh: the suite failed with the new versions; requirements.lock is unchanged" \
+         "(the trial lock is $new, its venv $trial)" >&2
+    return 1
+  fi
 }
 
 # The browser tests drive the system Chromium through Playwright (never `playwright install`).
@@ -63,9 +124,12 @@ ensure_chromium() {
   fi
 }
 
+export ADAPTOR_STUDIO_VENV="$VENV" ADAPTOR_STUDIO_LOCK="$LOCK"
 cmd="${1:-app}"
 case "$cmd" in
   setup) setup ;;
+  lock) lock "$LOCK" ;;
+  upgrade) shift; upgrade "$@" ;;
   test)
     shift; setup; ensure_chromium
     exec "$VENV/bin/python" -m pytest "$@" ;;
@@ -77,6 +141,6 @@ case "$cmd" in
     setup
     exec "$VENV/bin/python" app.py "$@" ;;
   *)
-    echo "launch.sh: unknown command '$cmd' (use: test, train CONFIG, setup, or app flags)" >&2
+    echo "launch.sh: unknown command '$cmd' (use: test, train CONFIG, setup, lock, upgrade, or app flags)" >&2
     exit 2 ;;
 esac
