@@ -45,7 +45,7 @@ def _working_copy(example: Path, datasets: Path) -> Path:
     return target
 
 
-def make_studio(home: str | None = None):
+def make_studio(home: str | None = None, url: str = ""):
     """The studio a fresh page opens with: builtin:toy, the toy-star example and presets/toy-lora.toml."""
     if home:
         os.environ["ADAPTOR_STUDIO_HOME"] = str(Path(home).resolve())
@@ -58,7 +58,7 @@ def make_studio(home: str | None = None):
                                                   datasets_dir()),
                     default_prompts="a red star on a white background\na blue star on a black background",
                     queue=JobQueue(runs_dir()))
-    studio.queue.start()
+    studio.queue.start(url=url)  # FolderBusy if another studio runs this home's queue
     return studio
 
 
@@ -70,9 +70,14 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     host = "0.0.0.0" if args.listen else "127.0.0.1"
+    from engine.home_lock import FolderBusy
     from ui import CSS, build_app
 
-    studio = make_studio(args.home)
+    try:
+        studio = make_studio(args.home, url=f"http://{host}:{args.port}")
+    except FolderBusy as e:
+        print(f"Adaptor Studio is already running on this home: {e}", file=sys.stderr)
+        return 2
     print(f"Adaptor Studio (pid {os.getpid()}) starting on http://{host}:{args.port}", flush=True)
     try:
         build_app(studio).launch(server_name=host, server_port=args.port, auth=auth, share=args.share,

@@ -34,12 +34,12 @@ find_python() {
   return 1
 }
 
-# uv (a pinned wheel from the package registry) installs the lock; pip is the fallback.
-installer() {
-  if [ ! -x "$VENV/bin/uv" ]; then
-    "$VENV/bin/python" -m pip --disable-pip-version-check -q install "$UV_PIN" >&2 || true
-  fi
-  if [ -x "$VENV/bin/uv" ]; then echo uv; else echo pip; fi
+# uv (a pinned wheel from the package registry) installs the lock; pip is the fallback. uv ignores a venv's
+# system site-packages, so a venv that borrows the user's torch is installed by pip, which sees it.
+ensure_uv() {  # ensure_uv VENV
+  "$1/bin/python" -m uv --version >/dev/null 2>&1 ||
+    "$1/bin/python" -m pip --disable-pip-version-check -q install "$UV_PIN" >&2 || true
+  "$1/bin/python" -m uv --version >/dev/null 2>&1
 }
 
 setup() {
@@ -66,10 +66,10 @@ setup() {
   echo "torch==$have" > "$VENV/constraints.txt"
   grep -vE "$TORCH_PARTS" "$LOCK" > "$VENV/lock-without-torch.txt"
   echo "launch.sh: installing Adaptor Studio's locked dependencies (torch $have kept)" >&2
-  if [ "$(installer)" = uv ]; then
-    "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" -c "$VENV/constraints.txt" \
-      -r "$VENV/lock-without-torch.txt"
-    "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --no-deps -e .
+  if ! grep -q 'include-system-site-packages = true' "$VENV/pyvenv.cfg" && ensure_uv "$VENV"; then
+    local uv=("$VENV/bin/python" -m uv pip install -q --python "$VENV/bin/python")
+    "${uv[@]}" -c "$VENV/constraints.txt" -r "$VENV/lock-without-torch.txt"
+    "${uv[@]}" --no-deps -e .
   else
     local pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
     "${pip[@]}" install -c "$VENV/constraints.txt" -r "$VENV/lock-without-torch.txt"
@@ -83,10 +83,12 @@ setup() {
 lock() {  # lock OUTFILE [extra uv flags]
   local out="$1"; shift
   local base="${ADAPTOR_STUDIO_VENV:-$ROOT/.venv}"
-  [ -x "$base/bin/uv" ] || { VENV="$base" setup; }
+  [ -x "$base/bin/python" ] || { VENV="$base" setup; }
+  ensure_uv "$base" || { echo "launch.sh: could not install $UV_PIN, which resolves the lock" >&2; exit 1; }
   local torch_c; torch_c=$(mktemp); echo "$TORCH_PIN" > "$torch_c"
-  "$base/bin/uv" pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+  "$base/bin/python" -m uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
     -c "$torch_c" --custom-compile-command "./launch.sh lock" -q -o "$out" "$@"
+  sed -i "\\|^ *#   -c $torch_c\$|d" "$out"  # the temp file's name would change the lock on every run
   rm -f "$torch_c"
 }
 
@@ -97,7 +99,7 @@ upgrade() {
     echo "launch.sh: the lock is already the newest resolution" >&2; rm -f "$new"; return 0
   fi
   diff <(grep -E '^[a-z0-9]' "$LOCK") <(grep -E '^[a-z0-9]' "$new") >&2 || true
-  rm -rf "$trial"
+  # (a trial venv left by a failed try is reused: setup reinstalls whatever the new lock changes)
   echo "launch.sh: testing the new versions in $trial" >&2
   if ADAPTOR_STUDIO_VENV="$trial" ADAPTOR_STUDIO_LOCK="$new" "$ROOT/launch.sh" test "$@"; then
     mv "$new" "$ROOT/requirements.lock"; rm -rf "$trial"

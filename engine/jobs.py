@@ -24,10 +24,11 @@ from typing import Any
 
 from engine.config import (FIELD_BY_NAME, Config, ConfigError, atomic_write_bytes, flatten, load_config,
                            save_config, validate)
+from engine.home_lock import FolderBusy, FolderLock
 from engine.paths import PROJECT_ROOT, runs_dir, safe_child
 from engine.progress import Progress, attempt_console, console_error, events_of, progress
 
-__all__ = ["Job", "JobQueue", "Progress", "group_alive", "launch_command", "progress"]
+__all__ = ["FolderBusy", "Job", "JobQueue", "Progress", "group_alive", "launch_command", "progress"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ class JobQueue:
         self._cancelling: dict[str, float] = {}  # job id -> when to SIGKILL
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        # only one supervisor may start this queue's jobs (two studios on one home ran a job twice)
+        self._supervisor = FolderLock(self.state_dir, "supervisor.lock", what="the job queue")
         with self._lock:
             self._load()
 
@@ -211,11 +214,13 @@ class JobQueue:
             if changed:
                 self._save()
 
-    def start(self, interval: float = 0.5) -> None:
+    def start(self, interval: float = 0.5, **holder_info) -> None:
         """poll() every `interval` seconds in a daemon thread (the jobs outlive the app; a later app adopts
-        them)."""
+        them). Raises FolderBusy if another live process supervises this queue; `holder_info` (e.g. url=...)
+        is what that refusal shows the next one."""
         if self._thread and self._thread.is_alive():
             return
+        self._supervisor.acquire(**holder_info)
         self._stopping.clear()
         self._thread = threading.Thread(target=self._run, args=(interval,), name="job-queue", daemon=True)
         self._thread.start()
@@ -226,6 +231,7 @@ class JobQueue:
         if self._thread:
             self._thread.join(timeout=10)
         self._thread = None
+        self._supervisor.release()
 
     def _run(self, interval: float) -> None:
         while True:
