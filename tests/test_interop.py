@@ -1,0 +1,87 @@
+"""Interop defects found with the loaders' own code (issue #13 part 3b):
+
+- a full fine-tune's `diffusers/` folder holds its text encoders in the classic CLIP layout ComfyUI's
+  diffusers-folder loader reads, and transformers 5 still loads it.
+"""
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_training, sets
+from lora_checks import image, load_base
+from engine.builtin import resolve_builtin
+
+pytestmark = pytest.mark.slow
+
+COMMON = dict(resolution=64, seed=3, train_batch_size=2, report_to="none", lr_warmup_steps=0)
+MODELS = [("builtin:tiny-sd", "sd1"), ("builtin:tiny-sdxl", "sdxl")]
+
+
+def _train(tmp_path, data, name, **kw):
+    out = tmp_path / "runs"
+    run_training(sets(**COMMON, **kw, train_data_dir=data, output_dir=out, adaptor_name=name), launch=False)
+    return out / name
+
+
+def _text_encoder_classes(family):
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    return {"text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection} if family == "sdxl" \
+        else {"text_encoder": CLIPTextModel}
+
+
+def _tokens(pipe_folder, name, text="a photo of a red square"):
+    from transformers import CLIPTokenizer
+    tok = CLIPTokenizer.from_pretrained(pipe_folder, subfolder=name.replace("text_encoder", "tokenizer"))
+    return tok([text], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+
+
+# ----------------------------------------------------------------------------- 1. full fine-tune folder
+
+def comfy_clip_keys(config, projection: bool) -> set[str]:
+    """The state dict ComfyUI's diffusers-folder loader fills (comfy/diffusers_load.py load_diffusers ->
+    comfy/sd.py load_clip -> sd1_clip.SDClipModel.load_sd: `transformer.load_state_dict(sd, strict=False)`):
+    comfy/clip_model.py CLIPTextModel, i.e. `text_model.` + embeddings / encoder.layers.N / final_layer_norm,
+    and `text_projection.weight` (SDXL's clip_g; clip_l keeps its identity projection)."""
+    per_layer = [f"{part}.{w}" for part in ("layer_norm1", "layer_norm2", "self_attn.q_proj", "self_attn.k_proj",
+                                            "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2")
+                 for w in ("weight", "bias")]
+    keys = {"text_model.embeddings.token_embedding.weight", "text_model.embeddings.position_embedding.weight",
+            "text_model.final_layer_norm.weight", "text_model.final_layer_norm.bias"}
+    keys |= {f"text_model.encoder.layers.{i}.{k}" for i in range(config.num_hidden_layers) for k in per_layer}
+    return keys | ({"text_projection.weight"} if projection else set())
+
+
+@pytest.mark.parametrize("model,family", MODELS)
+def test_full_folder_writes_text_encoders_in_the_classic_clip_layout(tmp_path, tiny_data, model, family):
+    from transformers import CLIPTextModelWithProjection
+
+    run = _train(tmp_path, tiny_data, "ft", pretrained_model_name_or_path=model, method="full",
+                 train_text_encoder=True, learning_rate=1e-3, max_train_steps=1)
+    folder, base = run / "diffusers", resolve_builtin(model)
+    pipe = load_base(str(folder), family)
+    references = {}
+    for name, cls in _text_encoder_classes(family).items():
+        saved = load_file(str(folder / name / "model.safetensors"))
+        assert all(k.startswith("text_model.") or k == "text_projection.weight" for k in saved), name
+        assert set(saved) == comfy_clip_keys(pipe.components[name].config, cls is CLIPTextModelWithProjection)
+
+        loaded, info = cls.from_pretrained(folder, subfolder=name, output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"], (name, info)
+        # the same tensors under transformers 5's own names (what the folder held before) give the same outputs
+        reference = cls(loaded.config).eval()
+        flat = not hasattr(reference, "text_model")  # transformers 5's CLIPTextModel
+        reference.load_state_dict({k.removeprefix("text_model.") if flat else k: v for k, v in saved.items()})
+        ids = _tokens(folder, name)
+        with torch.no_grad():
+            ours, theirs = loaded.eval()(ids).last_hidden_state, reference(ids).last_hidden_state
+            untrained = cls.from_pretrained(base, subfolder=name).eval()(ids).last_hidden_state
+        assert torch.equal(ours, theirs), name
+        assert not torch.equal(ours, untrained), name  # it is the trained encoder
+        references[name] = reference
+
+    # the whole pipeline from the folder draws what the trained weights under their old names drew
+    from_folder = image(pipe)
+    for name, reference in references.items():
+        setattr(pipe, name, reference)
+    assert np.array_equal(from_folder, image(pipe))
