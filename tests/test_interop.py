@@ -1,7 +1,9 @@
 """Interop defects found with the loaders' own code (issue #13 part 3b):
 
 - a full fine-tune's `diffusers/` folder holds its text encoders in the classic CLIP layout ComfyUI's
-  diffusers-folder loader reads, and transformers 5 still loads it.
+  diffusers-folder loader reads, and transformers 5 still loads it;
+- a DoRA with a trained text encoder previews (load_into_pipeline, the Compare tab) with the trained
+  text-encoder magnitudes, i.e. as the DoRA-merged weights draw.
 """
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ from safetensors.torch import load_file
 from conftest import run_training, sets
 from lora_checks import image, load_base
 from engine.builtin import resolve_builtin
+from engine.config import load_config
+from engine.export import DIFFUSERS_WEIGHT_NAME
 
 pytestmark = pytest.mark.slow
 
@@ -85,3 +89,61 @@ def test_full_folder_writes_text_encoders_in_the_classic_clip_layout(tmp_path, t
     for name, reference in references.items():
         setattr(pipe, name, reference)
     assert np.array_equal(from_folder, image(pipe))
+
+
+# ----------------------------------------------------------------------------- 2. DoRA text-encoder magnitudes
+
+@torch.no_grad()
+def merge_dora(pipe, state: dict[str, torch.Tensor], scale: float, trained_text_magnitudes: bool = True) -> None:
+    """Every adapted Linear weight replaced by DoRA's merged weight (Liu et al. 2024, as peft merges it):
+    m * V / ||V|| per output row, V = W + scale * B @ A. Without trained_text_magnitudes the text encoders
+    keep m = ||W|| (what a fresh DoRA layer starts with), as a loader that drops them does."""
+    for key in [k for k in state if k.endswith(".lora_A.weight")]:
+        module_key = key.removesuffix(".lora_A.weight")
+        component, _, path = module_key.partition(".")
+        module = getattr(pipe, component)
+        if not hasattr(module, "text_model"):  # transformers 5's CLIPTextModel: no text_model wrapper
+            path = path.removeprefix("text_model.")
+        layer = module.get_submodule(path)
+        weight = layer.weight.float()
+        merged = weight + scale * state[f"{module_key}.lora_B.weight"] @ state[key]
+        magnitude = state[f"{module_key}.lora_magnitude_vector"]
+        if component != "unet" and not trained_text_magnitudes:
+            magnitude = weight.norm(dim=1)
+        layer.weight.copy_(merged * (magnitude / merged.norm(dim=1))[:, None])
+
+
+@pytest.mark.parametrize("model,family", MODELS)
+def test_dora_with_a_trained_text_encoder_previews_as_the_merged_weights_draw(tmp_path, tiny_data, model, family):
+    from engine.generate import PipeCache, adaptor_pipeline, resolve_adaptor
+    from engine.methods import lora
+
+    run = _train(tmp_path, tiny_data, "dora", pretrained_model_name_or_path=model, use_dora=True,
+                 train_text_encoder=True, rank=4, lora_alpha=8.0, learning_rate=5e-2, max_train_steps=3)
+    cfg = load_config(run / "config.toml")
+    state = load_file(str(run / "diffusers" / DIFFUSERS_WEIGHT_NAME))
+    assert any(k.startswith("text_encoder.") and k.endswith(".lora_magnitude_vector") for k in state)
+    scale = cfg.lora_alpha / cfg.rank
+
+    merged = load_base(model, family)
+    merge_dora(merged, state, scale)
+    want = image(merged)
+    ours = load_base(model, family)
+    lora.load_into_pipeline(ours, run, cfg)
+    for name in _text_encoder_classes(family):
+        ids = _tokens(resolve_builtin(model), name)
+        with torch.no_grad():
+            hidden = [getattr(p, name)(ids).last_hidden_state for p in (ours, merged)]
+        assert torch.allclose(*hidden, atol=1e-5), name
+    assert np.abs(image(ours) - want).max() < 1e-4
+
+    # the text encoders' magnitudes decide the image here: with untrained ones (a loader dropping them) it differs
+    dropped = load_base(model, family)
+    merge_dora(dropped, state, scale, trained_text_magnitudes=False)
+    assert np.abs(image(dropped) - want).max() > 1e-3
+
+    # the Compare tab (its own pipeline and sampler) applies them too
+    cache = PipeCache(device=torch.device("cpu"))
+    with adaptor_pipeline(cache, resolve_adaptor(run), torch.float32, 1.0) as pipe:
+        merged.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+        assert np.abs(image(pipe) - image(merged)).max() < 1e-4
