@@ -3,7 +3,8 @@
 - a full fine-tune's `diffusers/` folder holds its text encoders in the classic CLIP layout ComfyUI's
   diffusers-folder loader reads, and transformers 5 still loads it;
 - a DoRA with a trained text encoder previews (load_into_pipeline, the Compare tab) with the trained
-  text-encoder magnitudes, i.e. as the DoRA-merged weights draw.
+  text-encoder magnitudes, i.e. as the DoRA-merged weights draw;
+- textual inversion trains in bf16 on a CPU.
 """
 import numpy as np
 import pytest
@@ -147,3 +148,24 @@ def test_dora_with_a_trained_text_encoder_previews_as_the_merged_weights_draw(tm
     with adaptor_pipeline(cache, resolve_adaptor(run), torch.float32, 1.0) as pipe:
         merged.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
         assert np.abs(image(pipe) - image(merged)).max() < 1e-4
+
+
+# ----------------------------------------------------------------------------- 3. bf16 textual inversion on CPU
+
+@pytest.mark.parametrize("model,family", MODELS)
+def test_textual_inversion_trains_in_bf16_on_cpu(tmp_path, tiny_data, model, family):
+    from engine.methods.textual_inversion import DIFFUSERS_FILES
+
+    run = _train(tmp_path, tiny_data, "ti", pretrained_model_name_or_path=model, method="textual_inversion",
+                 placeholder_token="<tok>", initializer_token="dog", mixed_precision="bf16", learning_rate=5e-2,
+                 max_train_steps=2, validation_prompt="a photo of <tok>", num_validation_images=1,
+                 num_inference_steps=2)
+    assert list((run / "samples").glob("*.png"))  # validation drew with the bf16 encoders and the new token
+    base = resolve_builtin(model)
+    for name, file in zip(_text_encoder_classes(family), DIFFUSERS_FILES):
+        (vector,) = load_file(str(run / "diffusers" / file)).values()
+        encoder = _text_encoder_classes(family)[name].from_pretrained(base, subfolder=name)
+        dog = _tokens(base, name, "dog")[0, 1]
+        start = encoder.get_input_embeddings().weight[dog].detach()
+        assert vector.dtype == torch.float32 and torch.isfinite(vector).all()
+        assert (vector[0] - start).abs().max() > 1e-3, name  # the token trained away from "dog"
