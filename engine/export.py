@@ -28,11 +28,13 @@ def canonical_keys(component: str, state_dict: dict[str, torch.Tensor]) -> dict[
 
     transformers 5 dropped CLIPTextModel's `text_model` wrapper (CLIPTextModelWithProjection kept it), so
     PEFT names the layers `encoder.layers...`. kohya, ComfyUI, AUTOMATIC1111 and transformers-4 stacks
-    expect `lora_te_text_model_encoder_layers_...`; diffusers 0.42 reads either form.
+    expect `lora_te_text_model_encoder_layers_...`; diffusers 0.42 reads either form. The projection of
+    CLIPTextModelWithProjection sits beside `text_model` (`text_projection.weight`) in every layout.
     """
     if not component.startswith("text_encoder"):
         return state_dict
-    return {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state_dict.items()}
+    return {k if k.startswith(("text_model.", "text_projection.")) else f"text_model.{k}": v
+            for k, v in state_dict.items()}
 
 
 _LORA_NAMES = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight",

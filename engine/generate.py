@@ -27,6 +27,7 @@ from engine.config import FIELD_BY_NAME, ConfigError, atomic_write_bytes, flatte
 from engine.export import DIFFUSERS_WEIGHT_NAME
 from engine.families import ModelError, get_family
 from engine.gen_worker import GenerationError
+from engine.lora_load import load_lora
 
 ADAPTER_NAME = "compare"
 _FULL_CHECKPOINT_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.")
@@ -216,7 +217,7 @@ def lora_applied(pipe, adaptor: Adaptor, scale: float):
         pipe.unload_lora_weights()
     try:
         try:
-            pipe.load_lora_weights(str(adaptor.path), adapter_name=ADAPTER_NAME)
+            load_lora(pipe, adaptor.path, ADAPTER_NAME)
         except Exception as e:
             raise GenerationError(f"could not apply the LoRA {adaptor.path} to "
                                   f"{adaptor.base.pretrained_model_name_or_path!r}: {str(e).splitlines()[0][:300]}. "

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from engine import single_file
-from engine.export import finish_card
+from engine.export import canonical_keys, finish_card
 from engine.methods import lora
 from engine.methods.lora import trainable_params
 
@@ -149,6 +149,7 @@ def write_outputs(folder: Path, cfg, comps, modules: dict, stats: dict) -> dict[
     try:
         with _ema_weights(modules["unet"]):
             pipe.save_pretrained(tmp, safe_serialization=True)
+            _resave_text_encoders_classic(pipe, tmp, fam.text_encoder_names)
             single_file.write_single_file(pipe, fam.name, single, {
                 "modelspec.sai_model_spec": "1.0.0", "modelspec.title": cfg.adaptor_name,
                 "modelspec.architecture": fam.modelspec_architecture(comps, "-").rsplit("/", 1)[0],
@@ -160,6 +161,22 @@ def write_outputs(folder: Path, cfg, comps, modules: dict, stats: dict) -> dict[
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"diffusers": str(final), "single_file": str(single)}
+
+
+def _resave_text_encoders_classic(pipe, folder: Path, names) -> None:
+    """Each text encoder's weights in the layout every loader reads (`text_model.encoder.layers...`,
+    `text_model.embeddings...`, `text_model.final_layer_norm...`, `text_projection.weight`).
+
+    transformers 5 writes a CLIPTextModel as `encoder.layers...` unless it was loaded from the classic layout,
+    and ComfyUI's diffusers-folder loader then finds every CLIP weight missing; transformers 5 itself reads the
+    classic layout (its CLIPTextModel prefix conversion). save_original_format=False: written as given."""
+    for name in names:
+        te = getattr(pipe, name)
+        state = te.state_dict()
+        classic = canonical_keys(name, state)
+        if classic.keys() != state.keys():
+            te.save_pretrained(folder / name, state_dict=classic, safe_serialization=True,
+                               save_original_format=False)
 
 
 def _sampling_scheduler(comps):

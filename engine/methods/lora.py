@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from engine import export
 from engine.config import atomic_write_bytes
+from engine.lora_load import load_lora
 
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 # the UNet's convolutions kohya's conv_dim trains: resnet 3x3 convs, their 1x1 shortcuts, down/upsamplers
@@ -164,12 +165,13 @@ def _write_peft_folders(root: Path, modules: dict, sds: dict) -> Path:
 def load_into_pipeline(pipe, run_dir: Path, cfg, scale: float = 1.0) -> None:
     """Apply a finished run's adaptor to a diffusers pipeline of its base model, at `scale`.
 
-    LoRA and DoRA through diffusers' own `load_lora_weights`; LoHa and LoKr by rebuilding the PEFT layers from
-    the run's `peft/` folders (diffusers has no loader for them)."""
+    LoRA and DoRA through diffusers' own `load_lora_weights` (plus the text-encoder DoRA magnitudes it drops,
+    engine/lora_load.py); LoHa and LoKr by rebuilding the PEFT layers from the run's `peft/` folders (diffusers
+    has no loader for them)."""
     run_dir = Path(run_dir)
     adapter = re.sub(r"\W", "_", cfg.adaptor_name)
     if cfg.lora_type == "lora":
-        pipe.load_lora_weights(str(run_dir / "diffusers"), adapter_name=adapter)
+        load_lora(pipe, run_dir / "diffusers", adapter)
         if scale != 1.0:
             pipe.set_adapters([adapter], adapter_weights=[scale])
         return

@@ -75,8 +75,18 @@ def prepare(comps, cfg) -> list[dict]:
         keep[ids] = False
         # what after_optimizer_step puts back: every row but the new ones, exactly as loaded
         te._ti_rows = {"ids": ids, "keep": keep, "original": weight.detach().float().clone()}
+        _keep_output_dtype(te.get_input_embeddings(), weight.dtype)
         groups.append({"params": trainable_params(te), "lr": cfg.learning_rate, "name": name})
     return groups
+
+
+def _keep_output_dtype(embedding: torch.nn.Module, dtype: torch.dtype) -> None:
+    """The embedding's output in the encoder's own dtype once its matrix trains in float32.
+
+    Without this a bf16/fp16 encoder gets float32 hidden states (fp32 token rows + bf16 positions), and CPU's
+    layer norm refuses a float32 input with bf16 weights ("mixed dtype (CPU)"); CUDA's autocast upcast both."""
+    if dtype != torch.float32:
+        embedding.register_forward_hook(lambda module, args, out: out.to(dtype))
 
 
 def trained_modules(comps, cfg) -> dict[str, torch.nn.Module]:
