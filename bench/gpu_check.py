@@ -240,6 +240,11 @@ def cmd_build(args) -> int:
 
     names = ["random-sd15", "random-sdxl"] if args.mode == "gpu" else ["tiny-sd", "tiny-sdxl"]
     on_gpu = args.mode == "gpu" and torch.cuda.is_available()
+    if args.mode == "gpu" and not on_gpu:  # building GBs of weights on a CPU would only run out the clock
+        print("build: torch sees no CUDA device (see the env stage); nothing built")
+        Path(args.report).write_text(json.dumps([{"model": f"builtin:{n}", "result": "FAIL", "seconds": 0,
+                                                  "error": "no CUDA device"} for n in names]))
+        return 1
     rows, failed = [], False
     for short in names:
         assert short in BUILTINS
@@ -438,6 +443,28 @@ def summarize(p: CheckPath, events: list[dict], warmup: int, batch: int) -> dict
     return out
 
 
+def path_config(p: CheckPath, mode: str, work: Path) -> dict:
+    """The engine settings of a path: full size on a GPU, the tiny models at 64 px on a CPU."""
+    gpu = mode == "gpu"
+    model = {"sd15": "random-sd15", "sdxl": "random-sdxl"}[p.model] if gpu else \
+        {"sd15": "tiny-sd", "sdxl": "tiny-sdxl"}[p.model]
+    resolution = ({"sd15": 512, "sdxl": 1024}[p.model]) if gpu else 64
+    batch = p.batch or ({"sd15": 4, "sdxl": 1}[p.model] if gpu else {"sd15": 2, "sdxl": 1}[p.model])
+    return {"pretrained_model_name_or_path": f"builtin:{model}", "train_data_dir": str(work / f"data-{resolution}"),
+            "resolution": resolution, "train_batch_size": batch, "max_train_steps": p.steps if gpu else 2,
+            "rank": 16, "lora_alpha": 16, "learning_rate": 1e-4, "lr_warmup_steps": 0, "seed": 0,
+            "mixed_precision": "bf16" if gpu else "no", "report_to": "none", "output_dir": str(work / "runs"),
+            "adaptor_name": p.name, "overwrite": True, "min_bucket_reso": min(256, resolution), **p.settings}
+
+
+def set_args(cfg: dict) -> list[str]:
+    """`--set key=value` pairs for engine.train (booleans as JSON, as the config reader takes them)."""
+    out = []
+    for k, v in cfg.items():
+        out += ["--set", f"{k}={json.dumps(v) if isinstance(v, bool) else v}"]
+    return out
+
+
 def run_path(p: CheckPath, mode: str, work: Path, deadline: float) -> dict:
     gpu = mode == "gpu"
     row = {"path": p.name, "model": p.model, "what": p.what, "settings": p.settings}
@@ -448,22 +475,13 @@ def run_path(p: CheckPath, mode: str, work: Path, deadline: float) -> dict:
         return {**row, "result": "skipped (time budget)", "note": f"{left:.0f} s left, needs ~{p.min_s} s"}
     from bench.train_speed import synthetic_images
 
-    model = {"sd15": "random-sd15", "sdxl": "random-sdxl"}[p.model] if gpu else \
-        {"sd15": "tiny-sd", "sdxl": "tiny-sdxl"}[p.model]
-    resolution = ({"sd15": 512, "sdxl": 1024}[p.model]) if gpu else 64
-    batch = p.batch or ({"sd15": 4, "sdxl": 1}[p.model] if gpu else {"sd15": 2, "sdxl": 1}[p.model])
-    steps, warmup = (p.steps, 2) if gpu else (2, 1)
-    data = work / f"data-{resolution}"
+    cfg = path_config(p, mode, work)
+    resolution, batch, steps = cfg["resolution"], cfg["train_batch_size"], cfg["max_train_steps"]
+    warmup = 2 if gpu else 1
+    data = Path(cfg["train_data_dir"])
     if not data.is_dir():
         synthetic_images(data, 8, resolution)
-    cfg = {"pretrained_model_name_or_path": f"builtin:{model}", "train_data_dir": str(data),
-           "resolution": resolution, "train_batch_size": batch, "max_train_steps": steps, "rank": 16,
-           "lora_alpha": 16, "learning_rate": 1e-4, "lr_warmup_steps": 0, "seed": 0,
-           "mixed_precision": "bf16" if gpu else "no", "report_to": "none", "output_dir": str(work / "runs"),
-           "adaptor_name": p.name, "overwrite": True, "min_bucket_reso": min(256, resolution), **p.settings}
-    cmd = [sys.executable, "-m", "engine.train"]
-    for k, v in cfg.items():
-        cmd += ["--set", f"{k}={json.dumps(v) if isinstance(v, bool) else v}"]
+    cmd = [sys.executable, "-m", "engine.train", *set_args(cfg)]
     row.update(settings=cfg, batch=batch, resolution=resolution)
     print(f"--- {p.name}: {p.what}", flush=True)
     t0 = time.time()
@@ -501,6 +519,11 @@ def run_path(p: CheckPath, mode: str, work: Path, deadline: float) -> dict:
     return row
 
 
+def _cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
 def cmd_paths(args) -> int:
     paths = check_paths()
     if args.only:
@@ -514,21 +537,23 @@ def cmd_paths(args) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     deadline = _deadline()
-    failed = False
+    no_gpu = args.mode == "gpu" and not _cuda_available()
     with open(args.report, "a") as report:
         for p in paths:
             try:
-                if p.name not in wanted and not (args.mode == "cpu" and p.cuda_only):
+                if no_gpu:  # full-size models on a CPU would only run out the clock
+                    row = {"path": p.name, "model": p.model, "what": p.what, "result": "FAIL",
+                           "note": "torch sees no CUDA device here (see the env stage); use --cpu-smoke on a CPU"}
+                elif p.name not in wanted and not (args.mode == "cpu" and p.cuda_only):
                     row = {"path": p.name, "model": p.model, "what": p.what, "result": "skipped (not in --only)"}
                 else:
                     row = run_path(p, args.mode, work, deadline)
             except Exception as e:  # noqa: BLE001 - the harness itself broke on this path: record and go on
                 row = {"path": p.name, "model": p.model, "what": p.what, "result": "FAIL",
                        "note": f"harness: {type(e).__name__}: {e}"}
-            failed |= row["result"].startswith("FAIL")
             report.write(json.dumps(row) + "\n")
             report.flush()
-    return 1 if failed else 0
+    return 0  # a path's failure is in its row (and the report's exit status), not this stage's
 
 
 # ---------------------------------------------------------------- report
@@ -564,7 +589,8 @@ def cmd_report(args) -> int:
         for line in stages_file.read_text().splitlines():
             name, status, rc, secs = (line.split("\t") + ["", "", "", ""])[:4]
             tail = (work / f"stage-{name}.log")
-            err = tail.read_text(errors="replace").splitlines()[-12:] if status != "ok" and tail.is_file() else []
+            err = (tail.read_text(errors="replace").splitlines()[-12:]
+                   if status.startswith("FAIL") and tail.is_file() else [])
             stages.append({"stage": name, "result": status, "rc": rc, "seconds": secs, "error_tail": err})
     env = _read_json(work / "env.json", {})
     wheels = _read_json(work / "wheels.json", {})
@@ -588,7 +614,7 @@ def cmd_report(args) -> int:
     (out / "gpu_check.md").write_text(markdown(summary))
     print((out / "gpu_check.md").read_text())
     bad = [r for r in paths if not (r["result"] == "ok" or r["result"].startswith("skipped"))]
-    bad += [s for s in stages if s["result"] not in ("ok", "skipped")]
+    bad += [s for s in stages if not s["result"].startswith(("ok", "skipped", "stopped"))]
     return 1 if bad else 0
 
 

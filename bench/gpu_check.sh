@@ -76,10 +76,10 @@ stage() {
   shift 2
   if [ "$1" != -- ]; then until=$1; shift; fi
   shift
-  local now t rc status
+  local now t rc status budget=1
   now=$(date +%s)
   t=$((until - now))
-  [ "$t" -gt "$cap" ] && t=$cap
+  if [ "$t" -gt "$cap" ]; then t=$cap; budget=0; fi
   if [ "$t" -lt 5 ]; then
     log "=== $name: skipped (time budget)"
     printf '%s\tskipped\t\t0\n' "$name" >> "$WORK/stages.tsv"
@@ -89,7 +89,11 @@ stage() {
   export GPU_CHECK_DEADLINE=$((now + t - 5))
   timeout -k 10 "$t" "$@" 2>&1 | tee -a "$LOG" "$WORK/stage-$name.log"
   rc=${PIPESTATUS[0]}
-  case "$rc" in 0) status=ok ;; 124|137) status="FAIL (timeout)" ;; *) status=FAIL ;; esac
+  case "$rc" in
+    0) status=ok ;;
+    124|137) if [ "$budget" = 1 ]; then status="stopped (time budget)"; else status="FAIL (timeout)"; fi ;;
+    *) status=FAIL ;;
+  esac
   printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$rc" "$(($(date +%s) - now))" >> "$WORK/stages.tsv"
   log "=== $name: $status (exit $rc)"
 }
@@ -109,7 +113,12 @@ stage build 300 -- "$PY" -m bench.gpu_check build --mode "$MODE" --report "$WORK
 paths_args=(--mode "$MODE" --work "$WORK/paths" --report "$WORK/paths.jsonl")
 [ -n "$ONLY" ] && paths_args+=(--only "$ONLY")
 stage paths 100000 $((DEADLINE - REPORT_RESERVE - SPEED_RESERVE)) -- "$PY" -m bench.gpu_check paths "${paths_args[@]}"
-if [ "$SPEED_ROWS" != none ]; then
+cuda_seen() { "$PY" -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1])).get("cuda_available") else 1)' \
+                "$WORK/env.json" 2>/dev/null; }
+if [ "$MODE" = gpu ] && [ "$SPEED_ROWS" != none ] && ! cuda_seen; then
+  log "=== train_speed: skipped (torch sees no CUDA device; on a CPU use --cpu-smoke)"
+  printf 'train_speed\tskipped (no CUDA)\t\t0\n' >> "$WORK/stages.tsv"
+elif [ "$SPEED_ROWS" != none ]; then
   stage train_speed 100000 -- "$PY" -m bench.train_speed --json --rows "$SPEED_ROWS" "${SPEED_ARGS[@]}"
 fi
 # the report always runs, past the deadline if it must
