@@ -318,8 +318,9 @@ def check_paths() -> list[CheckPath]:
                   {"mixed_precision": "fp16"}, no_fp16),
         CheckPath("sd15-adamw8bit", "sd15", "8-bit AdamW (bitsandbytes)", {"optimizer": "adamw8bit"},
                   "bitsandbytes' 8-bit AdamW needs CUDA"),
-        CheckPath("sdxl-fp16-vae-fp32", "sdxl", "SDXL LoRA in fp16 (the VAE kept in fp32)",
-                  {"mixed_precision": "fp16"}, no_fp16, min_s=35),
+        CheckPath("sdxl-fp16-vae-fp32", "sdxl", "SDXL LoRA in fp16 (the VAE kept in fp32), one validation image",
+                  {"mixed_precision": "fp16", "validation_prompt": "a photo of a cat", "num_validation_images": 1,
+                   "num_inference_steps": 4}, no_fp16, min_s=40),
         CheckPath("sdxl-minmem", "sdxl", "bench's minimum-memory SDXL row (target: peak <= "
                   f"{MINMEM_TARGET_GB:g} GB)", {"mixed_precision": "bf16", **_minmem_settings()},
                   "its 8-bit AdamW needs CUDA", min_s=35),
@@ -420,6 +421,21 @@ def lora_file_check(path: Path) -> str:
     return f"adaptor finite, {moved}/{len(ups)} up weights moved"
 
 
+def sample_check(events: list[dict]) -> str:
+    """The first validation image's pixel statistics: a flat image (std ~0, often black) is what NaN latents
+    decode to (e.g. SDXL's VAE overflowing in fp16; random weights may not show it)."""
+    paths = [e["path"] for e in events if e.get("type") == "sample"]
+    if not paths:
+        return ""
+    try:
+        import numpy as np
+        from PIL import Image
+        px = np.asarray(Image.open(paths[0]).convert("RGB"), dtype=np.float32)
+    except Exception as e:  # noqa: BLE001
+        return f" (unreadable: {type(e).__name__})"
+    return f" (mean {px.mean():.0f}, std {px.std():.0f}{', FLAT: NaN?' if px.std() < 1 else ''})"
+
+
 def summarize(p: CheckPath, events: list[dict], warmup: int, batch: int) -> dict:
     steps = [e for e in events if e.get("type") == "step"]
     losses = [e["loss"] for e in steps]
@@ -509,7 +525,7 @@ def run_path(p: CheckPath, mode: str, work: Path, deadline: float) -> dict:
         except Exception as e:  # noqa: BLE001
             notes.append(f"adaptor unreadable: {type(e).__name__}: {e}")
     if p.settings.get("validation_prompt"):
-        notes.append(f"{row['samples']} sample image(s)")
+        notes.append(f"{row['samples']} sample image(s)" + sample_check(read_events(run_dir / "events.jsonl")))
     if p.name == "sdxl-minmem" and "peak_gb" in row:
         notes.append(f"peak <= {MINMEM_TARGET_GB:g} GB: {'met' if row['peak_gb'] <= MINMEM_TARGET_GB else 'MISSED'}")
     row["note"] = "; ".join(str(n) for n in notes)
