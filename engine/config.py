@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 import tomli_w
 
+from engine.paths import UnsafePath, caption_extension
 from engine.schema import FIELDS, Field  # the settings themselves; this module reads and checks them
 
 
@@ -191,8 +192,10 @@ def validate(raw: dict[str, Any]) -> Config:
             raise ConfigError(f"min_bucket_reso = {lo} and max_bucket_reso = {hi} must be multiples of "
                               f"bucket_reso_steps = {values['bucket_reso_steps']}")
     _check_method_fields(values)
-    if not values["caption_extension"].startswith("."):
-        values["caption_extension"] = "." + values["caption_extension"]
+    try:
+        values["caption_extension"] = caption_extension(values["caption_extension"])
+    except UnsafePath as e:
+        raise ConfigError(f"caption_extension: {e}") from None
     return Config(values)
 
 

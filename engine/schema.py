@@ -53,7 +53,7 @@ FIELDS: list[Field] = [
        "A datasets hub id or a local dataset folder (save_to_disk or load_dataset layout).", optional=True),
     _f("image_column", str, "image", "dataset", "Image column of a dataset or metadata file."),
     _f("caption_column", str, "text", "dataset", "Caption column of a dataset or metadata file."),
-    _f("caption_extension", str, ".txt", "dataset", "Extension of sidecar caption files."),
+    _f("caption_extension", str, ".txt", "dataset", "Extension of sidecar caption files (.txt, .caption or .tags)."),
     _f("trigger_word", str, "", "dataset", "Prepended to every caption as 'trigger, caption'."),
     _f("caption_dropout_rate", float, 0.0, "dataset",
        "Train this fraction of steps' captions as empty text, so classifier-free guidance has an unconditional "

@@ -19,7 +19,7 @@ import gradio as gr
 
 from engine.caption.job import CaptionJob, CaptionState
 from engine.caption.options import (CHOICES, DEFAULT_MODELS, GENERAL, GENERATIVE, HELP, TAGGER, CaptionError,
-                                    CaptionOptions)
+                                    CaptionOptions, check)
 from engine.caption.run import PREVIEW_IMAGES
 
 FIELDS = {f.name: f for f in fields(CaptionOptions)}
@@ -116,7 +116,8 @@ def build(studio, path, caption_ext, undo_handler) -> list:
             return
         try:
             options = options_from(list(values))
-            options.caption_extension = ext.strip() or ".txt"
+            options.caption_extension = ext  # the Dataset tab's, checked like the panel's own
+            check(options)
             if not (folder or "").strip():
                 raise CaptionError("type the dataset folder first, then Load")
         except CaptionError as e:

@@ -4,7 +4,7 @@ uploads and thumbnails; this module only wires them to components.
 
 Components (elem_id):
   dataset-path            folder typed in (shared as studio.shared["dataset_path"]; the Training tab follows it)
-  dataset-caption-ext     caption file extension (.txt)
+  dataset-caption-ext     caption file extension (engine.paths.CAPTION_EXTENSIONS; .txt first)
   dataset-load            load the folder (Enter in dataset-path does too)
   dataset-status          what the last action did, or what went wrong
   dataset-gallery         images with their captions; click one to edit its caption
@@ -36,8 +36,9 @@ from pathlib import Path
 import gradio as gr
 
 from engine.data import caption_files, checks, thumbnails, uploads
-from ui import caption_panel
 from engine.data.items import DataError
+from engine.paths import CAPTION_EXTENSIONS
+from ui import caption_panel
 
 THUMBNAIL_CACHE = Path(tempfile.gettempdir()) / "adaptor-studio-thumbnails"
 CHECK_HEADERS = ["file", "problem", "detail"]
@@ -45,6 +46,14 @@ SUMMARY_HEADERS = ["measure", "value"]
 TAG_HEADERS = ["kind", "text", "images"]
 CHANGE_HEADERS = ["file", "before", "after"]
 USER_ERRORS = (DataError, ValueError, OSError)  # DataError and ConfigError are ValueErrors
+
+
+def _folder(path: str | None) -> str:
+    """The typed dataset folder: any folder on this machine (it is the user's own), but never blank, which
+    would mean the studio's working folder."""
+    if not (path or "").strip():
+        raise DataError("type the folder that holds your images first, then Load")
+    return path.strip()
 
 
 def _table(rows: list[dict], headers: list[str]) -> dict:
@@ -73,7 +82,7 @@ def load_folder(path: str, caption_ext: str, min_side) -> tuple:
     if not (path or "").strip():
         return empty[:2] + ("Type the folder that holds your images, then Load.",) + empty[3:]
     try:
-        report = checks.check_dataset(path.strip(), caption_ext, int(min_side or checks.DEFAULT_MIN_SIDE))
+        report = checks.check_dataset(_folder(path), caption_ext, int(min_side or checks.DEFAULT_MIN_SIDE))
     except USER_ERRORS as e:
         return empty[:2] + (f"**Error:** {e}",) + empty[3:]
     n, issues = len(report.images), len(report.problems)
@@ -90,7 +99,7 @@ def select_image(path: str, caption_ext: str, keys: list[str], evt: gr.SelectDat
         return "", "", "Load the folder again: the gallery is out of date."
     key = keys[evt.index]
     try:
-        item = caption_files.find_image(path.strip(), key, caption_ext)
+        item = caption_files.find_image(_folder(path), key, caption_ext)
     except USER_ERRORS as e:
         return key, "", f"**Error:** {e}"
     note = ""
@@ -104,7 +113,7 @@ def save_caption(path: str, caption_ext: str, key: str, text: str) -> str:
     if not key:
         return "Click an image in the gallery first."
     try:
-        written = caption_files.save_caption(path.strip(), key, text, caption_ext)
+        written = caption_files.save_caption(_folder(path), key, text or "", caption_ext)
     except USER_ERRORS as e:
         return f"**Error:** {e}"
     return f"Saved `{written.name}`."
@@ -115,14 +124,14 @@ def current_caption(path: str, caption_ext: str, key: str):
     if not key:
         return gr.skip()
     try:
-        return caption_files.find_image(path.strip(), key, caption_ext).caption or ""
+        return caption_files.find_image(_folder(path), key, caption_ext).caption or ""
     except USER_ERRORS:
         return gr.skip()
 
 
 def bulk_preview(path: str, caption_ext: str, op: str, text: str, replacement: str) -> tuple[dict, str]:
     try:
-        changes = caption_files.preview_bulk(path.strip(), op, text, replacement, caption_ext)
+        changes = caption_files.preview_bulk(_folder(path), op, text, replacement, caption_ext)
     except USER_ERRORS as e:
         return _changes_table([]), f"**Error:** {e}"
     if not changes:
@@ -132,7 +141,7 @@ def bulk_preview(path: str, caption_ext: str, op: str, text: str, replacement: s
 
 def bulk_apply(path: str, caption_ext: str, op: str, text: str, replacement: str) -> tuple[dict, str]:
     try:
-        changes, backup = caption_files.apply_bulk(path.strip(), op, text, replacement, caption_ext)
+        changes, backup = caption_files.apply_bulk(_folder(path), op, text, replacement, caption_ext)
     except USER_ERRORS as e:
         return _changes_table([]), f"**Error:** {e}"
     if not changes:
@@ -143,18 +152,18 @@ def bulk_apply(path: str, caption_ext: str, op: str, text: str, replacement: str
 
 def bulk_undo(path: str) -> tuple[dict, str]:
     try:
-        restored, removed, what = caption_files.undo_bulk(path.strip())
+        restored, removed, what = caption_files.undo_bulk(_folder(path))
     except USER_ERRORS as e:
         return _changes_table([]), f"**Error:** {e}"
     return _changes_table([]), (f"Undid {what}: restored {len(restored)} caption files"
                                 + (f", removed {len(removed)} it had created." if removed else "."))
 
 
-def create_from_upload(studio, files, name: str, caption_ext: str) -> tuple[str, str]:
+def create_from_upload(studio, files, name: str) -> tuple[str, str]:
     """(new folder path for dataset-path, status)."""
     paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (files or [])]
     try:
-        result = uploads.create_dataset(studio.datasets_dir, name, paths, caption_ext)
+        result = uploads.create_dataset(studio.datasets_dir, name, paths)
     except USER_ERRORS as e:
         return gr.skip(), f"**Error:** {e}"
     skipped = "".join(f"\n- {m}" for m in result.skipped)
@@ -169,7 +178,8 @@ def build(studio) -> None:
     with gr.Row():
         path = gr.Textbox(label="Dataset folder", value=start, scale=4, elem_id="dataset-path",
                           placeholder="/path/to/images (images with sidecar captions, kohya N_concept folders, ...)")
-        caption_ext = gr.Textbox(label="Caption extension", value=".txt", scale=1, elem_id="dataset-caption-ext")
+        caption_ext = gr.Dropdown(list(CAPTION_EXTENSIONS), value=CAPTION_EXTENSIONS[0], label="Caption extension",
+                                  scale=1, elem_id="dataset-caption-ext")
         load = gr.Button("Load", variant="primary", scale=1, elem_id="dataset-load")
     studio.shared["dataset_path"] = path
     status = gr.Markdown(first[2] if first else "", elem_id="dataset-status")
@@ -201,7 +211,7 @@ def build(studio) -> None:
 
     with gr.Accordion("Checks", open=True):
         with gr.Row():
-            min_side = gr.Number(value=checks.DEFAULT_MIN_SIDE, precision=0, minimum=1,
+            min_side = gr.Number(value=checks.DEFAULT_MIN_SIDE, precision=0, minimum=1, maximum=100_000,
                                  label="Tiny image threshold (px, shorter side)", elem_id="dataset-min-side")
             run_checks = gr.Button("Run checks", elem_id="dataset-checks-run")
         problems = gr.Dataframe(value=first[3] if first else None, headers=CHECK_HEADERS, label="Problems",
@@ -242,5 +252,4 @@ def build(studio) -> None:
             current_caption, [path, caption_ext, selected], caption)
     for event, message in caption_events:  # the new captions show in the gallery
         event.then(reload_keeping, [message] + load_inputs, loaded)
-    create.click(lambda f, n, e: create_from_upload(studio, f, n, e), [files, name, caption_ext],
-                 [path, status]).then(reload_keeping, [status] + load_inputs, loaded)
+    create.click(lambda f, n: create_from_upload(studio, f, n), [files, name], [path, status]).then(reload_keeping, [status] + load_inputs, loaded)

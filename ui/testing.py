@@ -5,12 +5,15 @@ the system Chromium through Playwright (never `playwright install`: the browser 
 """
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -84,12 +87,53 @@ class StudioServer:
         self.stop()
 
 
-def launch_chromium(playwright):
+def launch_chromium(playwright, extra_args: tuple[str, ...] = ()):
     path = chromium_path()
     if path is None:
         raise RuntimeError("no Chromium found: install it (apt-get install -y chromium) or set CHROMIUM=/path")
     return playwright.chromium.launch(executable_path=path, headless=True,
-                                      args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+                                      args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                                            *extra_args])
+
+
+def http_request(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None,
+                 timeout: float = 120) -> tuple[int, bytes]:
+    """(status, body) of one request, with any headers (Host included: urllib would not send a forged one)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=body,
+                     headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def api_call(base_url: str, name: str, data: list, headers: dict | None = None,
+             timeout: float = 120) -> tuple[str, object]:
+    """Call the studio's endpoint /gradio_api/call/<name> as any HTTP client can: (the result stream's last
+    event, e.g. "complete" or "error", and its data); ("http <status>", body text) when refused up front."""
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    url = f"{base_url.rstrip('/')}/gradio_api/call/{name}"
+    status, body = http_request(url, "POST", json.dumps({"data": data}).encode(), headers, timeout)
+    if status != 200:
+        return f"http {status}", body.decode(errors="replace")
+    event_id = json.loads(body)["event_id"]
+    status, body = http_request(f"{url}/{event_id}", headers=headers, timeout=timeout)
+    if status != 200:
+        return f"http {status}", body.decode(errors="replace")
+    event, payload = "", None
+    for line in body.decode(errors="replace").splitlines():
+        if line.startswith("event: "):
+            event = line[len("event: "):]
+        elif line.startswith("data: "):
+            text = line[len("data: "):]
+            try:
+                payload = json.loads(text)
+            except ValueError:
+                payload = text
+    return event, payload
 
 
 def open_tab(page, label: str) -> None:

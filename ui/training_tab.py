@@ -14,6 +14,7 @@ import gradio as gr
 from engine import presets
 from engine.builtin import BUILTIN_PREFIX, builtin_names
 from engine.config import FIELD_BY_NAME, ConfigError
+from engine.paths import inside
 from engine.plan import make_plan
 from ui.schema_form import SchemaForm, build_form
 from ui.studio import Studio
@@ -38,10 +39,21 @@ def _base_choices() -> list[str]:
     return [BUILTIN_PREFIX + n for n in builtin_names()]
 
 
+# Folders a run writes to (or loads training state from): they stay inside the studio's home, so a call to
+# the studio's API cannot have a run write files, or read a checkpoint, anywhere else on the disk.
+HOME_FOLDERS = ("output_dir", "class_data_dir", "resume_from_checkpoint")
+
+
 def _for_run(cfg, studio: Studio):
-    """A relative output_dir is under the studio's home (the run folders the Run and Compare tabs read)."""
-    out = Path(cfg.output_dir)
-    return cfg if out.is_absolute() else cfg.replace(output_dir=str(studio.home / out))
+    """cfg with its HOME_FOLDERS absolute: a relative one is under the studio's home (output_dir: the run
+    folders the Run and Compare tabs read); one outside the home raises UnsafePath naming it."""
+    changes = {}
+    for name in HOME_FOLDERS:
+        value = getattr(cfg, name)
+        if value is None or (name == "resume_from_checkpoint" and value == "latest"):
+            continue
+        changes[name] = str(inside(studio.home, Path(value).expanduser(), name))
+    return cfg.replace(**changes)
 
 
 def import_settings(text: str) -> tuple[dict, str]:
@@ -121,6 +133,7 @@ def build(studio: Studio) -> SchemaForm:
         if errors:
             return form.error_updates(errors) + [gr.update(), "⚠ Not saved: fix the settings marked below."]
         try:
+            _for_run(cfg, studio)  # a preset saved here must be one a run can start from
             path = presets.save_user_preset(name, cfg)
         except (ConfigError, ValueError) as e:
             return form.error_updates({}) + [gr.update(), f"⚠ {e}"]
