@@ -23,6 +23,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
+from engine.autocast import pipeline_autocast
 from engine.config import FIELD_BY_NAME, ConfigError, atomic_write_bytes, flatten, read_toml
 from engine.export import DIFFUSERS_WEIGHT_NAME
 from engine.families import ModelError, get_family
@@ -252,15 +253,10 @@ def _apply_run(pipe, run_dir: Path, scale: float) -> None:
         raise GenerationError(f"could not apply the run {run_dir} ({cfg.method}): {str(e).splitlines()[0][:300]}")
 
 
-def _autocast(device: torch.device, dtype: torch.dtype):
-    # as in sample.py: mixed-dtype parts (SDXL's fp32 VAE beside an fp16 UNet) meet under autocast
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-
 @torch.no_grad()
 def _generate(pipe, prompt: str, seed: int, settings: dict, dtype) -> Image.Image:
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    with _autocast(pipe.device, dtype):
+    with pipeline_autocast(pipe, dtype):
         return pipe(prompt, generator=gen, **settings).images[0]
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from engine.autocast import pipeline_autocast
 from engine.config import atomic_write_bytes
 
 
@@ -18,15 +19,13 @@ def validation_images(comps, unet, text_encoders, cfg, device, dtype, out_dir: P
     if cfg.trigger_word and cfg.trigger_word not in prompt:
         prompt = f"{cfg.trigger_word}, {prompt}"
     paths = []
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else torch.autocast(
-        device.type, enabled=False)
     was_training = [m.training for m in (unet, *text_encoders)]
     for m in (unet, *text_encoders):
         m.eval()
     try:
         for i in range(cfg.num_validation_images):
             gen = torch.Generator(device="cpu").manual_seed(cfg.validation_seed + i)
-            with autocast:
+            with pipeline_autocast(pipe, dtype):
                 image = pipe(prompt, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
                              height=cfg.resolution, width=cfg.resolution, generator=gen).images[0]
             path = out_dir / f"{tag}-{i}.png"

@@ -66,6 +66,9 @@ def after_optimizer_step(modules: dict) -> None:
     ema.step(unet.parameters())
     if ema.offload and device.type != "cpu":
         ema.to(device="cpu", non_blocking=True)
+        # a non-blocking copy to pageable host memory may still be in flight when a checkpoint reads the
+        # shadow weights; wait for it here, once per step, rather than read half-copied tensors
+        torch.cuda.synchronize(device)
 
 
 def _trainable(module) -> list[torch.nn.Parameter]:
