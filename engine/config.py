@@ -7,13 +7,13 @@ from __future__ import annotations
 import difflib
 import math
 import os
-import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any, Iterable
 
 import tomli_w
 
+from engine.atomic import write_bytes as atomic_write_bytes  # noqa: F401 - the name other modules import
 from engine.schema import FIELDS, Field  # the settings themselves; this module reads and checks them
 
 
@@ -335,20 +335,6 @@ def to_toml_dict(cfg: Config, only_changed: bool = False) -> dict[str, dict[str,
             continue
         out.setdefault(f.group, {})[f.name] = v
     return out
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temp file beside the target, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_config(cfg: Config, path: str | os.PathLike, only_changed: bool = False) -> None:
