@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.config import atomic_write_bytes
+from engine.config import ConfigError, atomic_write_bytes
+from engine.safetensors_files import NotSafetensors, read_header
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trained_state.safetensors"
@@ -33,11 +34,17 @@ def find_resume_dir(value: str, ckpt_dir: Path) -> Path | None:
     """'latest' -> newest checkpoint (None if there is none); otherwise the folder given."""
     if value == "latest":
         found = list_checkpoints(ckpt_dir)
-        return found[-1][1] if found else None
-    p = Path(value).expanduser()
-    if not (p / PROGRESS_FILE).is_file():
-        raise FileNotFoundError(f"resume_from_checkpoint = {value!r} is not a checkpoint folder (no "
-                                f"{PROGRESS_FILE}); use 'latest' or a folder under {ckpt_dir}")
+        p = found[-1][1] if found else None
+    else:
+        p = Path(value).expanduser()
+        if not (p / PROGRESS_FILE).is_file():
+            raise FileNotFoundError(f"resume_from_checkpoint = {value!r} is not a checkpoint folder (no "
+                                    f"{PROGRESS_FILE}); use 'latest' or a folder under {ckpt_dir}")
+    if p is not None:
+        try:
+            read_header(p / STATE_FILE, "resume from another checkpoint")
+        except NotSafetensors as e:
+            raise ConfigError(f"resume_from_checkpoint = {value!r}: {e}") from None
     return p
 
 

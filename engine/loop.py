@@ -119,7 +119,13 @@ def _report(events: EventLog, exc: BaseException, message: str, hint: str) -> No
 
 
 def _refuse_earlier_run(run_dir: Path, cfg, resuming: bool) -> None:
-    """A fresh run never mixes with, or silently replaces, an earlier run's adaptor or checkpoints."""
+    """A fresh run never mixes with, or silently replaces, an earlier run's adaptor or checkpoints; and a file
+    where the run folder should be stops every run."""
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{existing} is a file, not a folder: " + (
+            "choose another adaptor_name, or move the file" if existing == run_dir else
+            f"set output_dir (now {cfg.output_dir!r}) to a folder; it is created if missing"))
     if resuming or cfg.overwrite:
         return
     output = get_method(cfg.method).output_path(run_dir, cfg)
