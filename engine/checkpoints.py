@@ -2,7 +2,8 @@
 
 A checkpoint folder `checkpoints/checkpoint-{step}/` holds the optimizer, scheduler and RNG states
 (accelerate), `trained_state.safetensors` (the exact trained weights, for resuming) and the run's outputs (both
-adaptor files for LoRA), so any checkpoint is usable as it is.
+adaptor files for LoRA), so any checkpoint is usable as it is. Only weights found finite are saved (the loop checks
+them first), and progress.json says so (`"finite": true`, which engine.finite.last_good reads).
 """
 from __future__ import annotations
 
@@ -80,7 +81,8 @@ def prune(ckpt_dir: Path, keep: int | None) -> list[Path]:
 
 
 def save_checkpoint(accelerator, ckpt_dir: Path, step: int, epoch: int, cfg, events) -> None:
-    """Save into a temp folder, then rename: a crash mid-save never leaves a half checkpoint."""
+    """Save weights the loop found finite into a temp folder, then rename: a crash mid-save never leaves a half
+    checkpoint."""
     final = ckpt_dir / f"checkpoint-{step}"
     tmp = ckpt_dir / f".tmp-checkpoint-{step}"
     if accelerator.is_main_process:
@@ -90,7 +92,7 @@ def save_checkpoint(accelerator, ckpt_dir: Path, step: int, epoch: int, cfg, eve
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_progress(tmp, {"step": step, "epoch": epoch})
+        write_progress(tmp, {"step": step, "epoch": epoch, "finite": True})
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         prune(ckpt_dir, cfg.checkpoints_total_limit)

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from engine import checkpoints as ckpt
-from engine import export
+from engine import export, finite
 from engine.caches import TextEncoderCache, latent_encoder, text_encoders_key, vae_key
 from engine.config import ConfigError, save_config
+from engine.errors import TrainingError
 from engine.data import (BucketBatchSampler, DataError, LatentCache, TrainDataset, build_caption, collate,
                          discover_items, tag_frequency)
 from engine.events import EventLog
@@ -27,12 +28,6 @@ from engine.objective import compute_loss, step_generator
 from engine.optim import build_lr_scheduler, build_optimizer, optimizer_step_count
 from engine.paths import cache_root, safe_child
 from engine.sample import validation_images
-
-
-class TrainingError(RuntimeError):
-    def __init__(self, message: str, hint: str = ""):
-        super().__init__(message)
-        self.hint = hint
 
 
 def run_dir_for(cfg) -> Path:
@@ -362,7 +357,7 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
                 parts = {k: accelerator.gather((v / accum_count).reshape(1)).mean().item()
                          for k, v in accum_parts.items()}
                 accum_loss, accum_count, accum_parts = torch.zeros((), device=device), 0, {}
-                _check_finite(mean_loss, global_step, ckpt_dir)
+                finite.check_loss(mean_loss, global_step, ckpt_dir)
                 now = time.time()
                 step_times.append((now - last_tick) / max(1, global_step - tick_step))
                 last_tick, tick_step = now, global_step
@@ -374,6 +369,7 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
                             lr=lr, it_per_s=it_per_s, eta_s=(total_steps - global_step) / it_per_s,
                             peak_memory_mb=round(_peak_memory_mb(device), 1), **parts)
             if cfg.checkpointing_steps and global_step % cfg.checkpointing_steps == 0 and global_step < total_steps:
+                finite.check_before_save(accelerator, unwrapped, optimizer, global_step, ckpt_dir)
                 ckpt.save_checkpoint(accelerator, ckpt_dir, global_step, epoch, cfg, events)
                 last_tick, tick_step = time.time(), global_step
             if global_step >= total_steps:
@@ -392,6 +388,7 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
 
     # ---- save
     accelerator.wait_for_everyone()
+    finite.check_before_save(accelerator, unwrapped, None, global_step, ckpt_dir)
     outputs: dict[str, str] = {"run_dir": str(run_dir)}
     if accelerator.is_main_process:
         outputs.update(write_outputs(run_dir))
@@ -419,18 +416,6 @@ def _bucket_counts(dataset) -> list[dict]:
     """[{"resolution": [w, h], "count": examples}] for the buckets in use (one square bucket without bucketing)."""
     counts = np.bincount(np.asarray(dataset.bucket_of), minlength=len(dataset.buckets))
     return [{"resolution": list(size), "count": int(n)} for size, n in zip(dataset.buckets, counts)]
-
-
-def _check_finite(loss: float, step: int, ckpt_dir: Path) -> None:
-    if math.isfinite(loss):
-        return
-    kept = ckpt.list_checkpoints(ckpt_dir)
-    raise TrainingError(
-        f"loss became {loss} at step {step}; "
-        + (f"the last good checkpoint is {kept[-1][1]} (resume_from_checkpoint = \"latest\")"
-           if kept else "no checkpoint had been saved yet"),
-        hint="lower learning_rate, use bf16 instead of fp16, or an fp16-fixed VAE "
-             "(pretrained_vae_model_name_or_path) for SDXL")
 
 
 def _validation_due(cfg, epoch: int, num_epochs: int, finished: bool) -> bool:

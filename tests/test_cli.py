@@ -163,25 +163,6 @@ adaptor_name = "cached"
     assert lrs[0] > lrs[-1]  # cosine decays
 
 
-@pytest.mark.slow
-def test_nan_loss_stops_with_a_hint_and_keeps_the_last_checkpoint(tmp_path):
-    # adam_epsilon = 0 makes Adam divide 0/0 on the zero-initialised LoRA up-weights: a real divergence
-    data = make_images(tmp_path / "data", n=2)
-    out = tmp_path / "runs"
-    p = cli("--set", f"train_data_dir={data}", "--set", f"output_dir={out}", "--set", "adaptor_name=div",
-            "--set", "resolution=64", "--set", "learning_rate=1.0", "--set", "adam_epsilon=0",
-            "--set", "max_grad_norm=0", "--set", "lr_warmup_steps=0", "--set", "max_train_steps=10",
-            "--set", "checkpointing_steps=1", "--set", "report_to=none", "--set", "seed=0")
-    assert p.returncode == 1, p.stderr[-2000:]
-    assert "loss became nan" in p.stderr and "lower learning_rate" in p.stderr
-    assert p.stderr.count("loss became nan") == 1  # said once
-    run = out / "div"
-    err = read_events(run / "events.jsonl")[-1]
-    assert err["type"] == "error" and "checkpoint-1" in err["message"] and err["hint"]
-    assert (run / "checkpoints" / "checkpoint-1" / "div.safetensors").is_file()
-    assert not (run / "div.safetensors").exists()  # no adaptor from a diverged run
-
-
 def test_wandb_without_wandb_is_a_clear_error(tmp_path):
     import importlib.util
     if importlib.util.find_spec("wandb") is not None:
