@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.config import ConfigError, atomic_write_bytes
+from engine import atomic
+from engine.config import ConfigError
 from engine.safetensors_files import NotSafetensors, read_header
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -63,7 +64,7 @@ def load_trained_state(path: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def write_progress(folder: Path, progress: dict) -> None:
-    atomic_write_bytes(folder / PROGRESS_FILE, json.dumps(progress).encode())
+    atomic.write_bytes(folder / PROGRESS_FILE, json.dumps(progress).encode())
 
 
 def read_progress(folder: Path) -> dict:
@@ -80,21 +81,30 @@ def prune(ckpt_dir: Path, keep: int | None) -> list[Path]:
     return gone
 
 
-def save_checkpoint(accelerator, ckpt_dir: Path, step: int, epoch: int, cfg, events) -> None:
+def save_checkpoint(accelerator, ckpt_dir: Path, step: int, epoch: int, cfg, events, needed: atomic.Size) -> None:
     """Save weights the loop found finite into a temp folder, then rename: a crash mid-save never leaves a half
-    checkpoint."""
+    checkpoint, and a failed save (a full disk: DiskFull, for about `needed` bytes) leaves nothing."""
     final = ckpt_dir / f"checkpoint-{step}"
     tmp = ckpt_dir / f".tmp-checkpoint-{step}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_progress(tmp, {"step": step, "epoch": epoch, "finite": True})
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+    main = accelerator.is_main_process
+
+    def remove_tmp():
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    with atomic.disk_full_guard(final, needed, cleanup=remove_tmp):
+        if main:
+            remove_tmp()
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if main:
+            write_progress(tmp, {"step": step, "epoch": epoch, "finite": True})
+            atomic.normal_modes(tmp)  # safetensors writes 0600 files
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+    if main:
         prune(ckpt_dir, cfg.checkpoints_total_limit)
         events.emit("checkpoint", path=str(final), step=step)
     accelerator.wait_for_everyone()
