@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
-import tempfile
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Iterable
@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import tomli_w
 
 from engine.paths import UnsafePath, caption_extension
+from engine.atomic import write_bytes as atomic_write_bytes  # noqa: F401 - the name other modules import
 from engine.schema import FIELDS, Field  # the settings themselves; this module reads and checks them
 
 
@@ -297,14 +298,31 @@ def parse_override(text: str, field_type: type | None = None) -> tuple[str, Any]
 
 def read_toml(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        inside = " (a run folder: its config is config.toml)" if (p / "config.toml").is_file() else ""
+        raise ConfigError(f"config file {p} is a folder{inside}; give the .toml file itself")
     if not p.is_file():
         raise ConfigError(f"config file {p} not found")
     try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p} is not valid TOML: {e}") from None
+        raise ConfigError(f"{p} is not valid TOML: {_toml_problem(e, text)}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{p} is not a UTF-8 text file") from None
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read: {e.strerror}") from None
+
+
+def _toml_problem(e: tomllib.TOMLDecodeError, text: str) -> str:
+    """tomllib's message, naming the key when it is set twice (tomllib gives only its line and column)."""
+    m = re.match(r"Cannot overwrite a value \(at line (\d+), column \d+\)", str(e))
+    lines = text.splitlines()
+    if not m or int(m.group(1)) > len(lines):
+        return str(e)
+    line = int(m.group(1))
+    key = lines[line - 1].split("=", 1)[0].strip()
+    return f"{key} is set twice (again at line {line}); keep one of them"
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = (),
@@ -338,20 +356,6 @@ def to_toml_dict(cfg: Config, only_changed: bool = False) -> dict[str, dict[str,
             continue
         out.setdefault(f.group, {})[f.name] = v
     return out
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temp file beside the target, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_config(cfg: Config, path: str | os.PathLike, only_changed: bool = False) -> None:

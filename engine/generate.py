@@ -90,12 +90,11 @@ def _check_lora_file(path: Path) -> dict[str, str]:
     if path.suffix.lower() != ".safetensors":
         raise GenerationError(f"{path}: LoRA files must be .safetensors (pickle files such as .ckpt, .pt and .bin "
                               "can run code when loaded and are not read)")
-    from safetensors import safe_open
+    from engine.safetensors_files import NotSafetensors, read_header
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            keys, meta = list(fh.keys()), fh.metadata() or {}
-    except Exception as e:
-        raise GenerationError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:200]})") from None
+        keys, meta = read_header(path, "convert it to safetensors (pickle files can run code and are not read)")
+    except NotSafetensors as e:
+        raise GenerationError(str(e)) from None
     if not any("lora" in k for k in keys):
         what = ("a full model checkpoint: give it as the base model instead"
                 if any(k.startswith(_FULL_CHECKPOINT_PREFIXES) for k in keys) else "not a LoRA (no lora keys)")

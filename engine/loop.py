@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import math
 import os
-from contextlib import contextmanager
-import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from engine import checkpoints as ckpt
-from engine import export
+from engine import export, finite, run_files
+from engine.atomic import DiskFull, disk_full_guard, is_disk_full
 from engine.caches import TextEncoderCache, latent_encoder, text_encoders_key, vae_key
 from engine.config import ConfigError, save_config
+from engine.errors import TrainingError
 from engine.data import (BucketBatchSampler, DataError, LatentCache, TrainDataset, build_caption, collate,
                          discover_items, tag_frequency)
 from engine.events import EventLog
@@ -27,12 +28,6 @@ from engine.objective import compute_loss, step_generator
 from engine.optim import build_lr_scheduler, build_optimizer, optimizer_step_count
 from engine.paths import cache_root, safe_child
 from engine.sample import validation_images
-
-
-class TrainingError(RuntimeError):
-    def __init__(self, message: str, hint: str = ""):
-        super().__init__(message)
-        self.hint = hint
 
 
 def run_dir_for(cfg) -> Path:
@@ -71,17 +66,23 @@ def train(cfg) -> dict:
     )
     main = accelerator.is_main_process
     resuming = cfg.resume_from_checkpoint is not None
+    if main:  # a killed write's temps go; a killed run's folder is settled (run_files)
+        run_files.recover(run_dir, resuming)
+    accelerator.wait_for_everyone()
     _refuse_earlier_run(run_dir, cfg, resuming)  # every process reads it, so all stop together
     if main:
         _prepare_run_dir(run_dir, resuming)
     accelerator.wait_for_everyone()
     events = EventLog(run_dir / "events.jsonl", enabled=main, log_path=run_dir / "train.log")
+    complete = False
     try:
         seed = [cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(3), "little")]
         broadcast_object_list(seed)  # every process must agree on a drawn seed
         cfg = cfg.replace(seed=seed[0])
         set_seed(cfg.seed)
-        return _train(cfg, accelerator, events, run_dir)
+        done = _train(cfg, accelerator, events, run_dir)
+        complete = True
+        return done
     except TrainingError as e:
         _report(events, e, str(e), e.hint)
         raise
@@ -89,11 +90,21 @@ def train(cfg) -> dict:
         _report(events, e, str(e), "fix the setting named above and start again")
         raise
     except Exception as e:
-        _report(events, e, f"{type(e).__name__}: {e}", f"see {run_dir / 'train.log'}")
-        raise
+        if not is_disk_full(e):
+            _report(events, e, f"{type(e).__name__}: {e}", f"see {run_dir / 'train.log'}")
+            raise
+        full = e if isinstance(e, DiskFull) else DiskFull(getattr(e, "filename", None) or run_dir, 0)
+        resume = ("; then resume_from_checkpoint = \"latest\" continues from the last checkpoint"
+                  if finite.last_good(run_dir / "checkpoints") else "")
+        _report(events, full, str(full), f"make room on that disk, or choose an output_dir on another one{resume}")
+        if full is e:
+            raise
+        raise full from e
     finally:
         accelerator.end_training()
         events.close()
+        if main:  # the earlier run's files: dropped if this run completed, else given back (run_files)
+            run_files.finish(run_dir, complete)
 
 
 def _check_tracker(report_to: str) -> None:
@@ -119,11 +130,18 @@ def _report(events: EventLog, exc: BaseException, message: str, hint: str) -> No
 
 
 def _refuse_earlier_run(run_dir: Path, cfg, resuming: bool) -> None:
-    """A fresh run never mixes with, or silently replaces, an earlier run's adaptor or checkpoints."""
+    """A fresh run never mixes with, or silently replaces, an earlier run's adaptor or checkpoints; and a file
+    where the run folder should be stops every run."""
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{existing} is a file, not a folder: " + (
+            "choose another adaptor_name, or move the file" if existing == run_dir else
+            f"set output_dir (now {cfg.output_dir!r}) to a folder; it is created if missing"))
     if resuming or cfg.overwrite:
         return
     output = get_method(cfg.method).output_path(run_dir, cfg)
-    earlier = output if output.exists() else None
+    kept = run_files.earlier(run_dir) / output.relative_to(run_dir)  # a killed overwrite's earlier run
+    earlier = output if output.exists() or kept.exists() else None
     if earlier is None and ckpt.list_checkpoints(run_dir / "checkpoints"):
         earlier = run_dir / "checkpoints"
     if earlier:
@@ -132,12 +150,10 @@ def _refuse_earlier_run(run_dir: Path, cfg, resuming: bool) -> None:
 
 
 def _prepare_run_dir(run_dir: Path, resuming: bool) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resuming:  # a fresh account: an overwritten run's events, samples and checkpoints would mislead
-        for name in ("events.jsonl", "train.log"):
-            (run_dir / name).unlink(missing_ok=True)
-        for name in ("checkpoints", "samples", "logs"):
-            shutil.rmtree(run_dir / name, ignore_errors=True)
+    with disk_full_guard(run_dir, 4096):
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if not resuming:  # a fresh account: an earlier run's files are kept aside until this run completes
+        run_files.set_aside(run_dir)
 
 
 def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
@@ -255,6 +271,9 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     stats = {"started_at": started, "num_train_images": len(dataset), "total_steps": total_steps,
              "tag_frequency": tag_frequency(items), "step": 0, "epoch": 0, "buckets": _bucket_counts(dataset)}
 
+    def saved_bytes() -> int:  # counted only to say how much to free when a disk is full
+        return sum(v.numel() * v.element_size() for sd in method.state_dicts(unwrapped).values() for v in sd.values())
+
     def write_outputs(folder: Path) -> dict[str, str]:
         stats["finished_at"] = time.time()
         return method.write_outputs(folder, cfg, comps, unwrapped, stats)
@@ -356,7 +375,7 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
                 parts = {k: accelerator.gather((v / accum_count).reshape(1)).mean().item()
                          for k, v in accum_parts.items()}
                 accum_loss, accum_count, accum_parts = torch.zeros((), device=device), 0, {}
-                _check_finite(mean_loss, global_step, ckpt_dir)
+                finite.check_loss(mean_loss, global_step, ckpt_dir)
                 now = time.time()
                 step_times.append((now - last_tick) / max(1, global_step - tick_step))
                 last_tick, tick_step = now, global_step
@@ -368,7 +387,10 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
                             lr=lr, it_per_s=it_per_s, eta_s=(total_steps - global_step) / it_per_s,
                             peak_memory_mb=round(_peak_memory_mb(device), 1), **parts)
             if cfg.checkpointing_steps and global_step % cfg.checkpointing_steps == 0 and global_step < total_steps:
-                ckpt.save_checkpoint(accelerator, ckpt_dir, global_step, epoch, cfg, events)
+                size = finite.check_before_save(accelerator, unwrapped, optimizer, global_step, ckpt_dir)
+                # weights and optimizer state, and the outputs (two copies of what the method saves, as a rule)
+                ckpt.save_checkpoint(accelerator, ckpt_dir, global_step, epoch, cfg, events,
+                                     lambda: size + 2 * saved_bytes())
                 last_tick, tick_step = time.time(), global_step
             if global_step >= total_steps:
                 break
@@ -384,13 +406,19 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
         if global_step >= total_steps:
             break
 
-    # ---- save
+    # ---- save: both formats and the model card, together or not at all (run_files.publish)
     accelerator.wait_for_everyone()
+    finite.check_before_save(accelerator, unwrapped, None, global_step, ckpt_dir)
     outputs: dict[str, str] = {"run_dir": str(run_dir)}
+
+    def write_set(folder: Path) -> dict[str, str]:
+        made = write_outputs(folder)
+        final = {k: str(run_dir / Path(v).relative_to(folder)) for k, v in made.items()}  # what the card names
+        card = method.model_card(cfg, comps, stats, {**outputs, **final}, samples)
+        return {**made, "model_card": str(export.write_model_card(folder, card))}
+
     if accelerator.is_main_process:
-        outputs.update(write_outputs(run_dir))
-        card = method.model_card(cfg, comps, stats, outputs, samples)
-        outputs["model_card"] = str(export.write_model_card(run_dir, card))
+        outputs.update(run_files.publish(run_dir, write_set, lambda: 2 * saved_bytes()))
         outputs["config"] = str(run_dir / "config.toml")
     return events.emit("done", outputs=outputs, elapsed=time.time() - started, step=global_step,
                        total_steps=total_steps, epoch=stats["epoch"],
@@ -413,18 +441,6 @@ def _bucket_counts(dataset) -> list[dict]:
     """[{"resolution": [w, h], "count": examples}] for the buckets in use (one square bucket without bucketing)."""
     counts = np.bincount(np.asarray(dataset.bucket_of), minlength=len(dataset.buckets))
     return [{"resolution": list(size), "count": int(n)} for size, n in zip(dataset.buckets, counts)]
-
-
-def _check_finite(loss: float, step: int, ckpt_dir: Path) -> None:
-    if math.isfinite(loss):
-        return
-    kept = ckpt.list_checkpoints(ckpt_dir)
-    raise TrainingError(
-        f"loss became {loss} at step {step}; "
-        + (f"the last good checkpoint is {kept[-1][1]} (resume_from_checkpoint = \"latest\")"
-           if kept else "no checkpoint had been saved yet"),
-        hint="lower learning_rate, use bf16 instead of fp16, or an fp16-fixed VAE "
-             "(pretrained_vae_model_name_or_path) for SDXL")
 
 
 def _validation_due(cfg, epoch: int, num_epochs: int, finished: bool) -> bool:

@@ -135,7 +135,6 @@ def pipeline_state_dict(pipe, family_name: str) -> dict[str, torch.Tensor]:
 
 
 def write_single_file(pipe, family_name: str, path: Path, metadata: dict[str, str] | None = None) -> Path:
-    from engine.export import _save_safetensors_atomic
+    from engine.atomic import save_safetensors
 
-    _save_safetensors_atomic(pipeline_state_dict(pipe, family_name), Path(path), metadata or {})
-    return Path(path)
+    return save_safetensors(pipeline_state_dict(pipe, family_name), Path(path), metadata or {})

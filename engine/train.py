@@ -1,7 +1,7 @@
 """Headless training: `python -m engine.train CONFIG.toml [--set key=value ...]`.
 
 Works as a plain process or under `accelerate launch -m engine.train ...` (one process or several).
-Exit codes: 0 done, 2 bad config/model/data (message names what to fix), 1 training failed.
+Exit codes: 0 done, 2 bad config/model/data (message names what to fix), 1 training failed (a full disk too).
 """
 from __future__ import annotations
 
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     _quiet_libraries()
+    from engine.atomic import DiskFull
     from engine.data import DataError
     from engine.families import ModelError
     from engine.loop import TrainingError, train
@@ -76,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as e:
         if _should_print(e):
             print(f"training stopped: {e}\n  hint: {e.hint}", file=sys.stderr)
+        return 1
+    except DiskFull as e:  # before the run's event log was open (it reports the rest)
+        if _should_print(e):
+            print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; resume with --set resume_from_checkpoint=latest", file=sys.stderr)

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 
-from .base import Components, Family, ModelError, ModelSource, hub_error, load_pretrained, load_vae, tokenize
+from .base import (Components, Family, ModelError, ModelSource, hub_error, load_pretrained, load_vae,
+                   single_file_error, tokenize)
 
 
 def _load_parts(family: Family, source: ModelSource, cfg, weight_dtype, vae_dtype) -> Components:
@@ -13,9 +14,7 @@ def _load_parts(family: Family, source: ModelSource, cfg, weight_dtype, vae_dtyp
         try:
             pipe = family.pipeline_class.from_single_file(source.location, torch_dtype=weight_dtype)
         except Exception as e:  # diffusers fetches the matching config from the hub
-            raise ModelError(f"could not load the single-file checkpoint {source.location}: "
-                             f"{str(e).splitlines()[0][:200]}. diffusers needs the original model's config "
-                             "(from the Hub or its cache); with no network, use a diffusers folder") from None
+            raise single_file_error(source, e) from None
         tokenizers = [getattr(pipe, n.replace("text_encoder", "tokenizer")) for n in family.text_encoder_names]
         encoders = [getattr(pipe, n) for n in family.text_encoder_names]
         vae = load_vae(cfg, source, vae_dtype) if cfg.pretrained_vae_model_name_or_path else pipe.vae.to(vae_dtype)

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from engine import single_file
+from engine import atomic, single_file
 from engine.export import canonical_keys, finish_card
 from engine.methods import lora
 from engine.methods.lora import trainable_params
@@ -146,13 +145,16 @@ def write_outputs(folder: Path, cfg, comps, modules: dict, stats: dict) -> dict[
     pipe = fam.make_pipeline(comps, unet=modules["unet"], text_encoders=tes)
     pipe.scheduler = _sampling_scheduler(comps) or pipe.scheduler
     final = Path(folder) / "diffusers"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".diffusers-", dir=final.parent))
+    tmp = atomic.temp_dir(final.parent, "diffusers")
     single = Path(folder) / f"{cfg.adaptor_name}.safetensors"
+    size = sum(p.numel() * p.element_size() for m in pipe.components.values() if isinstance(m, torch.nn.Module)
+               for p in m.parameters())
     try:
         with _ema_weights(modules["unet"]):
-            pipe.save_pretrained(tmp, safe_serialization=True)
-            _resave_text_encoders_classic(pipe, tmp, fam.text_encoder_names)
+            with atomic.disk_full_guard(final, size):
+                pipe.save_pretrained(tmp, safe_serialization=True)
+                _resave_text_encoders_classic(pipe, tmp, fam.text_encoder_names)
+            atomic.normal_modes(tmp)
             single_file.write_single_file(pipe, fam.name, single, {
                 "modelspec.sai_model_spec": "1.0.0", "modelspec.title": cfg.adaptor_name,
                 "modelspec.architecture": fam.modelspec_architecture(comps, "-").rsplit("/", 1)[0],

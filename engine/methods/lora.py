@@ -14,10 +14,9 @@ from pathlib import Path
 import torch
 from peft import LoHaConfig, LoKrConfig, LoraConfig, PeftConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from engine import export
-from engine.config import atomic_write_bytes
+from engine import atomic, export
 from engine.lora_load import load_lora
 
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -151,12 +150,9 @@ def _network_metadata(cfg) -> dict[str, str]:
 def _write_peft_folders(root: Path, modules: dict, sds: dict) -> Path:
     for name, module in modules.items():
         folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / ".adapter_model.safetensors.tmp"
-        save_file(sds[name], str(tmp))
-        tmp.replace(folder / "adapter_model.safetensors")
+        atomic.save_safetensors(sds[name], folder / "adapter_model.safetensors")
         config = adapter_metadata(module)
-        atomic_write_bytes(folder / "adapter_config.json",
+        atomic.write_bytes(folder / "adapter_config.json",
                            json.dumps(config, default=lambda v: sorted(v) if isinstance(v, set) else str(v),
                                       indent=2).encode())
     return root

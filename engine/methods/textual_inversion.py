@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 from engine import objective
 from engine.config import ConfigError
-from engine.export import _save_safetensors_atomic, finish_card
+from engine.atomic import save_safetensors
+from engine.export import finish_card
 from engine.methods.lora import trainable_params
 
 # diffusers' imagenet_templates_small and imagenet_style_templates_small
@@ -145,11 +146,11 @@ def write_outputs(folder: Path, cfg, comps, modules: dict, stats: dict) -> dict[
             "ss_initializer_token": cfg.initializer_token, "ss_num_vectors": str(cfg.num_vectors),
             "ss_steps": str(stats.get("step", 0)), "ss_sd_model_name": comps.source.name}
     kohya = Path(folder) / f"{cfg.adaptor_name}.safetensors"
-    _save_safetensors_atomic(dict(zip(KOHYA_KEYS[len(vectors)], vectors)), kohya, meta)
+    save_safetensors(dict(zip(KOHYA_KEYS[len(vectors)], vectors)), kohya, meta)
     out = {"kohya": str(kohya)}
     for file, v in zip(DIFFUSERS_FILES, vectors):
         path = Path(folder) / "diffusers" / file
-        _save_safetensors_atomic({cfg.placeholder_token: v}, path, meta)
+        save_safetensors({cfg.placeholder_token: v}, path, meta)
         out.setdefault("diffusers", str(path))
     return out
 
