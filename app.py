@@ -38,11 +38,11 @@ def read_auth(value: str | None) -> list[tuple[str, str]] | None:
 def _working_copy(example: Path, datasets: Path) -> Path:
     """The example dataset copied under datasets/ once, so caption edits never touch the shipped files."""
     import shutil
-    import tempfile
+
+    from engine.atomic import temp_dir
     target = datasets / example.name
     if not target.exists():
-        datasets.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{example.name}.", dir=datasets))
+        tmp = temp_dir(datasets, example.name)  # ordinary permissions, unlike mkdtemp's 0700
         shutil.copytree(example, tmp, dirs_exist_ok=True)
         tmp.rename(target)  # whole or not at all
     return target

@@ -74,3 +74,17 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
     with pytest.raises(RuntimeError, match="the writer broke"):
         atomic.write_file(target, half_then_fail, 3)
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["config.toml"]
+
+
+def test_uploaded_and_example_dataset_folders_get_ordinary_permissions(tmp_path):
+    """Both are built in a temp folder and renamed into place: mkdtemp's 0700 made them private."""
+    import app
+    from engine.data.uploads import create_dataset
+    from engine.paths import PROJECT_ROOT
+
+    images = make_images(tmp_path / "src", n=2)
+    with umask(0o022):
+        made = create_dataset(tmp_path / "datasets", "mine", sorted(images.iterdir())).folder
+        example = app._working_copy(PROJECT_ROOT / "examples" / "datasets" / "toy-star", tmp_path / "datasets")
+    assert mode(made) == mode(example) == 0o755
+    assert mode(made / "img0.png") == 0o644

@@ -16,12 +16,12 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from engine.atomic import temp_dir
 from engine.paths import CAPTION_EXTENSIONS, safe_child
 
 from .folder import KOHYA_FOLDER, METADATA_FILES
@@ -205,8 +205,7 @@ def create_dataset(datasets_dir: str | Path, name: str, files: list[str | Path],
     folder = new_dataset_folder(datasets_dir, name)
     if not files:
         raise DataError("no files were uploaded; add images (and their caption files) or a zip")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".upload", dir=folder.parent))
+    tmp = temp_dir(folder.parent, f"{folder.name}-upload")  # ordinary permissions, unlike mkdtemp's 0700
     result = UploadResult(folder)
     try:
         for f in map(Path, files):
