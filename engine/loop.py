@@ -62,7 +62,8 @@ def train(cfg) -> dict:
         mixed_precision=cfg.mixed_precision,
         log_with=None if cfg.report_to == "none" else cfg.report_to,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # non_blocking: pinned batches (pin_memory on CUDA) copy to the GPU while the step before still runs
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=torch.cuda.is_available()),
     )
     main = accelerator.is_main_process
     resuming = cfg.resume_from_checkpoint is not None
