@@ -80,6 +80,15 @@ def _parse_event(line: bytes) -> dict | None:
     return obj if isinstance(obj, dict) and "type" in obj else None
 
 
+@dataclass(frozen=True)
+class Sample:
+    """A validation image: its prompt's line (None from engines that do not say) and the step it shows."""
+    path: Path
+    prompt: str
+    prompt_index: int | None
+    step: int
+
+
 @dataclass
 class Progress:
     step: int = 0
@@ -90,8 +99,12 @@ class Progress:
     peak_memory_mb: float | None = None
     losses: list[tuple[int, float]] = field(default_factory=list)
     lrs: list[tuple[int, float]] = field(default_factory=list)
+    validation_losses: list[tuple[int, float]] = field(default_factory=list)
     samples: list[Path] = field(default_factory=list)
+    sample_records: list[Sample] = field(default_factory=list)  # the same images, with prompt and step
     checkpoints: list[Path] = field(default_factory=list)
+    checkpoint_steps: dict[Path, int] = field(default_factory=dict)
+    device: dict | None = None  # the start event's `device`, when the engine reports one
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
     hint: str | None = None
@@ -116,7 +129,7 @@ def progress(job: Job, tail_lines: int = 40) -> Progress:
     earlier run in the same folder) are ignored; curves span every attempt, and a resumed attempt replaces
     the steps after its checkpoint that the earlier attempt had already run."""
     p = Progress()
-    samples: dict[Path, int] = {}
+    samples: dict[Path, Sample] = {}
     checkpoints: dict[Path, int] = {}
     attempt_since = job.started or job.created
     for e in events_of(job.run_dir / "events.jsonl"):
@@ -127,9 +140,11 @@ def progress(job: Job, tail_lines: int = 40) -> Progress:
             first = int(e.get("first_step") or 0)
             p.losses = [x for x in p.losses if x[0] <= first]
             p.lrs = [x for x in p.lrs if x[0] <= first]
-            samples = {k: s for k, s in samples.items() if s <= first}
+            p.validation_losses = [x for x in p.validation_losses if x[0] <= first]
+            samples = {k: s for k, s in samples.items() if s.step <= first}
             p.step, p.total_steps = first, e.get("total_steps")
             p.resumed_from = first if first else None
+            p.device = e.get("device") if isinstance(e.get("device"), dict) else p.device
         elif t == "step":
             step = int(e.get("step") or 0)
             if (loss := _number(e.get("loss"))) is not None:
@@ -138,9 +153,15 @@ def progress(job: Job, tail_lines: int = 40) -> Progress:
                 p.lrs.append((step, lr))
             p.step, p.total_steps, p.epoch = step, e.get("total_steps", p.total_steps), e.get("epoch")
             p.it_per_s, p.eta_s, p.peak_memory_mb = e.get("it_per_s"), e.get("eta_s"), e.get("peak_memory_mb")
+        elif t == "validation_loss":
+            if (loss := _number(e.get("loss"))) is not None:
+                p.validation_losses.append((int(e.get("step") or 0), loss))
         elif t == "sample":
-            samples.pop(Path(e["path"]), None)
-            samples[Path(e["path"])] = int(e.get("step") or 0)
+            path = Path(e["path"])
+            index = e.get("prompt_index")
+            samples.pop(path, None)
+            samples[path] = Sample(path, str(e.get("prompt") or ""), index if isinstance(index, int) else None,
+                                   int(e.get("step") or 0))
         elif t == "checkpoint":
             checkpoints[Path(e["path"])] = int(e.get("step") or 0)
         elif when >= attempt_since and t == "warning":
@@ -150,8 +171,10 @@ def progress(job: Job, tail_lines: int = 40) -> Progress:
         elif when >= attempt_since and t == "done":
             p.outputs = dict(e.get("outputs") or {})
             p.step = int(e.get("step", p.step))
-    p.samples = [path for path in samples if path.is_file()]
-    p.checkpoints = [path for path in checkpoints if path.is_dir()]
+    p.sample_records = [s for path, s in samples.items() if path.is_file()]
+    p.samples = [s.path for s in p.sample_records]
+    p.checkpoints = [path for path in checkpoints if path.is_dir()]  # pruned ones are gone
+    p.checkpoint_steps = {path: checkpoints[path] for path in p.checkpoints}
     if job.status != "running":
         p.eta_s = 0.0 if job.status == "done" else None
     if job.status in ("failed", "interrupted") and p.error is None:
