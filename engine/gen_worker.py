@@ -40,8 +40,10 @@ def _functions() -> dict:
     return {"compare": generate.compare_grid, "img2img": generate.img2img, "inpaint": generate.inpaint}
 
 
-def handle(request: dict, cache) -> dict:
-    """One request in, one response out; errors become {"ok": false} and never end the worker."""
+def handle(request: dict, cache, emit=None) -> dict:
+    """One request in, one response out; errors become {"ok": false} and never end the worker. A request with
+    "progress": true (to an op that reports it) also gets {"id": ..., "progress": {...}} lines through emit
+    before its response."""
     from engine import generate
     from engine.config import ConfigError
     from engine.families import ModelError
@@ -53,7 +55,9 @@ def handle(request: dict, cache) -> dict:
     if op not in OPS:
         return {"id": rid, "ok": False, "error": f"unknown op {op!r}: use one of ping, {', '.join(OPS)}"}
     fn = _functions()[op]
-    params = {k: v for k, v in request.items() if k not in ("id", "op")}
+    params = {k: v for k, v in request.items() if k not in ("id", "op", "progress")}
+    if request.get("progress") and emit is not None and "progress" in inspect.signature(fn).parameters:
+        params["progress"] = lambda event: emit({"id": rid, "progress": event})
     try:
         inspect.signature(fn).bind(**params, pipe_cache=cache)
     except TypeError as e:
@@ -81,8 +85,14 @@ def serve(stdin=None) -> int:
     sys.stdout = sys.stderr
     from engine.train import _quiet_libraries
     _quiet_libraries()
-    from engine.generate import PipeCache
+    from engine.generate import PipeCache, warm
+    warm()  # before the first request: the studio starts its worker with the app, long before one comes
     cache = PipeCache()
+
+    def emit(message: dict) -> None:
+        out.write(json.dumps(message, default=str) + "\n")
+        out.flush()
+
     for line in stdin or sys.stdin:
         if not line.strip():
             continue
@@ -93,9 +103,8 @@ def serve(stdin=None) -> int:
         except ValueError as e:
             response = {"id": None, "ok": False, "error": f"bad request line (not a JSON object): {e}"}
         else:
-            response = handle(request, cache)
-        out.write(json.dumps(response, default=str) + "\n")
-        out.flush()
+            response = handle(request, cache, emit)
+        emit(response)
     return 0
 
 
@@ -126,6 +135,9 @@ class GenerationWorker:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # OpenMP threads that spin while they wait turn into 10-70x slower images whenever another process
+        # wants the cores (a training run, the browser): measured 6-70 s a 64 px cell spinning, 0.7-1 s passive
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self._proc = subprocess.Popen([sys.executable, "-m", "engine.generate", "--serve"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
                                       encoding="utf-8", errors="replace", bufsize=1)
@@ -161,7 +173,10 @@ class GenerationWorker:
         return GenerationError(f"the generation worker {what} (exit code {code}); it was restarted, try again."
                                + (f"\nIts last messages:\n{tail}" if tail else ""))
 
-    def request(self, op: str, timeout: float = 600, **params) -> dict:
+    def request(self, op: str, timeout: float = 600, on_progress=None, **params) -> dict:
+        """The op's result; on_progress(event), when given, hears the op's progress events as they come."""
+        if on_progress is not None:
+            params["progress"] = True
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
                 if self._proc is not None:
@@ -188,8 +203,12 @@ class GenerationWorker:
                 except ValueError:
                     self._stderr_tail.append(line.rstrip())
                     continue
-                if response.get("id") == rid:
+                if response.get("id") != rid:
+                    continue
+                if "progress" not in response:
                     break
+                if on_progress is not None:
+                    on_progress(response["progress"])
         if not response.pop("ok", False):
             raise GenerationError(response.get("error") or "the generation worker failed without a message")
         response.pop("id", None)

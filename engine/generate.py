@@ -253,10 +253,25 @@ def _apply_run(pipe, run_dir: Path, scale: float) -> None:
 
 
 @torch.no_grad()
-def _generate(pipe, prompt: str, seed: int, settings: dict, dtype) -> Image.Image:
+def _generate(pipe, prompt: str, seed: int, settings: dict, dtype, on_step=None) -> Image.Image:
+    """One image; on_step(n) after each of its denoising steps."""
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    if on_step is not None:
+        def step_end(_pipe, i, _t, kwargs):
+            on_step(i + 1)
+            return kwargs
+        settings = {**settings, "callback_on_step_end": step_end}
     with pipeline_autocast(pipe, dtype):
         return pipe(prompt, generator=gen, **settings).images[0]
+
+
+def warm() -> None:
+    """Import what the first request needs (diffusers' models and pipelines, transformers' CLIP, peft): most
+    of a first comparison's wait on a CPU machine. Loads no model, so it holds no GPU memory."""
+    import peft  # noqa: F401
+    from diffusers import (AutoencoderKL, AutoPipelineForImage2Image, AutoPipelineForInpainting,  # noqa: F401
+                           DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel)
+    from transformers import CLIPTextModel, CLIPTokenizer  # noqa: F401
 
 
 def with_trigger(prompt: str, trigger: str) -> str:
@@ -334,9 +349,13 @@ def _clean_prompts(prompts) -> list[str]:
 def compare_grid(base: str | None, adaptor: str | Path, prompts: list[str], *, trigger: str | None = None,
                  negative_prompt: str = "", seed: int = 0, steps: int = 20, guidance: float = 7.5,
                  width: int | None = None, height: int | None = None, lora_scale: float = 1.0, out: Path,
-                 pipe_cache: PipeCache | None = None, vae: str | None = None, dtype: str = "auto") -> dict:
+                 pipe_cache: PipeCache | None = None, vae: str | None = None, dtype: str = "auto",
+                 progress=None) -> dict:
     """One PNG grid, a row per prompt: base | adaptor | adaptor + trigger word (no third column without a
-    trigger word). Each cell is also saved, under `<out stem>-cells/`."""
+    trigger word). Each cell is also saved, under `<out stem>-cells/`, as soon as it is drawn.
+
+    progress(event), when given, hears {"prompts", "columns", "steps"} once, then per cell {"cell": [row, col],
+    "step": n, "steps": N} after each denoising step and {"cell": [row, col], "done": path, "size": [w, h]}."""
     prompts = _clean_prompts(prompts)
     _check("seed", seed, 0, 2**63 - 1)
     _check("lora_scale", lora_scale, -10.0, 10.0)
@@ -347,22 +366,32 @@ def compare_grid(base: str | None, adaptor: str | Path, prompts: list[str], *, t
     settings = {**_sampling(negative_prompt, steps, guidance), "width": _check_size("width", width) or res,
                 "height": _check_size("height", height) or res}
     columns = ["base", "adaptor"] + ([f"adaptor + {ad.trigger}"] if ad.trigger else [])
+    report = progress or (lambda event: None)
+    report({"prompts": prompts, "columns": columns, "steps": settings["num_inference_steps"]})
+    out = Path(out)
+    cell_dir = out.parent / f"{out.stem}-cells"
     rows: list[list[Image.Image]] = [[] for _ in prompts]
+    cells: list[list[str]] = [[] for _ in prompts]
+
+    def cell(pipe, r: int, prompt: str) -> None:
+        c = len(rows[r])
+        img = _generate(pipe, prompt, seed, settings, torch_dtype,
+                        on_step=lambda n: report({"cell": [r, c], "step": n, "steps": settings["num_inference_steps"]}))
+        rows[r].append(img)
+        cells[r].append(str(save_png(img, cell_dir / f"r{r}-c{c}.png")))
+        report({"cell": [r, c], "done": cells[r][c], "size": list(img.size)})
+
     base_pipe = cache.get(ad.base, torch_dtype)
     for r, p in enumerate(prompts):
-        rows[r].append(_generate(base_pipe, p, seed, settings, torch_dtype))
+        cell(base_pipe, r, p)
     with adaptor_pipeline(cache, ad, torch_dtype, lora_scale) as pipe:
         for r, p in enumerate(prompts):
-            rows[r].append(_generate(pipe, p, seed, settings, torch_dtype))
+            cell(pipe, r, p)
             if ad.trigger:
-                rows[r].append(_generate(pipe, with_trigger(p, ad.trigger), seed, settings, torch_dtype))
+                cell(pipe, r, with_trigger(p, ad.trigger))
     grid, header = draw_grid(rows, columns)
-    out = Path(out)
     params = {"base": ad.base.pretrained_model_name_or_path, "adaptor": str(adaptor), "prompts": prompts,
               "columns": columns, "trigger": ad.trigger, "seed": seed, "lora_scale": lora_scale, **settings}
-    cell_dir = out.parent / f"{out.stem}-cells"
-    cells = [[str(save_png(img, cell_dir / f"r{r}-c{c}.png")) for c, img in enumerate(row)]
-             for r, row in enumerate(rows)]
     save_png(grid, out, params)
     return {"grid": str(out), "rows": len(prompts), "cols": len(columns), "columns": columns, "trigger": ad.trigger,
             "cells": cells, "header_height": header, "cell_size": list(rows[0][0].size),
