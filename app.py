@@ -89,6 +89,8 @@ def main(argv=None) -> int:
     print(f"Adaptor Studio (pid {os.getpid()}) starting on http://{host}:{args.port}", flush=True)
     try:
         demo = build_app(studio)
+        from ui.compare_tab import start_worker
+        start_worker(studio)  # warm before the first comparison: the import of torch and diffusers takes seconds
         # no SSR proxy and no static workers: every request goes through the guard in this process
         demo.launch(server_name=host, server_port=args.port, auth=auth, share=args.share,
                     inbrowser=not args.no_browser, css=CSS, prevent_thread_lock=True, ssr_mode=False,

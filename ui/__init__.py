@@ -4,8 +4,9 @@ from __future__ import annotations
 import gradio as gr
 
 from ui.studio import Studio
+from ui.styles import PANEL_CSS
 
-CSS = ".field-error p { color: #c0392b; font-weight: 600; margin: 0 0 0.5em 0; }"
+CSS = ".field-error p { color: #c0392b; font-weight: 600; margin: 0 0 0.5em 0; }" + PANEL_CSS
 TABS = (("Dataset", "dataset"), ("Training", "training"), ("Run", "run"), ("Compare", "compare"))
 
 
@@ -25,4 +26,5 @@ def build_app(studio: Studio) -> gr.Blocks:
                     builders[key](studio)
         refresh, run_box = studio.shared["compare_refresh"]
         tab_objects["compare"].select(refresh, [], [run_box])  # a run that just finished is there to pick
+        run_tab.wire_compare_this(studio, tabs)
     return demo

@@ -1,14 +1,17 @@
-"""The Compare tab: the same seed through base | adaptor | adaptor + trigger word, a row per prompt; and
-img2img / inpainting with the adaptor. Generation runs in the engine's worker process, which keeps the
-base model loaded between requests.
+"""The Compare tab: the same seed through base | adaptor | adaptor + trigger word, a row per prompt, filled in
+cell by cell as the worker draws it; and img2img / inpainting with the adaptor. Generation runs in the engine's
+worker process, started with the app (start_worker) and kept warm: it keeps the base model loaded between
+requests.
 
-elem_ids: compare-run, compare-lora-file, compare-base, compare-prompts, compare-negative, compare-seed,
-compare-steps, compare-guidance, compare-width, compare-height, compare-scale, compare-generate,
-compare-status, compare-grid, compare-download, compare-editor, compare-strength, compare-img2img,
-compare-inpaint, compare-edit-result.
+elem_ids: compare-run, compare-lora-accordion, compare-lora-file, compare-base, compare-prompts,
+compare-negative, compare-seed, compare-steps, compare-guidance, compare-width, compare-height, compare-scale,
+compare-generate, compare-status, compare-grid, compare-download, compare-editor, compare-strength,
+compare-use-trigger, compare-img2img, compare-inpaint, compare-edit-status, compare-edit-result.
 """
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from PIL import Image
 
 from engine.events import iter_events
 from engine.paths import inside
+from ui.compare_grid import GridProgress
 from ui.studio import Studio
 
 
@@ -65,22 +69,87 @@ def _worker(studio: Studio):
     return studio.worker
 
 
+def start_worker(studio: Studio) -> None:
+    """Start the worker now, in the background, so that its interpreter, torch and diffusers are loaded before
+    the first comparison (they were most of its wait). It loads no model: no GPU memory is taken from training."""
+    worker = _worker(studio)
+
+    def ping():
+        try:
+            worker.request("ping")
+        except Exception:  # the first real request starts it again and says what went wrong
+            pass
+
+    threading.Thread(target=ping, name="warm-generation-worker", daemon=True).start()
+
+
+def editor_fit(editor_value):
+    """After an upload: the brush sized to the image, the canvas kept at the image's own size (a brush update
+    alone redraws the canvas at Gradio's default 800 px). The note says when painting can start."""
+    background = (editor_value or {}).get("background")
+    if background is None:
+        return gr.skip(), gr.skip()
+    h, w = np.asarray(background).shape[:2]
+    brush = brush_for(editor_value)
+    note = (f"Image {w}x{h}: paint the area to repaint with the brush ({brush.default_size} px), then press "
+            "Inpaint; or press img2img.")
+    return gr.update(brush=brush, canvas_size=(int(w), int(h))), note
+
+
+def brush_for(editor_value) -> gr.Brush:
+    """A brush about 1/12 of the image's shorter side (Gradio's "auto" is 25 px: most of a 64 px image)."""
+    background = (editor_value or {}).get("background")
+    side = min(np.asarray(background).shape[:2]) if background is not None else 512
+    return gr.Brush(default_size=max(1, round(side / 12)))
+
+
 def _size(v) -> int | None:
     return int(v) if v not in (None, "", 0) else None
 
 
-def run_compare(studio: Studio, run, lora_file, base, prompts_text, negative, seed, steps, guidance, width,
-                height, scale):
+def compare_request(studio: Studio, run, lora_file, base, prompts_text, negative, seed, steps, guidance, width,
+                    height, scale) -> dict:
+    """The worker's compare parameters, checked; ValueError says what to fix."""
     prompts = [p.strip() for p in (prompts_text or "").splitlines() if p.strip()]
     if not prompts:
         raise ValueError("write at least one prompt (one per line)")
     adaptor, base = _adaptor_and_base(studio.runs_dir, run, lora_file, base)
     out = _out_dir(studio) / f"grid-{time.strftime('%Y%m%d-%H%M%S')}.png"
-    result = _worker(studio).request(
-        "compare", adaptor=adaptor, base=base, prompts=prompts, negative_prompt=negative or "", seed=int(seed),
-        steps=int(steps), guidance=float(guidance), width=_size(width), height=_size(height),
-        lora_scale=float(scale), out=str(out))
-    return result
+    return dict(adaptor=adaptor, base=base, prompts=prompts, negative_prompt=negative or "", seed=int(seed),
+                steps=int(steps), guidance=float(guidance), width=_size(width), height=_size(height),
+                lora_scale=float(scale), out=str(out))
+
+
+def compare_live(studio: Studio, *args):
+    """Yields (grid progress, result or None, error or None) as the worker reports, the last with the result."""
+    params = compare_request(studio, *args)
+    events: queue.Queue = queue.Queue()
+    outcome: dict = {}
+
+    def work():
+        try:
+            outcome["result"] = _worker(studio).request("compare", on_progress=events.put, **params)
+        except Exception as e:  # the worker's message names the file or value
+            outcome["error"] = e
+        finally:
+            events.put(None)
+
+    threading.Thread(target=work, name="compare", daemon=True).start()
+    grid = GridProgress()
+    finished = False
+    while not finished:
+        batch = [events.get()]
+        time.sleep(0.15)  # a few steps' events per page update, not one update per step
+        while not events.empty():
+            batch.append(events.get_nowait())
+        for event in batch:
+            if event is None:
+                finished = True
+            else:
+                grid.apply(event)
+        if not finished:
+            yield grid, None, None
+    yield grid, outcome.get("result"), outcome.get("error")
 
 
 def _editor_to_files(editor_value, folder: Path) -> tuple[Path, Path]:
@@ -101,13 +170,20 @@ def _editor_to_files(editor_value, folder: Path) -> tuple[Path, Path]:
     return image_path, mask_path
 
 
+def _done_text(result: dict, seed) -> str:
+    trigger = result.get("trigger") or "(none: no third column)"
+    columns = " | ".join(result.get("columns") or [])
+    return (f"{result['rows']} prompts x {result['cols']} columns ({columns}), seed {int(seed)}, "
+            f"trigger word: **{trigger}**; made in {result.get('seconds', 0):.1f} s.")
+
+
 def build(studio: Studio) -> None:
     runs = [str(p) for p in finished_runs(studio.runs_dir)]
     with gr.Row():
         run_box = gr.Dropdown(runs, value=runs[0] if runs else None, label="Finished run", allow_custom_value=True,
                               elem_id="compare-run", scale=3)
         refresh_btn = gr.Button("Refresh runs", scale=1)
-    with gr.Accordion("…or any LoRA file", open=False):
+    with gr.Accordion("…or any LoRA file", open=False, elem_id="compare-lora-accordion") as lora_accordion:
         with gr.Row():
             lora_file = gr.Textbox(label="LoRA .safetensors file (kohya or diffusers)", elem_id="compare-lora-file")
             base_box = gr.Textbox(label="Base model (the run's own base when empty)", elem_id="compare-base")
@@ -123,58 +199,71 @@ def build(studio: Studio) -> None:
         height = gr.Number(0, precision=0, minimum=0, maximum=MAX_SIDE, label="Height (0: the same)",
                            elem_id="compare-height")
         scale = gr.Slider(0, 2, value=1.0, step=0.05, label="LoRA scale", elem_id="compare-scale")
-    generate_btn = gr.Button("Generate comparison", variant="primary", elem_id="compare-generate")
-    status = gr.Markdown("", elem_id="compare-status")
-    grid = gr.Image(label="base | adaptor | adaptor + trigger word", type="filepath", elem_id="compare-grid",
-                    interactive=False)
+    with gr.Row(equal_height=True):
+        generate_btn = gr.Button("Generate comparison", variant="primary", elem_id="compare-generate", scale=1)
+        status = gr.Markdown("", elem_id="compare-status")
+    grid = gr.HTML("", elem_id="compare-grid")
     download = gr.File(label="Grid PNG", elem_id="compare-download")
 
     with gr.Accordion("img2img and inpainting with the adaptor", open=False):
         editor = gr.ImageEditor(label="Upload an image; paint the area to repaint (inpainting)", type="numpy",
-                                elem_id="compare-editor")
-        strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength", elem_id="compare-strength")
+                                elem_id="compare-editor", brush=brush_for(None))
         with gr.Row():
-            img2img_btn = gr.Button("img2img", elem_id="compare-img2img")
-            inpaint_btn = gr.Button("Inpaint", elem_id="compare-inpaint")
+            strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength", elem_id="compare-strength")
+            use_trigger = gr.Checkbox(True, label="Put the trigger word in front of the prompt",
+                                      elem_id="compare-use-trigger")
+        with gr.Row(equal_height=True):
+            img2img_btn = gr.Button("img2img", elem_id="compare-img2img", scale=0)
+            inpaint_btn = gr.Button("Inpaint", elem_id="compare-inpaint", scale=0)
+            edit_status = gr.Markdown("", elem_id="compare-edit-status")
         edit_result = gr.Image(label="Result", type="filepath", interactive=False, elem_id="compare-edit-result")
 
     compare_inputs = [run_box, lora_file, base_box, prompts, negative, seed, steps, guidance, width, height, scale]
 
     def generate(*args):
         try:
-            result = run_compare(studio, *args)
-        except Exception as e:  # the worker's message names the file or value; show it, never a trace
-            return None, None, f"⚠ {e}"
-        trigger = result.get("trigger") or "(none: no third column)"
-        columns = " | ".join(result.get("columns") or [])
-        return (result["grid"], result["grid"],
-                f"{result['rows']} prompts x {result['cols']} columns ({columns}), seed {int(args[5])}, "
-                f"trigger word: **{trigger}**; made in {result.get('seconds', 0):.1f} s.")
+            for progress, result, error in compare_live(studio, *args):
+                if error is not None:
+                    yield progress.html(), None, f"⚠ {error}"
+                elif result is not None:
+                    yield progress.html(), result["grid"], _done_text(result, args[5])
+                else:
+                    yield progress.html(), gr.skip(), progress.status()
+        except ValueError as e:  # bad input, found before the worker is asked
+            yield gr.skip(), gr.skip(), f"⚠ {e}"
 
-    def edit(op, editor_value, run, lora_file, base, prompts_text, negative, seed, steps, guidance, scale, strength_v):
+    def edit(op, editor_value, run, lora_file, base, prompts_text, negative, seed, steps, guidance, scale,
+             strength_v, trigger_v):
         try:
             adaptor, base_id = _adaptor_and_base(studio.runs_dir, run, lora_file, base)
             image_path, mask_path = _editor_to_files(editor_value, _out_dir(studio))
             prompt = next((p.strip() for p in (prompts_text or "").splitlines() if p.strip()), "")
             params = dict(adaptor=adaptor, base=base_id, prompt=prompt, negative_prompt=negative or "",
                           seed=int(seed), steps=int(steps), guidance=float(guidance), lora_scale=float(scale),
-                          strength=float(strength_v), image=str(image_path),
+                          strength=float(strength_v), image=str(image_path), use_trigger=bool(trigger_v),
                           out=str(_out_dir(studio) / f"{op}-{time.strftime('%Y%m%d-%H%M%S')}.png"))
             if op == "inpaint":
                 params["mask"] = str(mask_path)
             result = _worker(studio).request(op, **params)
         except Exception as e:
             return None, f"⚠ {e}"
-        return result["image"], f"{op} done."
+        return result["image"], f"{op} done, prompt: “{result['prompt']}”."
 
-    edit_inputs = [editor, run_box, lora_file, base_box, prompts, negative, seed, steps, guidance, scale, strength]
+    edit_inputs = [editor, run_box, lora_file, base_box, prompts, negative, seed, steps, guidance, scale, strength,
+                   use_trigger]
     generate_btn.click(generate, compare_inputs, [grid, download, status])
-    img2img_btn.click(lambda *a: edit("img2img", *a), edit_inputs, [edit_result, status])
-    inpaint_btn.click(lambda *a: edit("inpaint", *a), edit_inputs, [edit_result, status])
+    img2img_btn.click(lambda *a: edit("img2img", *a), edit_inputs, [edit_result, edit_status])
+    inpaint_btn.click(lambda *a: edit("inpaint", *a), edit_inputs, [edit_result, edit_status])
+    editor.upload(editor_fit, [editor], [editor, edit_status])
 
     def refresh():
         found = [str(p) for p in finished_runs(studio.runs_dir)]
         return gr.update(choices=found, value=found[0] if found else None)
 
+    def pick_file(path: str, base: str, note: str):
+        """Another tab's "compare this one": the file and its base in the boxes, the accordion open."""
+        return gr.update(open=True), path, base, note
+
     refresh_btn.click(refresh, [], [run_box])
     studio.shared["compare_refresh"] = (refresh, run_box)
+    studio.shared["compare_pick"] = (pick_file, [lora_accordion, lora_file, base_box, status])

@@ -140,11 +140,11 @@ def open_tab(page, label: str) -> None:
     page.get_by_role("tab", name=label, exact=True).click()
 
 
-def screenshot_tabs(page, out_dir: Path, prefix: str = "tab-") -> list[Path]:
-    """One full-page PNG per tab, in tab order."""
+def screenshot_tabs(page, out_dir: Path, prefix: str = "tab-", labels: tuple[str, ...] = TAB_LABELS) -> list[Path]:
+    """One full-page PNG per tab (of `labels`), in tab order."""
     out_dir.mkdir(parents=True, exist_ok=True)
     shots = []
-    for label in TAB_LABELS:
+    for label in labels:
         open_tab(page, label)
         page.wait_for_timeout(800)  # let plots and galleries lay out
         path = out_dir / f"{prefix}{label.lower()}.png"
