@@ -198,6 +198,7 @@ def test_a_cancelled_run_shows_as_cancelled(page, server):
                                           and progress_state(page)["step"] > 0):
         page.wait_for_timeout(500)
     page.locator("#run-cancel").click()
+    page.locator("#run-cancel-yes").click()  # Cancel asks first
     wait_for_status(page, ("cancelled",), timeout=60)
     assert re.search(r"browser-cancel.*cancelled", page.locator("#run-queue").inner_text(), re.S)
     record = next(j for j in job_records(server) if j["name"] == "browser-cancel")
