@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from engine.sampling import samplers
+
 
 @dataclass(frozen=True)
 class Field:
@@ -131,6 +133,9 @@ FIELDS: list[Field] = [
        min=0),
     _f("noise_offset", float, 0.0, "training", "Noise offset (0.05-0.1 helps very dark/bright images).",
        min=0.0, max=1.0),
+    _f("clip_skip", int, 1, "training", "Use the text encoder's output this many layers from the end, as kohya and "
+       "AUTOMATIC1111 count: 1 = the last layer, 2 = the one before (common for anime models). SD 1.x/2.x; "
+       "SDXL always uses the one before the last.", min=1, max=12),
     _f("prediction_type", str, None, "training",
        "epsilon or v_prediction; unset uses the base model's scheduler.", optional=True,
        choices=("epsilon", "v_prediction")),
@@ -216,18 +221,41 @@ FIELDS: list[Field] = [
        "object (\"a photo of a {}\" templates) or style (\"a painting in the style of {}\").",
        choices=("object", "style")),
     # --- validation
-    _f("validation_prompt", str, None, "validation", "Prompt for sample images during training.",
-       optional=True, aliases=("eval_prompt",)),
-    _f("num_validation_images", int, 4, "validation", "Sample images per validation.", min=0, max=64),
-    _f("validation_epochs", int, 1, "validation", "Sample every N epochs.", min=1, aliases=("eval_steps",)),
-    _f("validation_seed", int, 0, "validation", "Seed of the sample images.", min=0),
+    _f("validation_prompt", str, None, "validation",
+       "Prompts for sample images, one per line, each with optional sd-scripts options: --n negative prompt, "
+       "--w/--h size, --s steps, --d seed, --l guidance scale, --ss sampler (e.g. \"a red star --n blurry "
+       "--s 28 --d 42\").", optional=True, aliases=("eval_prompt",)),
+    _f("num_validation_images", int, 4, "validation", "Sample images per prompt.", min=0, max=64),
+    _f("validation_epochs", int, 1, "validation", "Sample every N epochs.", min=1,
+       aliases=("eval_steps", "sample_every_n_epochs")),
+    _f("sample_every_n_steps", int, None, "validation", "Also sample every N steps (kohya).", optional=True,
+       min=1),
+    _f("sample_at_first", bool, False, "validation", "Sample once before training: the base model's baseline."),
+    _f("validation_seed", int, 0, "validation", "Seed of the sample images (image i of a prompt: seed + i).",
+       min=0),
     _f("num_inference_steps", int, 20, "validation", "Denoising steps of sample images.", min=1, max=200),
     _f("guidance_scale", float, 7.5, "validation", "Guidance scale of sample images.", min=0.0, max=50.0),
+    _f("sample_sampler", str, "default", "validation",
+       "Sampler of sample images, by the names ComfyUI, AUTOMATIC1111 and kohya use (euler, euler_a, dpmpp_2m, "
+       "dpmpp_2m_karras, ddim, ...); default is DPM-Solver++ 2M on the base's noise schedule.",
+       choices=samplers.NAMES),
+    _f("validation_split", float, 0.0, "validation",
+       "Hold out this fraction of the images (at least one) to compute a validation loss on (kohya).",
+       min=0.0, max=0.5),
+    _f("validation_data_dir", str, None, "validation",
+       "A separate folder of held-out images and captions for the validation loss.", optional=True),
+    _f("validation_loss_steps", int, None, "validation",
+       "Compute the validation loss every N steps (unset: every epoch), at fixed timesteps with fixed noise, so "
+       "values compare across steps and runs.", optional=True, min=1, aliases=("validate_every_n_steps",)),
     # --- output
     _f("adaptor_name", str, "my-lora", "output", "Name of the adaptor and of its run folder."),
     _f("output_dir", str, "runs", "output", "Folder that holds run folders."),
     _f("checkpointing_steps", int, None, "output", "Save a resumable checkpoint every N steps.",
        optional=True, min=1),
+    _f("save_every_n_steps", int, None, "output", "Also write the adaptor (both formats) every N steps, under "
+       "intermediate/ (kohya).", optional=True, min=1),
+    _f("save_every_n_epochs", int, None, "output", "Also write the adaptor (both formats) every N epochs, under "
+       "intermediate/ (kohya).", optional=True, min=1),
     _f("checkpoints_total_limit", int, None, "output", "Keep at most N checkpoints.", optional=True, min=1),
     _f("resume_from_checkpoint", str, None, "output", "A checkpoint folder, or 'latest'.", optional=True),
     _f("overwrite", bool, False, "output", "Replace an adaptor that already exists in the run folder."),
