@@ -120,7 +120,7 @@ def _coerce(f: Field, v: Any) -> Any:
     if f.type is str:
         if not isinstance(v, str):
             raise ConfigError(f"{key} = {v!r} must be text (in TOML, put it in quotes)")
-        return v
+        return samplers.canonical(v) if key == "sample_sampler" else v  # "DPM++ 2M Karras" -> dpmpp_2m_karras
     raise TypeError(f"unsupported field type {f.type}")
 
 
@@ -167,8 +167,6 @@ def canonical_key(key: str) -> str:
 def validate(raw: dict[str, Any]) -> Config:
     """Defaults filled in, types coerced, ranges and cross-field rules checked."""
     values = {}
-    if "sample_sampler" in raw:  # "DPM++ 2M Karras", "k_euler_a", ... -> our names
-        raw = {**raw, "sample_sampler": samplers.canonical(raw["sample_sampler"])}
     for f in FIELDS:
         v = _coerce(f, raw.get(f.name, f.default))
         _check_range(f, v)
