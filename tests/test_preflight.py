@@ -8,9 +8,7 @@ import time
 import pytest
 
 from conftest import ROOT
-from engine import hub
 from engine.config import load_config
-from engine.preflight import preflight
 from ui.testing import free_port
 
 TOY = ROOT / "presets" / "toy-lora.toml"
@@ -41,6 +39,7 @@ def test_check_names_what_would_fail_and_exits_2(tmp_path):
 
 
 def test_disk_space_for_checkpoints_is_counted(tmp_path):
+    from engine.preflight import preflight
     raw = {"pretrained_model_name_or_path": "builtin:toy", "train_data_dir": str(ROOT / "examples/datasets/toy-star"),
            "resolution": 64, "output_dir": str(tmp_path), "report_to": "none", "method": "full"}
     fine = preflight(load_config(base={**raw, "max_train_steps": 10, "checkpointing_steps": 5}))
@@ -54,6 +53,8 @@ def test_disk_space_for_checkpoints_is_counted(tmp_path):
 
 
 def test_an_unreachable_hub_fails_in_seconds_not_minutes(monkeypatch):
+    from engine import hub
+    from engine.preflight import preflight
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     t0 = time.monotonic()
