@@ -67,15 +67,16 @@ def unreachable_reason() -> str | None:
     return result[0]
 
 
-def availability(repo_id: str, repo_type: str = "model") -> str:
-    """"cached" or "download"; HubUnavailable when it is not cached and the Hub cannot be reached."""
+def availability(repo_id: str, repo_type: str = "model", local: str = "a local folder") -> str:
+    """"cached" or "download"; HubUnavailable when it is not cached and the Hub cannot be reached (the
+    message offers `local` instead)."""
     if cache_folder(repo_id, repo_type) is not None:
         return "cached"
     why = unreachable_reason()
     if why:
         what = "hub id" if repo_type == "model" else f"hub {repo_type} id"
         raise HubUnavailable(f"{repo_id!r} is a {what} not in the local Hugging Face cache, and the Hub cannot be "
-                             f"reached now ({why}); download it once while online, or give a local folder instead")
+                             f"reached now ({why}); download it once while online, or give {local} instead")
     return "download"
 
 

@@ -36,12 +36,12 @@ def is_local_model(model_id: str) -> bool:
             or model_id.count("/") > 1 or (len(model_id) > 1 and model_id[1] == ":"))
 
 
-def hub_source(model_id: str) -> str:
+def hub_source(model_id: str, local: str = "a local folder") -> str:
     """"cached" or "download" for a hub id; CaptionError at once when it is neither (offline, not cached),
-    instead of minutes of network retries."""
+    instead of minutes of network retries. `local`: what to give instead."""
     from engine.hub import HubUnavailable, availability
     try:
-        return availability(model_id)
+        return availability(model_id, local=local)
     except HubUnavailable as e:
         raise CaptionError(f"cannot load the captioner's model: {e}") from None
 

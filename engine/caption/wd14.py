@@ -56,7 +56,8 @@ def _fetch(model_id: str) -> tuple[Path, Path]:
             if not f.is_file():
                 raise CaptionError(f"{f} is missing: a WD14 model folder needs {MODEL_FILE} and {TAGS_FILE}")
         return files
-    cached = hub_source(model_id) == "cached"  # CaptionError at once when offline and not cached
+    # CaptionError at once when offline and not cached
+    cached = hub_source(model_id, local=f"a local folder holding {MODEL_FILE} and {TAGS_FILE}") == "cached"
     try:
         from huggingface_hub import hf_hub_download
 
