@@ -275,6 +275,9 @@ BASIC = ("method", "pretrained_model_name_or_path", "train_data_dir", "trigger_w
          "train_batch_size", "learning_rate", "rank", "lora_alpha", "mixed_precision", "validation_prompt",
          "adaptor_name")
 
+# Text fields that take several lines (sd-scripts' prompt lines).
+MULTILINE = ("validation_prompt",)
+
 # Labels in words where the flag name read aloud would not do (others: see label()).
 LABELS = {
     "pretrained_model_name_or_path": "Base model", "pretrained_vae_model_name_or_path": "Separate VAE",
@@ -301,7 +304,11 @@ LABELS = {
     "conv_alpha": "Conv layer alpha", "dreambooth_full": "Train the whole UNet",
     "with_prior_preservation": "Prior preservation", "class_data_dir": "Class images folder",
     "num_class_images": "Class images", "sample_batch_size": "Class image batch size",
-    "num_vectors": "Vectors per token", "validation_prompt": "Sample prompt",
+    "num_vectors": "Vectors per token", "validation_prompt": "Sample prompts (one per line)",
+    "sample_every_n_steps": "Sample every N steps", "sample_at_first": "Sample before training",
+    "sample_sampler": "Sampler", "validation_data_dir": "Validation images folder",
+    "validation_loss_steps": "Validation loss every N steps", "clip_skip": "CLIP skip",
+    "save_every_n_steps": "Save the adaptor every N steps", "save_every_n_epochs": "Save the adaptor every N epochs",
     "num_validation_images": "Samples each time", "validation_epochs": "Sample every N epochs",
     "validation_seed": "Sample seed", "num_inference_steps": "Sample steps",
     "guidance_scale": "Sample guidance scale", "adaptor_name": "Output name", "output_dir": "Runs folder",

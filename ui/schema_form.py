@@ -21,7 +21,7 @@ from typing import Any
 import gradio as gr
 
 from engine.config import FIELD_BY_NAME, FIELDS, GROUPS, ConfigError, Field, allowed_text, check_value, validate
-from engine.schema import BASIC, applies, label
+from engine.schema import BASIC, MULTILINE, applies, label
 
 UNSET = "(unset)"  # how a dropdown spells "leave it to the default / the model"
 GROUP_TITLES = {"model": "Model", "dataset": "Dataset", "training": "Training", "lora": "LoRA",
@@ -77,7 +77,7 @@ def make_widget(f: Field, value: Any, suggestions: list[str] | None = None) -> g
         return gr.Textbox(lines=1, placeholder="unset", **common)
     if f.type in (int, float):
         return gr.Number(precision=0 if f.type is int else None, **common)
-    return gr.Textbox(lines=1, **common)
+    return gr.Textbox(lines=3 if f.name in MULTILINE else 1, **common)
 
 
 def field_for_error(message: str) -> str:
