@@ -16,6 +16,7 @@ import tomli_w
 
 from engine.paths import UnsafePath, caption_extension
 from engine.atomic import write_bytes as atomic_write_bytes  # noqa: F401 - the name other modules import
+from engine.sampling import prompts, samplers
 from engine.schema import FIELDS, Field  # the settings themselves; this module reads and checks them
 
 
@@ -119,7 +120,7 @@ def _coerce(f: Field, v: Any) -> Any:
     if f.type is str:
         if not isinstance(v, str):
             raise ConfigError(f"{key} = {v!r} must be text (in TOML, put it in quotes)")
-        return v
+        return samplers.canonical(v) if key == "sample_sampler" else v  # "DPM++ 2M Karras" -> dpmpp_2m_karras
     raise TypeError(f"unsupported field type {f.type}")
 
 
@@ -193,11 +194,25 @@ def validate(raw: dict[str, Any]) -> Config:
             raise ConfigError(f"min_bucket_reso = {lo} and max_bucket_reso = {hi} must be multiples of "
                               f"bucket_reso_steps = {values['bucket_reso_steps']}")
     _check_method_fields(values)
+    _check_sampling(values)
     try:
         values["caption_extension"] = caption_extension(values["caption_extension"])
     except UnsafePath as e:
         raise ConfigError(f"caption_extension: {e}") from None
     return Config(values)
+
+
+def _check_sampling(values: dict[str, Any]) -> None:
+    try:
+        prompts.parse(values["validation_prompt"])
+    except ValueError as e:
+        raise ConfigError(f"validation_prompt {e}") from None
+    if values["validation_split"] and values["validation_data_dir"]:
+        raise ConfigError("set one of validation_split (hold out part of train_data_dir) and validation_data_dir "
+                          "(a separate folder), not both")
+    if values["clip_skip"] > 1 and values["model_family"] == "sdxl":
+        raise ConfigError(f"clip_skip = {values['clip_skip']} applies to SD 1.x/2.x; SDXL already uses the "
+                          "text encoders' layer before the last: set clip_skip = 1")
 
 
 def _check_variants(values: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, Iterator, TextIO
 
 from engine.atomic import DiskFull, disk_full_guard
 
-EVENT_TYPES = ("start", "step", "sample", "checkpoint", "warning", "error", "done")
+EVENT_TYPES = ("start", "step", "sample", "validation_loss", "adaptor", "checkpoint", "warning", "error", "done")
 
 
 def _clean(v: Any) -> Any:

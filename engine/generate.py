@@ -23,7 +23,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
-from engine.autocast import pipeline_autocast
+from engine.sampling.autocast import pipeline_autocast
 from engine.config import FIELD_BY_NAME, ConfigError, atomic_write_bytes, flatten, read_toml
 from engine.export import DIFFUSERS_WEIGHT_NAME
 from engine.families import ModelError, get_family

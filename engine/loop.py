@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,8 @@ from engine.methods import get_method
 from engine.objective import compute_loss, step_generator
 from engine.optim import build_lr_scheduler, build_optimizer, optimizer_step_count
 from engine.paths import cache_root, safe_child
-from engine.sample import validation_images
+from engine.periodic import Periodic, make_sampler
+from engine.sampling.validation_loss import ValidationLoss, split as split_validation
 
 
 def run_dir_for(cfg) -> Path:
@@ -172,6 +172,9 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     if cfg.prediction_type:
         comps.noise_scheduler.register_to_config(prediction_type=cfg.prediction_type)
     prediction_type = comps.noise_scheduler.config.prediction_type
+    if cfg.clip_skip > 1 and family.name == "sdxl":
+        raise ConfigError(f"clip_skip = {cfg.clip_skip} applies to SD 1.x/2.x; SDXL already uses the text encoders' "
+                          "layer before the last: set clip_skip = 1")
     if prediction_type not in ("epsilon", "v_prediction"):
         raise ConfigError(f"the model's scheduler predicts {prediction_type!r}; set prediction_type to epsilon "
                           "or v_prediction")
@@ -195,6 +198,8 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     custom_items = getattr(method, "discover_items", None)
     items = (custom_items(cfg, comps, warn, device, accelerator, events.say) if custom_items
              else discover_items(cfg, warn))
+    items, held_out = split_validation(items, cfg, warn)
+    val = None
     if cfg.cache_latents:
         if not cfg.center_crop:
             warn("cache_latents freezes the crop to the centre (random crop needs fresh encodes)")
@@ -202,10 +207,14 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
         encode = latent_encoder(comps, device)
         with accelerator.main_process_first():
             fresh = cache.prepare(items, cfg, encode, batch_size=max(1, cfg.train_batch_size))
+            val = ValidationLoss(held_out, cfg, comps, cache, encode) if held_out else None
         events.say(f"latent cache: {fresh} latents encoded, the rest reused from {cache_root() / 'latents'}")
         dataset = cache.dataset(items, cfg)
     else:
         dataset = TrainDataset(items, cfg)
+        val = ValidationLoss(held_out, cfg, comps) if held_out else None
+    if val is not None:
+        events.say(f"validation loss: {len(val)} held-out images at {len(val.timesteps)} fixed timesteps")
     loading = dict(collate_fn=collate, num_workers=cfg.dataloader_num_workers, pin_memory=device.type == "cuda",
                    persistent_workers=cfg.dataloader_num_workers > 0)
     bucket_sampler = getattr(method, "batch_sampler", lambda cfg, dataset: None)(cfg, dataset)
@@ -220,10 +229,10 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     if cfg.cache_text_encoder_outputs:
         text_cache = TextEncoderCache(cache_root() / "text",
                                       text_encoders_key(cfg, source, family, comps.text_encoders[0].dtype), family,
-                                      comps.tokenizers, comps.text_encoders, device)
+                                      comps.tokenizers, comps.text_encoders, device, cfg.clip_skip)
         with accelerator.main_process_first():
             fresh = text_cache.prepare([build_caption(it.caption, cfg.trigger_word) for it in items]
-                                       + ([""] if cfg.caption_dropout_rate else []))
+                                       + ([""] if cfg.caption_dropout_rate else []) + (val.captions() if val else []))
         events.say(f"text-encoder cache: {fresh} captions encoded, the rest reused from {cache_root() / 'text'}")
 
     # What the caches replace is only needed again for validation images: keep it off the GPU meanwhile.
@@ -265,7 +274,12 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
         if text_cache is not None:
             return text_cache.lookup(captions, device)
         with torch.set_grad_enabled(trains_text):
-            return family.encode_prompt(comps.tokenizers, train_encoders, captions, device)
+            return family.encode_prompt(comps.tokenizers, train_encoders, captions, device, cfg.clip_skip)
+
+    def encode_eval(captions):  # the unwrapped encoders: no DDP collectives outside the training step
+        if text_cache is not None:
+            return text_cache.lookup(captions, device)
+        return family.encode_prompt(comps.tokenizers, text_encoders, captions, device, cfg.clip_skip)
 
     steps_per_epoch = math.ceil(len(loader) / cfg.gradient_accumulation_steps)
     num_epochs = math.ceil(total_steps / steps_per_epoch)
@@ -324,14 +338,25 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     noise_scheduler = comps.noise_scheduler
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
     step_times: list[float] = []
-    last_tick = time.time()
-    samples: list[str] = []
     epoch = first_epoch
     micro_step = global_step * cfg.gradient_accumulation_steps
     accum_loss, accum_count = torch.zeros((), device=device), 0  # summed micro-batch losses since the last report
     accum_parts: dict[str, torch.Tensor] = {}  # the same for the parts a method reports (DreamBooth's prior loss)
     loss_fn = getattr(method, "compute_loss", compute_loss)
-    tick_step = global_step
+    eval_unet = unwrapped.get("unet", comps.unet)
+
+    def validation_loss() -> float:
+        with accelerator.autocast():
+            return val(getattr(method, "validation_compute_loss", loss_fn), eval_unet, encode_eval,
+                       [eval_unet, *text_encoders], device, weight_dtype, prediction_type, alphas_cumprod)
+
+    periodic = Periodic(cfg, accelerator, events, run_dir,
+                        make_sampler(comps, eval_unet, text_encoders, cfg, device, weight_dtype, run_dir, idle),
+                        validation_loss if val is not None else None,
+                        lambda folder, c: method.write_outputs(folder, c, comps, unwrapped, stats), unwrapped,
+                        total_steps, adaptor_bytes=lambda: 2 * saved_bytes())
+    periodic.at_start(global_step)
+    last_tick, tick_step = time.time(), global_step
     for epoch in range(first_epoch, num_epochs):
         for m in trained:
             m.train()
@@ -387,6 +412,8 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
                 events.emit("step", step=global_step, total_steps=total_steps, epoch=epoch + 1, loss=mean_loss,
                             lr=lr, it_per_s=it_per_s, eta_s=(total_steps - global_step) / it_per_s,
                             peak_memory_mb=round(_peak_memory_mb(device), 1), **parts)
+            if periodic.after_step(global_step, epoch + 1):
+                last_tick, tick_step = time.time(), global_step  # sampling time is not training time
             if cfg.checkpointing_steps and global_step % cfg.checkpointing_steps == 0 and global_step < total_steps:
                 size = finite.check_before_save(accelerator, unwrapped, optimizer, global_step, ckpt_dir)
                 # weights and optimizer state, and the outputs (two copies of what the method saves, as a rule)
@@ -395,15 +422,9 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
                 last_tick, tick_step = time.time(), global_step
             if global_step >= total_steps:
                 break
-        if _validation_due(cfg, epoch, num_epochs, global_step >= total_steps) and accelerator.is_main_process:
-            tag = f"epoch{epoch + 1:03d}-step{global_step:06d}"
-            with _on_device(idle if device.type == "cuda" else [], device):
-                paths = validation_images(comps, unwrapped.get("unet", comps.unet), text_encoders, cfg, device,
-                                          weight_dtype, run_dir / "samples", tag)
-            for p in paths:
-                samples.append(str(p.relative_to(run_dir)))
-                events.emit("sample", path=str(p), prompt=cfg.validation_prompt, step=global_step, epoch=epoch + 1)
-            last_tick, tick_step = time.time(), global_step  # sampling time is not training time
+        if periodic.after_epoch(global_step, epoch + 1, last=epoch + 1 == num_epochs,
+                                finished=global_step >= total_steps):
+            last_tick, tick_step = time.time(), global_step
         if global_step >= total_steps:
             break
 
@@ -415,7 +436,7 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     def write_set(folder: Path) -> dict[str, str]:
         made = write_outputs(folder)
         final = {k: str(run_dir / Path(v).relative_to(folder)) for k, v in made.items()}  # what the card names
-        card = method.model_card(cfg, comps, stats, {**outputs, **final}, samples)
+        card = method.model_card(cfg, comps, stats, {**outputs, **final}, periodic.samples)
         return {**made, "model_card": str(export.write_model_card(folder, card))}
 
     if accelerator.is_main_process:
@@ -426,28 +447,10 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
                        optimizer_steps=optimizer_step_count(optimizer)) or {"outputs": outputs}
 
 
-@contextmanager
-def _on_device(modules, device):
-    """Bring offloaded modules to the device for a moment (validation), then back to the CPU."""
-    for m in modules:
-        m.to(device)
-    try:
-        yield
-    finally:
-        for m in modules:
-            m.to("cpu")
-
-
 def _bucket_counts(dataset) -> list[dict]:
     """[{"resolution": [w, h], "count": examples}] for the buckets in use (one square bucket without bucketing)."""
     counts = np.bincount(np.asarray(dataset.bucket_of), minlength=len(dataset.buckets))
     return [{"resolution": list(size), "count": int(n)} for size, n in zip(dataset.buckets, counts)]
-
-
-def _validation_due(cfg, epoch: int, num_epochs: int, finished: bool) -> bool:
-    if not cfg.validation_prompt or cfg.num_validation_images <= 0:
-        return False
-    return (epoch + 1) % cfg.validation_epochs == 0 or finished or epoch + 1 == num_epochs
 
 
 def _tracker_config(cfg) -> dict:

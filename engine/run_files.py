@@ -35,7 +35,7 @@ def _remove(p: Path) -> None:
 def _entries(run_dir: Path) -> list[Path]:
     """What a run writes in its folder (DESIGN.md §3); anything else there is left alone."""
     names = ("events.jsonl", "train.log", "config.toml", "README.md", "samples", "checkpoints", "logs",
-             "diffusers", "peft", f"{run_dir.name}.safetensors")
+             "diffusers", "peft", "intermediate", f"{run_dir.name}.safetensors")
     return [run_dir / n for n in names if (run_dir / n).exists() or (run_dir / n).is_symlink()]
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_training, sets
+from conftest import make_images, run_training, sets
 from test_cli import cli
 from engine.builtin import resolve_builtin
 from engine.config import validate
@@ -27,8 +27,12 @@ def test_full_training_writes_a_pipeline_that_loads_and_changed(tmp_path, tiny_d
     from diffusers import StableDiffusionPipeline
 
     out = tmp_path / "runs"
+    held_out = make_images(tmp_path / "held-out", n=2, seed=5)
     run_training(sets(**COMMON, train_data_dir=tiny_data, output_dir=out, adaptor_name="ft", max_train_steps=3,
-                      train_text_encoder=True, caption_dropout_rate=0.5))
+                      train_text_encoder=True, caption_dropout_rate=0.5, validation_data_dir=held_out))
+    losses = [e for e in read_events(out / "ft" / "events.jsonl") if e["type"] == "validation_loss"]
+    # a baseline, each epoch (2 steps of 2 images) and the end; full fine-tuning reports one too
+    assert [e["step"] for e in losses] == [0, 2, 3] and all(0 < e["loss"] < 10 for e in losses)
     model = out / "ft" / "diffusers"
     base = resolve_builtin("builtin:tiny-sd")
     # the base's sampler is kept, not replaced by the validation sampler

@@ -118,8 +118,10 @@ class Family:
         raise NotImplementedError
 
     # ---- training
-    def encode_prompt(self, tokenizers, text_encoders, captions: list[str], device) -> tuple[torch.Tensor, Any]:
-        """(encoder hidden states, pooled embedding or None) for a batch of captions."""
+    def encode_prompt(self, tokenizers, text_encoders, captions: list[str], device,
+                      clip_skip: int = 1) -> tuple[torch.Tensor, Any]:
+        """(encoder hidden states, pooled embedding or None) for a batch of captions; clip_skip as kohya counts
+        (1 = the last layer)."""
         raise NotImplementedError
 
     def added_cond(self, comps: Components, batch: dict, pooled, device, dtype) -> dict | None:

@@ -61,9 +61,15 @@ class SDFamily(Family):
     def load(self, source, cfg, weight_dtype):
         return _load_parts(self, source, cfg, weight_dtype, vae_dtype=weight_dtype)
 
-    def encode_prompt(self, tokenizers, text_encoders, captions, device):
+    def encode_prompt(self, tokenizers, text_encoders, captions, device, clip_skip=1):
         ids = tokenize(tokenizers[0], captions).to(device)
-        return text_encoders[0](ids, return_dict=True).last_hidden_state, None
+        if clip_skip <= 1:
+            return text_encoders[0](ids, return_dict=True).last_hidden_state, None
+        # an earlier layer's states through the final layer norm, as kohya, AUTOMATIC1111 and diffusers do
+        out = text_encoders[0](ids, output_hidden_states=True, return_dict=True)
+        encoder = getattr(text_encoders[0], "module", text_encoders[0])  # under DDP
+        norm = getattr(encoder, "text_model", encoder).final_layer_norm  # transformers 5 may flatten text_model
+        return norm(out.hidden_states[-clip_skip]), None
 
     def base_model_version(self, comps):
         return "sd_v1"
