@@ -24,7 +24,7 @@ DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
 OUTPUT_LABELS = {"kohya": "kohya format (ComfyUI, AUTOMATIC1111: loras/)",
                  "diffusers": "diffusers format (pipe.load_lora_weights)",
                  "single_file": "single file", "model_card": "model card", "config": "config"}
-_INTERMEDIATE = re.compile(r"^(?P<name>.+)-step(?P<step>\d+)\.safetensors$")
+_INTERMEDIATE = re.compile(r"^(?P<name>[^.].*)-step(?P<step>\d+)$")  # engine.periodic: intermediate/<name>-stepNNNNNN/
 # intermediate adaptors the Compare tab can apply as a LoRA file (other methods apply themselves from a run)
 COMPARABLE_METHODS = ("lora", "dreambooth")
 
@@ -74,7 +74,7 @@ def sample_grid(records: list[Sample]) -> str:
         tds = []
         for s in steps:
             imgs = "".join(f'<a href="{html.escape(file_url(p))}" target="_blank"><img src="{html.escape(file_url(p))}" '
-                           f'alt="{html.escape(rows[key])}, step {s}" loading="lazy"></a>' for p in cells.get((key, s), []))
+                           f'alt="{html.escape(rows[key])}, step {s}"></a>' for p in cells.get((key, s), []))
             tds.append(f'<td data-step="{s}">{imgs}</td>')
         index = f' data-prompt-index="{key[1]}"' if key[0] == 0 else ""
         body.append(f'<tr{index}><th class="prompt" scope="row">{html.escape(rows[key]) or "(no prompt)"}</th>'
@@ -105,7 +105,7 @@ def outputs_html(job, p: Progress, runs_dir: Path) -> str:
 @dataclass(frozen=True)
 class Intermediate:
     step: int
-    kind: str  # "checkpoint" (checkpoints/checkpoint-N/) or "saved" (intermediate/<name>-stepN.safetensors)
+    kind: str  # "checkpoint" (checkpoints/checkpoint-N/) or "saved" (intermediate/<name>-stepNNNNNN/)
     kohya: Path | None
     diffusers: Path | None
 
@@ -115,8 +115,9 @@ class Intermediate:
 
 
 def intermediates(job, p: Progress, settings: dict) -> list[Intermediate]:
-    """The adaptors saved before the end: the checkpoints the events name (pruned ones are gone) and any
-    intermediate/<name>-step<N>.safetensors (with its diffusers folder <name>-step<N>/ when there is one)."""
+    """The adaptors saved before the end: the checkpoints the events name (pruned ones are gone) and the
+    folders save_every_n_steps/epochs write, intermediate/<name>-stepNNNNNN/ with <name>-stepNNNNNN.safetensors
+    and diffusers/ inside (engine/periodic.py; a folder appears whole, by a rename)."""
     found = []
     name = settings.get("adaptor_name") or job.run_dir.name
     for folder, step in p.checkpoint_steps.items():
@@ -124,20 +125,22 @@ def intermediates(job, p: Progress, settings: dict) -> list[Intermediate]:
         found.append(Intermediate(step, "checkpoint", kohya if kohya.is_file() else None,
                                   diffusers if diffusers.is_file() else None))
     saved = job.run_dir / "intermediate"
-    for file in sorted(saved.glob("*.safetensors")) if saved.is_dir() else []:
-        if m := _INTERMEDIATE.match(file.name):
-            diffusers = saved / file.stem / DIFFUSERS_WEIGHTS
-            found.append(Intermediate(int(m["step"]), "saved", file, diffusers if diffusers.is_file() else None))
+    for folder in sorted(saved.iterdir()) if saved.is_dir() else []:
+        if (m := _INTERMEDIATE.match(folder.name)) and folder.is_dir():
+            kohya, diffusers = folder / f"{folder.name}.safetensors", folder / "diffusers" / DIFFUSERS_WEIGHTS
+            found.append(Intermediate(int(m["step"]), "saved", kohya if kohya.is_file() else None,
+                                      diffusers if diffusers.is_file() else None))
     return sorted(found, key=lambda i: (i.step, i.kind))
 
 
 def intermediates_html(job, items: list[Intermediate], runs_dir: Path, comparable: bool) -> str:
     if not items:
-        return '<div class="run-intermediates empty">No intermediate adaptors yet (see checkpointing_steps).</div>'
+        return '<div class="run-intermediates empty">No intermediate adaptors yet (see checkpointing_steps and save_every_n_steps).</div>'
     rows = []
     for item in items:
         files = " · ".join(_link(runs_dir, job.run_dir, f, label) for f, label in
-                           ((item.kohya, "kohya"), (item.diffusers, "diffusers")) if f is not None) or "(no adaptor file)"
+                           ((item.kohya, item.kohya and item.kohya.name), (item.diffusers, "diffusers format"))
+                           if f is not None) or "(no adaptor file)"
         button = (f'<button class="compare-this" data-kind="{item.kind}" data-step="{item.step}">Compare this one'
                   '</button>' if comparable and item.lora_file is not None else "")
         where = "checkpoint" if item.kind == "checkpoint" else "saved adaptor"

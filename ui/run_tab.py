@@ -100,7 +100,8 @@ def view(studio: Studio, job_id: str | None, smoothing: float = 0.6, log_y: bool
         "device": device_badge(p.device) if running else "",
         "loss": loss_plot.loss_chart(p.losses, p.validation_losses, smoothing, log_y),
         "lr": loss_plot.lr_chart(p.lrs),
-        "samples": run_panels.sample_grid(p.sample_records),
+        "samples": run_panels.sample_grid([s for s in p.sample_records  # only what the page may link to
+                                           if run_panels.servable(studio.runs_dir, job.run_dir, s.path)]),
         "error": error_text(job, p),
         "outputs": run_panels.outputs_html(job, p, studio.runs_dir),
         "intermediates": run_panels.intermediates_html(job, items, studio.runs_dir, comparable),

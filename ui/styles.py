@@ -21,6 +21,6 @@ PANEL_CSS = """
 .device-badge.gpu { background: #d3f9d8; color: #1b4d2a; }
 .run-intermediates table { border-collapse: collapse; }
 .run-intermediates td { padding: 2px 10px; border-bottom: 1px solid var(--border-color-primary); }
-.run-intermediates button.compare-this { padding: 2px 10px; border-radius: 6px;
+.run-intermediates button.compare-this { padding: 2px 10px; border-radius: 6px; font-size: var(--text-sm);
   border: 1px solid var(--button-secondary-border-color); background: var(--button-secondary-background-fill); }
 """
