@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.config import FIELD_BY_NAME, save_config, validate
-from ui.schema_form import GROUP_TITLES
-from ui.testing import StudioServer, chromium_path, launch_chromium, open_tab
+from engine.config import save_config, validate
+from engine.jobs import signal_group, stop_group
+from engine.sampling.validation import file_name
+from ui.testing import StudioServer, chromium_path, open_page, open_tab, start_training
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(chromium_path() is None, reason="no Chromium: ./launch.sh test installs it")]
@@ -32,6 +33,11 @@ expect = sync_api.expect
 
 PROMPTS = ["a red star on a white background", "a blue <b>star</b> & a moon"]  # the second must show escaped
 STEPS, SAMPLE_STEPS, VAL_STEPS = 500, (1, 200, 400), (100, 200, 300, 400, 500)
+
+
+def sample_name(step: int, prompt_index: int) -> str:
+    """The file the engine writes for the first image of a prompt at a step (engine/periodic.py's tag)."""
+    return file_name(f"epoch{step:03d}-step{step:06d}", prompt_index, 0)
 
 
 def _seed_run(home: Path, name: str, created: float, *, prompt_index: bool) -> dict:
@@ -57,9 +63,9 @@ def _seed_run(home: Path, name: str, created: float, *, prompt_index: bool) -> d
                            "loss": 0.08 * math.exp(-s / 300)})
         if s in SAMPLE_STEPS:
             for i, prompt in enumerate(PROMPTS):
-                path = run / "samples" / f"step{s:06d}-{i}.png"
+                path = run / "samples" / sample_name(s, i)
                 Image.new("RGB", (64, 64), (250 * i, 40, s % 250)).save(path)
-                extra = {"prompt_index": i} if prompt_index else {}
+                extra = {"prompt_index": i, "settings": {"seed": 0, "width": 64, "height": 64}} if prompt_index else {}
                 events.append({"type": "sample", "time": t + s, "path": str(path), "prompt": prompt, "step": s,
                                "epoch": s, **extra})
     events.append({"type": "done", "time": t + STEPS + 1, "step": STEPS, "total_steps": STEPS,
@@ -76,25 +82,18 @@ def server(tmp_path_factory):
     now = time.time() - 3600
     jobs = [_seed_run(home, "legacy-run", now - 100, prompt_index=False),
             _seed_run(home, "fake-run", now, prompt_index=True)]
-    (home / "runs" / ".queue" / "jobs.json").write_text(json.dumps({"version": 1, "jobs": jobs}))
+    queue_file = home / "runs" / ".queue" / "jobs.json"
+    queue_file.write_text(json.dumps({"version": 1, "jobs": jobs}))
     with StudioServer(home) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as pw:
-        b = launch_chromium(pw)
-        yield b
-        b.close()
+    for job in json.loads(queue_file.read_text())["jobs"]:  # jobs outlive the app: end ours (a test that failed)
+        if job["status"] == "running":
+            signal_group(job["pid"], signal.SIGTERM)
+            stop_group(job["pid"], time.time() + 10)
 
 
 def new_page(server, browser):
-    p = browser.new_page(viewport={"width": 1400, "height": 1000})
-    p.set_default_timeout(30_000)
-    p.goto(server.url)
-    p.get_by_role("tab", name="Run", exact=True).wait_for()
-    return p
+    return open_page(browser, server.url)
 
 
 @pytest.fixture
@@ -112,29 +111,10 @@ def pick_run(page, name: str) -> None:
     page.wait_for_function("n => (document.querySelector('#run-select input')?.value || '').includes(n)", arg=name)
 
 
-def set_field(page, name: str, value) -> None:
-    box = page.locator(f"#field-{name} input, #field-{name} textarea").first
-    if not box.is_visible():  # its group's accordion is closed: open it as a user would
-        group = FIELD_BY_NAME[name].group
-        page.locator(f"#group-{group}").get_by_text(GROUP_TITLES[group], exact=True).first.click()
-    box.fill(str(value))
-    box.press("Tab")  # a number commits its value on blur
-
-
 def start_run(page, name: str, steps: int, **fields) -> None:
-    open_tab(page, "Training")
-    set_field(page, "adaptor_name", name)
-    set_field(page, "max_train_steps", steps)
-    for key, value in fields.items():
-        set_field(page, key, value)
-    page.locator("#training-start").click()
+    start_training(page, adaptor_name=name, max_train_steps=steps, **fields)
     # the page switches to the Run tab on its own (the first submit imports torch into the app: seconds)
     expect(page.locator("#run-queue")).to_contain_text(name, timeout=90_000)
-
-
-def status_of(page) -> dict:
-    box = page.locator("#run-progress-box")
-    return {"step": int(box.get_attribute("data-step") or 0), "status": box.get_attribute("data-status")}
 
 
 def numbers(page, selector: str) -> list[float]:
@@ -209,7 +189,7 @@ def test_validation_images_are_a_grid_of_prompt_by_step(page, server):
                 img = row.locator("td").nth(c).locator("img")
                 assert img.count() == 1
                 src = img.get_attribute("src")
-                assert f"step{step:06d}-{r}.png" in src, src
+                assert src.split("?")[0].endswith("/" + sample_name(step, r)), src
         page.wait_for_function("() => [...document.querySelectorAll('#run-samples img')]"
                                ".every(i => i.complete && i.naturalWidth === 64)")
     assert "<b>" not in server.log_tail()  # nothing odd logged; the tag was text, not markup
@@ -220,9 +200,11 @@ def test_validation_images_are_a_grid_of_prompt_by_step(page, server):
 
 @pytest.fixture(scope="module")
 def live(server, browser):
-    """The toy LoRA started from the Training tab of a fresh page: 80 steps, a checkpoint every 20."""
+    """The toy LoRA started from the Training tab of a fresh page: 80 steps, a checkpoint every 20 and an
+    intermediate adaptor every 40."""
     p = new_page(server, browser)
-    start_run(p, "live-toy", 80, checkpointing_steps=20, validation_epochs=40, num_validation_images=1)
+    start_run(p, "live-toy", 80, checkpointing_steps=20, save_every_n_steps=40, validation_epochs=40,
+              num_validation_images=1)
     p.close()
     return "live-toy"
 
@@ -298,9 +280,15 @@ def test_run_tab_keeps_the_pick_pins_the_log_shows_device_outputs_and_asks_befor
         assert got.ok and got.body() == path.read_bytes(), key  # the link downloads the file itself
     assert page.request.get(server.url + "gradio_api/file=" + str(server.home.parent / "x")).status in (403, 404)
 
-    # "Compare this one": the Compare tab opens with that checkpoint's file and the run's base (the preset keeps
-    # the newest two checkpoints: 40 and 60 of 80 steps)
-    page.locator("#run-intermediates tr[data-step='60'] button.compare-this").click()
+    # "Compare this one": the Compare tab opens with that adaptor's file and the run's base: an intermediate
+    # adaptor (save_every_n_steps) and a checkpoint (the preset keeps the newest two: 40 and 60 of 80 steps)
+    saved = page.locator("#run-intermediates button.compare-this[data-kind='saved'][data-step='40']")
+    expect(saved).to_have_count(1)
+    saved.click()
+    expect(page.locator("#compare-lora-file textarea, #compare-lora-file input").first).to_have_value(
+        str(run_dir / "intermediate" / "live-toy-step000040" / "live-toy-step000040.safetensors"))
+    open_tab(page, "Run")
+    page.locator("#run-intermediates button.compare-this[data-kind='checkpoint'][data-step='60']").click()
     expect(page.locator("#compare-lora-file textarea, #compare-lora-file input").first).to_have_value(
         str(run_dir / "checkpoints" / "checkpoint-60" / "live-toy.safetensors"))
     expect(page.locator("#compare-base textarea, #compare-base input").first).to_have_value("builtin:toy")

@@ -188,6 +188,15 @@ def set_field(page, name: str, value) -> None:
     box.press("Tab")  # a number commits its value on blur
 
 
+def start_training(page, **fields) -> None:
+    """Set these Training fields (Basic view or Advanced) and press Start training; the page then opens the Run
+    tab on its own."""
+    open_tab(page, "Training")
+    for name, value in fields.items():
+        set_field(page, name, value)
+    page.locator("#training-start").click()
+
+
 def screenshot_tabs(page, out_dir: Path, prefix: str = "tab-", labels=TAB_LABELS) -> list[Path]:
     """One full-page PNG per tab (of `labels`), in tab order."""
     out_dir.mkdir(parents=True, exist_ok=True)
