@@ -26,6 +26,9 @@ from ui.studio import Studio
 
 
 MAX_SIDE = 4096  # pixels; gradio refuses larger widths and heights before generate() runs
+# seconds between two updates of the grid while a cell draws (a finished cell shows at once): the page redraws
+# the whole grid per update, and at one update per 0.15 s the browser fell 8 s behind the worker on 2 busy cores
+UPDATE_S = 0.5
 
 
 def finished_runs(runs_dir: Path) -> list[Path]:
@@ -138,15 +141,18 @@ def compare_live(studio: Studio, *args):
     grid = GridProgress()
     finished = False
     while not finished:
-        batch = [events.get()]
-        time.sleep(0.15)  # a few steps' events per page update, not one update per step
-        while not events.empty():
-            batch.append(events.get_nowait())
-        for event in batch:
+        event, until = events.get(), time.monotonic() + UPDATE_S
+        while True:  # the steps of UPDATE_S in one update, up to a finished cell or the end
             if event is None:
                 finished = True
-            else:
-                grid.apply(event)
+                break
+            grid.apply(event)
+            if "done" in event or (left := until - time.monotonic()) <= 0:
+                break
+            try:
+                event = events.get(timeout=left)
+            except queue.Empty:
+                break
         if not finished:
             yield grid, None, None
     yield grid, outcome.get("result"), outcome.get("error")
@@ -221,14 +227,20 @@ def build(studio: Studio) -> None:
     compare_inputs = [run_box, lora_file, base_box, prompts, negative, seed, steps, guidance, width, height, scale]
 
     def generate(*args):
+        shown = {}  # what was last sent: an unchanged grid or status line is not sent again
+        def changed(key, value):
+            same, shown[key] = shown.get(key) == value, value
+            return gr.skip() if same else value
+
         try:
             for progress, result, error in compare_live(studio, *args):
+                grid_update = changed("grid", progress.html())
                 if error is not None:
-                    yield progress.html(), None, f"⚠ {error}"
+                    yield grid_update, None, f"⚠ {error}"
                 elif result is not None:
-                    yield progress.html(), result["grid"], _done_text(result, args[5])
+                    yield grid_update, result["grid"], _done_text(result, args[5])
                 else:
-                    yield progress.html(), gr.skip(), progress.status()
+                    yield grid_update, gr.skip(), changed("status", progress.status())
         except ValueError as e:  # bad input, found before the worker is asked
             yield gr.skip(), gr.skip(), f"⚠ {e}"
 
