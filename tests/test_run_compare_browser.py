@@ -9,6 +9,7 @@ by the first test that needs it (module fixture `live`).
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import random
@@ -228,10 +229,13 @@ def test_run_tab_keeps_the_pick_pins_the_log_shows_device_outputs_and_asks_befor
 
     # the log box stays scrolled to its bottom, now and after more lines arrive
     def log_at_bottom() -> bool:
-        return page.locator("#run-log .log-tail").evaluate(
-            "e => Math.abs(e.querySelector('pre').getBoundingClientRect().bottom - e.getBoundingClientRect().bottom)"
-            " <= 2 && e.scrollHeight > e.clientHeight")
-    page.wait_for_function("() => (document.querySelector('#run-log pre')?.innerText || '').split('\\n').length > 25",
+        """The log box overflows and shows its last line (within 10 s: a refresh may be under way)."""
+        page.wait_for_function(
+            "() => { const e = document.querySelector('#run-log .log-tail'); return !!e && e.scrollHeight > "
+            "e.clientHeight && Math.abs(e.querySelector('pre').getBoundingClientRect().bottom - "
+            "e.getBoundingClientRect().bottom) <= 2; }", timeout=10_000)
+        return True
+    page.wait_for_function("() => (document.querySelector('#run-log pre')?.innerText || '').split('\\n').length > 30",
                            timeout=120_000)
     assert log_at_bottom()
 
@@ -337,6 +341,28 @@ def test_compare_grid_fills_in_cell_by_cell_at_a_readable_size(page, server, liv
     assert near(page.locator("#compare-generate"), page.locator("#compare-status"))
 
 
+def paint_a_dot(page, editor, tries: int = 5) -> None:
+    """A short brush stroke in the middle of the editor's image, as a mouse makes it; again until the canvas
+    shows it (the editor redraws itself once the brush is sized to the image: a stroke during that is lost)."""
+    canvas = editor.locator("canvas").first
+    canvas.scroll_into_view_if_needed()
+    for _ in range(tries):
+        box = canvas.bounding_box()
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(x, y)
+        page.mouse.down()
+        for dx in (1, 2, 3):
+            page.wait_for_timeout(50)
+            page.mouse.move(x + dx, y + dx)
+        page.mouse.up()
+        page.mouse.move(0, 0)  # the brush's outline off the canvas
+        page.wait_for_timeout(500)
+        shot = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB")).astype(int)
+        if ((shot.max(axis=2) - shot.min(axis=2)) > 60).any():  # coloured pixels: paint on the white image
+            return
+    pytest.fail("the brush stroke never showed on the editor's canvas")
+
+
 def test_compare_errors_show_by_their_button_and_edits_follow_the_trigger_choice(page, server, live, tmp_path):
     wait_finished(server, live)
     open_tab(page, "Compare")
@@ -359,13 +385,7 @@ def test_compare_errors_show_by_their_button_and_edits_follow_the_trigger_choice
     editor.locator("input[type=file]").first.set_input_files(str(source))
     expect(edit_status).to_contain_text("Image 64x64")  # the brush and canvas are sized to the image now
     editor.get_by_label("Brush", exact=True).click()
-    editor.locator("canvas").first.scroll_into_view_if_needed()
-    canvas = editor.locator("canvas").first.bounding_box()
-    x, y = canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2
-    page.mouse.move(x, y)
-    page.mouse.down()
-    page.mouse.move(x + 2, y + 2, steps=2)
-    page.mouse.up()
+    paint_a_dot(page, editor)
     page.locator("#compare-prompts textarea").fill("a red star on a white background")
     page.locator("#compare-use-trigger input").uncheck()
     page.locator("#compare-inpaint").click()
