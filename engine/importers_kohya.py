@@ -15,7 +15,7 @@ _KOHYA_SAME = ("pretrained_model_name_or_path", "caption_extension", "train_batc
                "gradient_accumulation_steps", "mixed_precision", "gradient_checkpointing", "noise_offset",
                "cache_latents", "cache_text_encoder_outputs", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
                "bucket_reso_steps", "bucket_no_upscale", "caption_dropout_rate", "max_grad_norm", "torch_compile",
-               "max_train_steps", "lr_warmup_steps")
+               "max_train_steps", "lr_warmup_steps", "shuffle_caption", "keep_tokens")
 _KOHYA_RENAMES = {
     **{k: k for k in _KOHYA_SAME}, "vae": "pretrained_vae_model_name_or_path", "caption_extention": "caption_extension",
     "network_dim": "rank", "network_alpha": "lora_alpha", "output_name": "adaptor_name",

@@ -262,3 +262,115 @@ FIELDS: list[Field] = [
     _f("report_to", str, "tensorboard", "output", "Experiment tracker.",
        choices=("none", "tensorboard", "wandb")),
 ]
+
+
+# ----------------------------------------------------------------------------- how the form shows a field
+# The CLI ignores all of this; the Training tab reads it through the helpers below, so a new field gets a
+# label from its name, sits under Advanced and always applies until it is listed here.
+
+# The Basic view: what a first run needs (the rest is under Advanced). Method-specific ones show only when
+# they apply (see APPLIES).
+BASIC = ("method", "pretrained_model_name_or_path", "train_data_dir", "trigger_word", "instance_prompt",
+         "placeholder_token", "initializer_token", "resolution", "num_train_epochs", "max_train_steps",
+         "train_batch_size", "learning_rate", "rank", "lora_alpha", "mixed_precision", "validation_prompt",
+         "adaptor_name")
+
+# Text fields that take several lines (sd-scripts' prompt lines).
+MULTILINE = ("validation_prompt",)
+
+# Labels in words where the flag name read aloud would not do (others: see label()).
+LABELS = {
+    "pretrained_model_name_or_path": "Base model", "pretrained_vae_model_name_or_path": "Separate VAE",
+    "revision": "Hub revision", "variant": "Weight variant", "method": "Training method",
+    "allow_pickle": "Allow pickle checkpoints", "train_data_dir": "Dataset folder",
+    "dataset_name": "Dataset (hub id or saved dataset)", "caption_dropout_rate": "Caption dropout",
+    "keep_tokens": "Tags kept in place", "resolution": "Resolution (px)", "center_crop": "Centre crop",
+    "image_interpolation_mode": "Resize filter", "repeats": "Repeats per epoch",
+    "max_train_samples": "Use only the first N images", "enable_bucket": "Aspect-ratio buckets",
+    "min_bucket_reso": "Smallest bucket side", "max_bucket_reso": "Largest bucket side",
+    "bucket_reso_steps": "Bucket side step", "bucket_no_upscale": "Never upscale into a bucket",
+    "num_train_epochs": "Epochs", "max_train_steps": "Steps (instead of epochs)",
+    "train_batch_size": "Batch size", "gradient_accumulation_steps": "Gradient accumulation",
+    "scale_lr": "Scale LR by batch", "lr_warmup_steps": "Warm-up steps", "lr_num_cycles": "LR restart cycles",
+    "lr_power": "LR polynomial power", "adam_weight_decay": "Weight decay",
+    "prodigy_d_coef": "Prodigy step multiplier", "max_grad_norm": "Gradient clipping norm",
+    "mixed_precision": "Precision", "allow_tf32": "Allow TF32", "snr_gamma": "Min-SNR gamma",
+    "huber_c": "Huber threshold", "do_edm_style_training": "EDM-style training", "use_ema": "Keep an EMA",
+    "offload_ema": "EMA in CPU memory", "dataloader_num_workers": "Data loader workers",
+    "cache_text_encoder_outputs": "Cache text encoder outputs", "fused_adamw": "Fused AdamW",
+    "torch_compile": "torch.compile", "logging_steps": "Read the loss every N steps", "rank": "LoRA rank",
+    "lora_alpha": "LoRA alpha", "lora_target_modules": "LoRA target modules", "text_encoder_lr":
+    "Text encoder LR", "lora_type": "Adaptor type", "use_dora": "DoRA", "conv_rank": "Conv layer rank",
+    "conv_alpha": "Conv layer alpha", "dreambooth_full": "Train the whole UNet",
+    "with_prior_preservation": "Prior preservation", "class_data_dir": "Class images folder",
+    "num_class_images": "Class images", "sample_batch_size": "Class image batch size",
+    "num_vectors": "Vectors per token", "validation_prompt": "Sample prompts (one per line)",
+    "sample_every_n_steps": "Sample every N steps", "sample_at_first": "Sample before training",
+    "sample_sampler": "Sampler", "validation_data_dir": "Validation images folder",
+    "validation_loss_steps": "Validation loss every N steps", "clip_skip": "CLIP skip",
+    "save_every_n_steps": "Save the adaptor every N steps", "save_every_n_epochs": "Save the adaptor every N epochs",
+    "num_validation_images": "Samples each time", "validation_epochs": "Sample every N epochs",
+    "validation_seed": "Sample seed", "num_inference_steps": "Sample steps",
+    "guidance_scale": "Sample guidance scale", "adaptor_name": "Output name", "output_dir": "Runs folder",
+    "checkpointing_steps": "Checkpoint every N steps", "checkpoints_total_limit": "Checkpoints kept",
+    "resume_from_checkpoint": "Resume from checkpoint", "overwrite": "Overwrite an existing adaptor",
+    "report_to": "Experiment tracker",
+}
+_WORDS = {"lr": "LR", "ema": "EMA", "snr": "SNR", "vae": "VAE", "adam": "Adam", "huber": "Huber",
+          "lora": "LoRA", "reso": "resolution", "num": "number of"}
+
+_ADAPTOR = ("lora", "dreambooth")  # the methods that train a LoRA-family adaptor
+# When a field applies at all: {controlling field: values it must have}, every entry must hold. The form
+# hides a field that does not apply (unless it holds a problem); the engine ignores its value.
+APPLIES: dict[str, dict[str, tuple]] = {
+    **{name: {"method": _ADAPTOR} for name in ("rank", "lora_alpha", "lora_target_modules", "lora_type",
+                                               "conv_rank", "conv_alpha")},
+    "use_dora": {"method": _ADAPTOR, "lora_type": ("lora",)},
+    "lora_dropout": {"method": _ADAPTOR, "lora_type": ("lora",)},
+    "rank_dropout": {"method": _ADAPTOR, "lora_type": ("loha", "lokr")},
+    "module_dropout": {"method": _ADAPTOR, "lora_type": ("loha", "lokr")},
+    "train_text_encoder": {"method": ("lora", "dreambooth", "full")},
+    "text_encoder_lr": {"method": ("lora", "dreambooth", "full"), "train_text_encoder": (True,)},
+    "trigger_word": {"method": ("lora", "full", "textual_inversion")},
+    **{name: {"method": ("dreambooth",)} for name in ("dreambooth_full", "instance_prompt",
+                                                      "with_prior_preservation")},
+    **{name: {"method": ("dreambooth",), "with_prior_preservation": (True,)}
+       for name in ("class_prompt", "class_data_dir", "prior_loss_weight", "num_class_images",
+                    "sample_batch_size")},
+    **{name: {"method": ("textual_inversion",)} for name in ("placeholder_token", "initializer_token",
+                                                             "num_vectors", "learnable_property")},
+    **{name: {"method": ("full",)} for name in ("use_ema", "ema_decay", "offload_ema")},
+    "adam_beta1": {"optimizer": ("adamw", "adamw8bit", "prodigy", "lion")},
+    "adam_beta2": {"optimizer": ("adamw", "adamw8bit", "prodigy", "lion")},
+    "adam_epsilon": {"optimizer": ("adamw", "adamw8bit", "prodigy")},
+    "fused_adamw": {"optimizer": ("adamw",)},
+    **{name: {"optimizer": ("prodigy",)} for name in ("prodigy_beta3", "prodigy_decouple",
+                                                      "prodigy_use_bias_correction", "prodigy_safeguard_warmup",
+                                                      "prodigy_d_coef")},
+    "lr_num_cycles": {"lr_scheduler": ("cosine_with_restarts",)},
+    "lr_power": {"lr_scheduler": ("polynomial",)},
+    "huber_c": {"loss_type": ("huber", "smooth_l1")},
+    "huber_schedule": {"loss_type": ("huber", "smooth_l1")},
+    "keep_tokens": {"shuffle_caption": (True,)},
+    **{name: {"enable_bucket": (True,)} for name in ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
+                                                     "bucket_no_upscale")},
+}
+# the fields whose value decides whether another applies: the form re-decides when one of these changes
+CONTROLLERS = tuple(dict.fromkeys(k for rule in APPLIES.values() for k in rule))
+
+
+def label(f: Field) -> str:
+    """The field's name in words: LABELS, else its flag name read aloud ("lr_scheduler" -> "LR scheduler")."""
+    if f.name in LABELS:
+        return LABELS[f.name]
+    words = [_WORDS.get(w, w) for w in f.name.split("_")]
+    text = " ".join(words)
+    return text[0].upper() + text[1:]
+
+
+_DEFAULTS = {f.name: f.default for f in FIELDS}
+
+
+def applies(f: Field, values: dict[str, Any]) -> bool:
+    """Whether f matters with these values (missing controllers count at their default)."""
+    return all(values.get(k, _DEFAULTS[k]) in allowed for k, allowed in APPLIES.get(f.name, {}).items())

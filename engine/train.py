@@ -17,7 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set learning_rate=5e-5 (repeatable)")
     p.add_argument("--help-config", action="store_true", help="list every config key with default and range")
-    p.add_argument("--check", action="store_true", help="validate the config and print it resolved; no training")
+    p.add_argument("--check", action="store_true",
+                   help="validate the config, print it resolved and pre-flight it on this machine (CUDA-only "
+                        "options, packages, paths, hub ids offline, disk space); no training")
     return p
 
 
@@ -41,9 +43,24 @@ def _quiet_libraries() -> None:
     dlog.disable_progress_bar()
 
 
+def _check(cfg) -> int:
+    """The resolved config on stdout (still TOML: the verdict is a comment), each problem on stderr; 2 if
+    anything would stop the run."""
+    import tomli_w
+
+    from engine.config import to_toml_dict
+    from engine.preflight import preflight
+    report = preflight(cfg)
+    print(tomli_w.dumps(to_toml_dict(cfg)))
+    for p in report.problems:
+        print(f"{p.severity}: {p.message}", file=sys.stderr)
+    print(f"# {report.summary()}")
+    return 0 if report.ok else 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from engine.config import ConfigError, describe_fields, load_config, to_toml_dict
+    from engine.config import ConfigError, describe_fields, load_config
 
     if args.help_config:
         print(describe_fields())
@@ -58,9 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     if args.check:
-        import tomli_w
-        print(tomli_w.dumps(to_toml_dict(cfg)))
-        return 0
+        return _check(cfg)
 
     _quiet_libraries()
     from engine.atomic import DiskFull

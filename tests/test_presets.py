@@ -280,7 +280,7 @@ noise_offset = 0
 min_snr_gamma = 5
 sdpa = true
 color_aug = false
-shuffle_caption = true
+shuffle_caption = false
 '''
 
 
@@ -297,7 +297,8 @@ def test_import_kohya_maps_keys_and_keeps_zeros(tmp_path):
     assert v["lr_warmup_steps"] == 0 and v["noise_offset"] == 0.0  # zeros kept (ours default to 50 and 0.0)
     assert v["train_data_dir"] == str(data) and v["center_crop"] is True  # kohya crops at the centre by default
     assert "max_train_steps" not in v
-    assert r.unmapped == ["keep_tokens = 0", "shuffle_caption = True"]  # 0 is listed too; false is not
+    assert v["keep_tokens"] == 0 and v["shuffle_caption"] is False  # both fields exist here (issue #16)
+    assert r.unmapped == []  # color_aug = false asks for nothing
     assert any("10_sks dog" in n for n in r.notes) and any("SDPA" in n for n in r.notes)
     validate(v)
     assert presets.import_pasted(KOHYA.format(data=data)) == r

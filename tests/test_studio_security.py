@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.data.caption_files import caption_stamp
 from ui.guard import ServedHosts, refusal
 from ui.testing import StudioServer, api_call, chromium_path, free_port, http_request, launch_chromium
 
@@ -25,8 +26,11 @@ CLIMB = "./" + "../" * 12  # the issue's prefix: from any folder up to /
 PATH_INPUTS = {"dataset-caption-ext", "dataset-selected", "dataset-upload", "dataset-upload-name",
                "caption-caption-extension", "training-preset", "training-preset-name", "run-select",
                "compare-run", "compare-lora-file", "compare-editor"}
-FOLDER_INPUTS = {"dataset-path", "caption-model", "compare-base"}
-TEXT_INPUTS = {"dataset-caption", "dataset-bulk-text", "dataset-bulk-replace", "dataset-status", "caption-status",
+# the folder an opened caption came from is any folder too: Save writes only an image's sidecar inside it;
+# a preset's data source is a folder or a dataset id the form and the Dataset tab then read
+FOLDER_INPUTS = {"dataset-path", "caption-model", "compare-base", "dataset-selected-folder", "training-preset-data"}
+TEXT_INPUTS = {"dataset-caption", "dataset-caption-stamp", "dataset-bulk-text", "dataset-bulk-replace",
+               "dataset-status", "caption-status",
                "caption-trigger", "caption-undesired-tags", "caption-tag-separator", "training-import-text",
                "compare-prompts", "compare-negative"}
 PATH_FIELDS = {"caption_extension", "output_dir", "class_data_dir", "resume_from_checkpoint", "adaptor_name"}
@@ -100,19 +104,23 @@ def classify(component: dict, endpoint: str) -> str:
 
 
 def endpoints(server) -> dict[str, list[Input]]:
-    """Every endpoint the running studio lists, with its inputs as the page sends them."""
+    """Every endpoint the running studio lists, with its inputs as the page sends them (an opened caption:
+    the toy-star working copy's 0000.png)."""
+    star = server.home / "datasets" / "toy-star"
+    realistic = {**REALISTIC, "dataset-selected-folder": str(star),
+                 "dataset-caption-stamp": caption_stamp(star / "0000.txt")}
     config = json.loads(http_request(server.url + "config")[1])
     info = json.loads(http_request(server.url + "gradio_api/info")[1])["named_endpoints"]
     components = {c["id"]: c for c in config["components"]}
     found = {}
     for dep in config["dependencies"]:
-        if not dep.get("api_name"):
+        if not dep.get("api_name") or not dep.get("backend_fn"):  # a JavaScript-only event runs nothing here
             continue
         name = dep["api_name"]
         assert f"/{name}" in info, f"endpoint {name} is not callable through /gradio_api/call; fuzz it some other way"
         inputs = [components[i] for i in dep["inputs"] if components[i]["type"] != "state"]
         found[name] = [Input(classify(c, name), c["props"].get("elem_id") or "", c["type"],
-                             REALISTIC.get(c["props"].get("elem_id"), c["props"].get("value")))
+                             realistic.get(c["props"].get("elem_id"), c["props"].get("value")))
                        for c in inputs]
     assert len(found) >= 30, f"the studio lists only {len(found)} endpoints: {sorted(found)}"
     return found
@@ -158,7 +166,8 @@ def test_a_forged_host_is_refused(server, star):
     for host in ("rebind.evil.example", f"rebind.evil.example:{server.port}", "127.0.0.1.evil.example"):
         status, body = http_request(server.url, headers={"Host": host})
         assert status == 403 and b"not one this studio serves" in body, (host, status, body[:200])
-        event, _ = api_call(server.url, "save_caption", [str(star), ".txt", "0000.png", "rebound"],
+        event, _ = api_call(server.url, "save_caption", [str(star), ".txt", "0000.png",
+                                                         caption_stamp(star / "0000.txt"), "rebound"],
                             headers={"Host": host})
         assert event == "http 403", (host, event)
     assert (star / "0000.txt").read_bytes() == before
@@ -167,11 +176,12 @@ def test_a_forged_host_is_refused(server, star):
 
 
 def test_a_request_from_another_page_is_refused(server, star):
-    call = [str(star), ".txt", "0000.png", "from another page"]
+    stamp = caption_stamp(star / "0000.txt")
+    call = [str(star), ".txt", "0000.png", stamp, "from another page"]
     for origin in (f"http://127.0.0.1:{server.port + 1}", "http://localhost", "null", "https://evil.example"):
         assert api_call(server.url, "save_caption", call, headers={"Origin": origin})[0] == "http 403", origin
     own = (star / "0000.txt").read_text()  # the studio's own page saves (the same text)
-    event, data = api_call(server.url, "save_caption", [str(star), ".txt", "0000.png", own],
+    event, data = api_call(server.url, "save_caption", [str(star), ".txt", "0000.png", stamp, own],
                            headers={"Origin": f"http://127.0.0.1:{server.port}"})
     assert event == "complete" and "Saved `0000.txt`" in data[0]
 
@@ -179,7 +189,8 @@ def test_a_request_from_another_page_is_refused(server, star):
 def test_the_caption_extension_cannot_leave_the_dataset(server, star, outside):
     """The issue's report: a traversal caption extension wrote outside the home and read other files."""
     paths = traversals(outside)
-    event, data = api_call(server.url, "save_caption", [str(star), paths["write"], "0000.png", "echo pwned"])
+    event, data = api_call(server.url, "save_caption", [str(star), paths["write"], "0000.png",
+                                                        caption_stamp(star / "0000.txt"), "echo pwned"])
     assert refused(event, data), (event, data)
     assert_contained(outside, star, "save_caption", event, data)
     for name, args in (("current_caption", [str(star), paths["read"], "0000.png"]),
@@ -254,7 +265,7 @@ def test_pages_elsewhere_cannot_drive_the_studio_but_its_own_page_can(server, st
     before = caption.read_bytes()
     evil = ThreadingHTTPServer(("127.0.0.1", free_port()), _EvilPage)
     threading.Thread(target=evil.serve_forever, daemon=True).start()
-    args = [str(star), ".txt", "0000.png", "PWNED by another page"]
+    args = [str(star), ".txt", "0000.png", caption_stamp(caption), "PWNED by another page"]
     try:
         with sync_api.sync_playwright() as pw:
             # DNS rebinding as the browser sees it: the attacker's name now resolves to this machine, so its

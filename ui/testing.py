@@ -96,6 +96,15 @@ def launch_chromium(playwright, extra_args: tuple[str, ...] = ()):
                                             *extra_args])
 
 
+def open_page(browser, url: str, viewport: dict | None = None):
+    """A new page on the studio at `url` (1400x1000 unless told), once its tabs are drawn."""
+    page = browser.new_page(viewport=viewport or {"width": 1400, "height": 1000})
+    page.set_default_timeout(30_000)
+    page.goto(url)
+    page.get_by_role("tab", name="Training", exact=True).wait_for()
+    return page
+
+
 def http_request(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None,
                  timeout: float = 120) -> tuple[int, bytes]:
     """(status, body) of one request, with any headers (Host included: urllib would not send a forged one)."""
@@ -140,11 +149,50 @@ def open_tab(page, label: str) -> None:
     page.get_by_role("tab", name=label, exact=True).click()
 
 
-def screenshot_tabs(page, out_dir: Path, prefix: str = "tab-") -> list[Path]:
-    """One full-page PNG per tab, in tab order."""
+def field_input(page, name: str):
+    """The input of a Training field's widget (its text box, number box, dropdown or checkbox)."""
+    return page.locator(f"#field-{name} input, #field-{name} textarea").first
+
+
+def open_accordion(page, elem_id: str) -> None:
+    """Open an accordion as a user would (its content is drawn only once it is open)."""
+    toggle = page.locator(f"#{elem_id} > button.label-wrap")
+    if "open" not in (toggle.get_attribute("class") or ""):
+        toggle.click()
+
+
+def show_field(page, name: str) -> None:
+    """Make a Training field visible: the Basic view holds it, or Advanced and its group's accordion."""
+    from engine.config import FIELD_BY_NAME
+    if field_input(page, name).is_visible():
+        return
+    if page.locator("#training-advanced").count():
+        open_accordion(page, "training-advanced")
+    group = f"group-{FIELD_BY_NAME[name].group}"
+    page.locator(f"#{group}").wait_for(state="attached")  # drawn once Advanced is open
+    open_accordion(page, group)
+    field_input(page, name).wait_for(state="visible")
+
+
+def set_field(page, name: str, value) -> None:
+    """Type a value into a Training field (a dropdown's choice is picked with Enter)."""
+    show_field(page, name)
+    box = field_input(page, name)
+    box.fill(str(value))
+    if box.get_attribute("role") == "combobox":  # a dropdown: click the choice, or take the text typed
+        choice = page.get_by_role("option", name=str(value), exact=True)
+        if choice.count():
+            choice.first.click()
+        else:
+            box.press("Enter")
+    box.press("Tab")  # a number commits its value on blur
+
+
+def screenshot_tabs(page, out_dir: Path, prefix: str = "tab-", labels=TAB_LABELS) -> list[Path]:
+    """One full-page PNG per tab (of `labels`), in tab order."""
     out_dir.mkdir(parents=True, exist_ok=True)
     shots = []
-    for label in TAB_LABELS:
+    for label in (t for t in TAB_LABELS if t in labels):
         open_tab(page, label)
         page.wait_for_timeout(800)  # let plots and galleries lay out
         path = out_dir / f"{prefix}{label.lower()}.png"
