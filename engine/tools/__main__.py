@@ -1,4 +1,4 @@
-"""`python -m engine.tools <verb> ...`: inspect, convert, resize, merge, merge-base, extract.
+"""`python -m engine.tools <verb> ...`: inspect, convert, resize, merge, merge-base, extract, publish.
 
 A user error (a missing or unreadable file, a layout the tool does not know, a LoRA that does not fit its
 base) prints one line naming what is wrong and exits 2, without a traceback.
@@ -77,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     _out(s, ("kohya", "diffusers", "comfyui"))
     s.add_argument("--allow-pickle", action="store_true", help="let .ckpt / .pt models be read (they can run code)")
     s.add_argument("--verbose", action="store_true", help="a line per module")
+
+    s = sub.add_parser("publish", help="push a finished run to the Hugging Face Hub (card + files)")
+    s.add_argument("run", type=Path, help="the run folder")
+    s.add_argument("--repo", required=True, help="owner/name of the Hub repository (made if missing)")
+    s.add_argument("--out", type=Path, help="write the repository to this new folder instead of uploading it")
+    s.add_argument("--token", help="a Hugging Face token with write access (default: HF_TOKEN or `hf auth login`)")
+    s.add_argument("--private", action="store_true", help="make a new repository private")
+    s.add_argument("--license", help="the license (default: the base model's, e.g. creativeml-openrail-m for SD 1.x)")
     return p
 
 
@@ -132,6 +140,11 @@ def run(args) -> str:
                                   conv_rank=args.conv_rank, min_diff=args.min_diff,
                                   allow_pickle=args.allow_pickle, **dynamic)
         return f"{out}\n{_kept(rows, args.verbose)}"
+    if args.verb == "publish":
+        from engine.tools import publish
+        if args.out:
+            return str(publish.write_folder(args.run, args.out, args.repo, args.license))
+        return publish.upload(args.run, args.repo, token=args.token, private=args.private, license=args.license)
     raise ToolError(f"unknown verb {args.verb!r}")
 
 
@@ -140,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.verb:
         parser.print_usage(sys.stderr)
-        print("error: give a verb: inspect, convert, resize, merge, merge-base, extract", file=sys.stderr)
+        print("error: give a verb: inspect, convert, resize, merge, merge-base, extract, publish", file=sys.stderr)
         return 2
     from engine.train import _quiet_libraries
     _quiet_libraries()
