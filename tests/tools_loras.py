@@ -36,13 +36,13 @@ def lora_state(model, targets, rank: int, seed: int, spread: float = 1.0) -> dic
 
 def save_diffusers_lora(pipe, folder: Path, rank=4, unet_alpha=2.0, te_alpha=8.0, seed=0, spread=1.0) -> Path:
     """diffusers' own writer, with each component's LoraConfig as adapter metadata (alpha != rank)."""
-    unet = lora_state(pipe.unet, UNET_TARGETS, rank, seed, spread)
-    te = lora_state(pipe.text_encoder, TE_TARGETS, rank, seed + 1, spread)
     cfg = lambda targets, alpha: LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets)).to_dict()
-    type(pipe).save_lora_weights(str(folder), unet_lora_layers=unet, text_encoder_lora_layers=te,
-                                 unet_lora_adapter_metadata=cfg(UNET_TARGETS, unet_alpha),
-                                 text_encoder_lora_adapter_metadata=cfg(TE_TARGETS, te_alpha),
-                                 safe_serialization=True)
+    kw = {"unet_lora_layers": lora_state(pipe.unet, UNET_TARGETS, rank, seed, spread),
+          "unet_lora_adapter_metadata": cfg(UNET_TARGETS, unet_alpha)}
+    for i, name in enumerate(n for n in ("text_encoder", "text_encoder_2") if getattr(pipe, n, None) is not None):
+        kw[f"{name}_lora_layers"] = lora_state(getattr(pipe, name), TE_TARGETS, rank, seed + 1 + i, spread)
+        kw[f"{name}_lora_adapter_metadata"] = cfg(TE_TARGETS, te_alpha / (i + 1))  # SDXL's second: another alpha
+    type(pipe).save_lora_weights(str(folder), safe_serialization=True, **kw)
     return Path(folder) / "pytorch_lora_weights.safetensors"
 
 
