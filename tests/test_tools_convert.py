@@ -1,7 +1,5 @@
 """engine/tools: inspect and convert (issue #18), on the tiny SD 1.x pipeline with LoRA files written by diffusers'
 save_lora_weights, our kohya writer and LyCORIS' names; through `python -m engine.tools` where the CLI matters."""
-import contextlib
-import io
 import json
 import subprocess
 import sys
@@ -13,24 +11,13 @@ from safetensors.torch import load_file, save_file
 
 from conftest import ROOT
 from lora_checks import image, load_base
-from tools_loras import save_diffusers_lora, save_kohya_lora, save_lycoris_file
+from tools_loras import BASE, save_diffusers_lora, save_kohya_lora, save_lycoris_file, tools
 from engine.methods.lora import load_peft_folders
 from engine.tools import ToolError, lora_file, names
-from engine.tools.__main__ import main
 from engine.tools.inspect import inspect
 from engine.tools.merge import apply_to_pipeline
 
-BASE = "builtin:tiny-sd"
 TAGS = {"10_sks": {"sks dog": 7, "red": 3}, "5_reg": {"dog": 4, "red": 2}}
-
-
-def tools(*args, expect_rc=0):
-    """`python -m engine.tools ARGS` run in this process (its main(), as the module runs it): (stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in args])
-    assert rc == expect_rc, err.getvalue()[-3000:]
-    return out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import pytest
 
 from conftest import run_training, sets
 from lora_checks import image, load_base
-from test_tools_convert import tools
+from tools_loras import tools
 from engine.tools import lora_file
 from engine.tools.extract import extract
 from engine.tools.models import load_pipeline
@@ -62,8 +62,8 @@ def test_extract_at_full_rank_is_the_fine_tune_and_dynamic_ranks_keep_their_shar
 
 
 def test_extract_refuses_identical_models_and_a_model_without_its_base(tmp_path, full_run):
-    _, err = tools("extract", "builtin:toy", "--base", "builtin:toy", "--rank", "4", "--out", tmp_path / "x.safetensors",
-                   expect_rc=2)
+    _, err = tools("extract", "builtin:toy", "--base", "builtin:toy", "--rank", "4",
+                   "--out", tmp_path / "x.safetensors", expect_rc=2)
     assert "the same weights" in err
     _, err = tools("extract", str(full_run / "diffusers"), "--rank", "4", "--out", tmp_path / "x.safetensors",
                    expect_rc=2)

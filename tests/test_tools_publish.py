@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, run_training, sets
-from test_tools_convert import tools
+from tools_loras import tools
 
 pytestmark = pytest.mark.slow
 

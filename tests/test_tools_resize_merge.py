@@ -7,8 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from lora_checks import image, load_base
-from test_tools_convert import BASE, tools
-from tools_loras import save_diffusers_lora, save_kohya_lora
+from tools_loras import BASE, save_diffusers_lora, save_kohya_lora, tools
 from engine.tools import lora_file, names
 from engine.tools.lora_file import LoraFile, Module
 from engine.tools.resize import resize

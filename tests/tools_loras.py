@@ -1,5 +1,7 @@
 """LoRA files for the engine/tools tests, written the way other programs write them: diffusers'
-`save_lora_weights`, our training exporter's kohya writer, and LyCORIS' key names by hand."""
+`save_lora_weights`, our training exporter's kohya writer, and LyCORIS' key names by hand; and the CLI."""
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -10,6 +12,9 @@ from safetensors.torch import save_file
 
 from engine.export import write_kohya_lora
 from engine.families import FAMILIES
+from engine.tools.__main__ import main
+
+BASE = "builtin:tiny-sd"
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "conv1")
 TE_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -75,3 +80,12 @@ def save_lycoris_file(pipe, path: Path, kind: str, rank=4, alpha=2.0, seed=20) -
                                  "ss_network_alpha": str(alpha),
                                  "ss_network_args": json.dumps({"algo": kind, "conv_dim": str(rank)})})
     return Path(path)
+
+
+def tools(*args, expect_rc=0):
+    """`python -m engine.tools ARGS` run in this process (its main(), as the module runs it): (stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in args])
+    assert rc == expect_rc, err.getvalue()[-3000:]
+    return out.getvalue(), err.getvalue()

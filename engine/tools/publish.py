@@ -88,13 +88,13 @@ def card(run: str | Path, repo_id: str, license: str | None = None) -> str:
     full = cfg.method == "full" or (cfg.method == "dreambooth" and getattr(cfg, "dreambooth_full", False))
     kind = "full fine-tune" if full else cfg.method if cfg.method != "lora" else getattr(cfg, "lora_type", "lora")
     tags = ["text-to-image", "diffusers", "adaptor-studio",
-            {"sd1": "stable-diffusion", "sd2": "stable-diffusion", "sdxl": "stable-diffusion-xl"}.get(family or "",
-                                                                                                     "stable-diffusion")]
+            "stable-diffusion-xl" if family == "sdxl" else "stable-diffusion"]
     tags += [] if full else ["lora", "template:sd-lora"]
     meta = ModelCardData(license=license, base_model=base if _HUB_ID.match(base) and not Path(base).exists() else None,
                          library_name="diffusers", tags=tags, instance_prompt=cfg.trigger_word or None,
                          widget=_widget(run, cfg, files) or None)
-    own = (run / "README.md").read_text(encoding="utf-8") if (run / "README.md").is_file() else f"# {cfg.adaptor_name}\n"
+    readme = run / "README.md"
+    own = readme.read_text(encoding="utf-8") if readme.is_file() else f"# {cfg.adaptor_name}\n"
     own = own.replace(f'"{run}/diffusers"', f'"{repo_id}", subfolder="diffusers"').replace(str(run), repo_id)
     if meta.base_model:
         own = own.replace("from_pretrained(BASE_MODEL)", f'from_pretrained("{base}")')
