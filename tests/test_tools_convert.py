@@ -155,6 +155,28 @@ def test_sdxl_layouts_round_trip_and_draw_the_same_image(tmp_path):
             again.load_lora_weights(str(tmp_path / f"{layout}.safetensors"))
             assert np.abs(image(again) - want).max() < 1e-4, layout
 
+    # kohya's own SDXL files name UNet modules by their original (LDM) blocks: `lora_unet_input_blocks_4_1_...`
+    ldm, comfy = {}, load_file(str(tmp_path / "comfyui.safetensors"))
+    for key, value in comfy.items():
+        module, _, part = key.rpartition(".lora_") if ".lora_" in key else key.rpartition(".")
+        part = ("lora_" if ".lora_" in key else "") + part
+        for prefix, kohya in (("diffusion_model.", "lora_unet_"), ("text_encoders.clip_l.transformer.", "lora_te1_"),
+                              ("text_encoders.clip_g.transformer.", "lora_te2_")):
+            if module.startswith(prefix):
+                ldm[f"{kohya}{module[len(prefix):].replace('.', '_')}.{part}"] = value
+    save_file(ldm, str(tmp_path / "kohya-ldm.safetensors"))
+    assert any(k.startswith("lora_unet_input_blocks_") for k in ldm) and len(ldm) == len(comfy)
+    _same(original, lora_file.read(tmp_path / "kohya-ldm.safetensors", arch))
+    report = inspect(tmp_path / "kohya-ldm.safetensors", xl)
+    assert report["loaders"]["diffusers"]["all"] and report["loaders"]["comfyui"]["all"]
+    again = load_base(xl, "sdxl")
+    again.load_lora_weights(str(tmp_path / "kohya-ldm.safetensors"))
+    assert np.abs(image(again) - want).max() < 1e-4
+    # a tiny model's LDM names need its block layout: without --base (the published SDXL's has other blocks)
+    # the message names the module and asks for the base model
+    err = tools("convert", tmp_path / "kohya-ldm.safetensors", "--out", tmp_path / "x.safetensors", expect_rc=2)[1]
+    assert "published Stable Diffusion XL architecture has no module 'input_blocks." in err and "--base" in err
+
 
 @pytest.mark.parametrize("kind", ["loha", "lokr"])
 def test_a_lycoris_file_as_peft_folders_draws_its_weight_changes(files, arch, tmp_path, kind):

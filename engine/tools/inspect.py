@@ -71,9 +71,13 @@ def diffusers_unloaded(state: dict[str, torch.Tensor], arch: names.Arch | None) 
     from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft, \
         convert_unet_state_dict_to_peft
 
+    from diffusers.configuration_utils import FrozenDict
+
     dropped = [k for k in state if "dora_scale" in k]  # diffusers filters them out with a warning
+    # the pipelines pass their UNet's config, with which kohya's SDXL block names (input_blocks_4_1_...) map
+    unet_config = FrozenDict(arch.unet_config) if arch is not None else None
     try:
-        sd, _ = StableDiffusionLoraLoaderMixin.lora_state_dict(dict(state))
+        sd, _ = StableDiffusionLoraLoaderMixin.lora_state_dict(dict(state), unet_config=unet_config)
     except Exception as e:  # its own words: e.g. "keys have not been correctly renamed"
         return list(state), str(e).strip().splitlines()[0][:300]
     if not all("lora" in k for k in sd):
