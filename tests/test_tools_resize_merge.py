@@ -139,3 +139,32 @@ def test_loras_merged_into_the_base_draw_as_the_loras_loaded(loras, tmp_path):
     changed = {k for k in ours if not torch.equal(ours[k], before[k])}
     assert any(".attn1.to_q." in k for k in changed) and any("cond_stage_model." in k for k in changed)
     assert not any(k.startswith("first_stage_model.") for k in changed)  # the VAE is as it was
+
+
+def test_an_xy_grid_of_two_scales_by_two_loras_draws_what_compare_draws(loras, tmp_path):
+    import json
+
+    from PIL import Image
+
+    from engine.generate import PipeCache, compare_grid
+
+    cache = PipeCache(device=torch.device("cpu"))
+    out = tmp_path / "grid.png"
+    tools("grid", "--adaptor", loras["a"], "--adaptor", loras["b"], "--scales", "0.5", "1", "--base", BASE,
+          "--prompt", "a red square", "--steps", "4", "--width", "64", "--height", "64", "--out", out)
+    grid = Image.open(out)
+    params = json.loads(grid.text["parameters"])  # the grid's settings in its PNG text chunk
+    assert params["x"] == {"axis": "lora_scale", "values": [0.5, 1.0]}
+    assert params["y"] == {"axis": "adaptor", "values": [str(loras["a"]), str(loras["b"])]}
+    assert params["prompt"] == "a red square" and params["num_inference_steps"] == 4
+    cells = {(r, c): np.asarray(Image.open(tmp_path / "grid-cells" / f"r{r}-c{c}.png"), dtype=np.float32)
+             for r in range(2) for c in range(2)}
+    assert grid.width > 2 * 64 and grid.height > 2 * 64  # a header strip and row labels around 2 x 2 cells
+    assert diff(cells[0, 0], cells[0, 1]) > 1 and diff(cells[0, 1], cells[1, 1]) > 1  # scale and LoRA both show
+    # each cell is the Compare tab's image of that LoRA at that scale
+    for r, lora in enumerate((loras["a"], loras["b"])):
+        for c, scale in enumerate((0.5, 1.0)):
+            made = compare_grid(BASE, lora, ["a red square"], steps=4, width=64, height=64, lora_scale=scale,
+                                out=tmp_path / f"compare-{r}{c}.png", pipe_cache=cache)
+            adaptor = np.asarray(Image.open(made["cells"][0][1]), dtype=np.float32)
+            assert np.array_equal(adaptor, cells[r, c]), (r, c)

@@ -1,4 +1,5 @@
-"""`python -m engine.tools <verb> ...`: inspect, convert, resize, merge, merge-base, extract, publish.
+"""`python -m engine.tools <verb> ...`: inspect, convert, resize, merge, merge-base, extract,
+grid, publish.
 
 A user error (a missing or unreadable file, a layout the tool does not know, a LoRA that does not fit its
 base) prints one line naming what is wrong and exits 2, without a traceback.
@@ -78,6 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-pickle", action="store_true", help="let .ckpt / .pt models be read (they can run code)")
     s.add_argument("--verbose", action="store_true", help="a line per module")
 
+    s = sub.add_parser("grid", help="an X/Y grid: a column per LoRA scale, a row per adaptor or checkpoint")
+    s.add_argument("--adaptor", action="append", required=True,
+                   help="a LoRA file, run folder or model (repeat: a row each)")
+    s.add_argument("--scales", nargs="+", type=float, default=[1.0], help="the LoRA scales (a column each)")
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--base", help="the base model of bare LoRA files")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--steps", type=int, default=20)
+    s.add_argument("--guidance", type=float, default=7.5)
+    s.add_argument("--width", type=int)
+    s.add_argument("--height", type=int)
+    s.add_argument("--no-trigger", action="store_true", help="do not put each adaptor's trigger word in front")
+    s.add_argument("--out", required=True, type=Path, help="the PNG to write")
+
     s = sub.add_parser("publish", help="push a finished run to the Hugging Face Hub (card + files)")
     s.add_argument("run", type=Path, help="the run folder")
     s.add_argument("--repo", required=True, help="owner/name of the Hub repository (made if missing)")
@@ -140,6 +155,11 @@ def run(args) -> str:
                                   conv_rank=args.conv_rank, min_diff=args.min_diff,
                                   allow_pickle=args.allow_pickle, **dynamic)
         return f"{out}\n{_kept(rows, args.verbose)}"
+    if args.verb == "grid":
+        from engine.tools.grid import xy_grid
+        return xy_grid(args.adaptor, args.scales, args.prompt, args.out, base=args.base, seed=args.seed,
+                       steps=args.steps, guidance=args.guidance, width=args.width, height=args.height,
+                       use_trigger=not args.no_trigger)["grid"]
     if args.verb == "publish":
         from engine.tools import publish
         if args.out:
@@ -153,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.verb:
         parser.print_usage(sys.stderr)
-        print("error: give a verb: inspect, convert, resize, merge, merge-base, extract, publish", file=sys.stderr)
+        print("error: give a verb: inspect, convert, resize, merge, merge-base, extract, grid, publish",
+              file=sys.stderr)
         return 2
     from engine.train import _quiet_libraries
     _quiet_libraries()
