@@ -25,7 +25,8 @@ CANARY = "CANARY-3b1f: a secret outside the studio's home"
 CLIMB = "./" + "../" * 12  # the prefix: from any folder up to /
 PATH_INPUTS = {"dataset-caption-ext", "dataset-selected", "dataset-upload", "dataset-upload-name",
                "caption-caption-extension", "training-preset", "training-preset-name", "run-select",
-               "compare-run", "compare-lora-file", "compare-editor", "utilities-name"}
+               "compare-run", "compare-lora-file", "compare-editor", "utilities-name",
+               "utilities-extract-name"}
 # the folder an opened caption came from is any folder too: Save writes only an image's sidecar inside it;
 # a preset's data source is a folder or a dataset id the form and the Dataset tab then read
 # the Utilities tab reads a LoRA file anywhere (and a base model) and writes only utilities/NAME.safetensors

@@ -1,7 +1,8 @@
-"""The Utilities tab in headless Chromium (issue #18): the real studio, a LoRA file written by diffusers, the
-tab inspects it and resizes it, and the file it writes has the new rank and draws what the tool draws."""
+"""The Utilities tab in headless Chromium (issue #18): the real studio; the tab inspects and resizes a LoRA file
+written by diffusers, and extracts a LoRA from a full fine-tune run in the studio's runs/."""
 import pytest
 
+from conftest import make_images, run_training, sets
 from lora_checks import load_base
 from tools_loras import BASE, save_diffusers_lora
 from engine.tools import lora_file, names
@@ -50,4 +51,29 @@ def test_the_utilities_tab_inspects_and_resizes_a_lora(server, browser, tmp_path
                            timeout=60_000)
     assert "not a plain name" in page.locator("#utilities-status textarea").input_value()
     assert not (server.home / "escape.safetensors").exists()
+    page.close()
+
+
+def test_the_utilities_tab_extracts_a_lora_from_a_full_run(server, browser, tmp_path):
+    run_training(sets(pretrained_model_name_or_path=BASE, method="full", resolution=64, learning_rate=1e-3,
+                      lr_warmup_steps=0, seed=3, train_batch_size=2, report_to="none", max_train_steps=1,
+                      train_data_dir=make_images(tmp_path / "data"), output_dir=server.home / "runs",
+                      adaptor_name="ft"), launch=False)
+    page = open_page(browser, server.url)
+    open_tab(page, "Utilities")
+    page.locator("#utilities-refresh").click()
+    box = page.locator("#utilities-run input")
+    box.click()
+    page.get_by_role("option", name="ft", exact=True).click()
+    page.locator("#utilities-extract-rank input").fill("8")
+    page.locator("#utilities-extract-name textarea, #utilities-extract-name input").first.fill("ft-r8")
+    page.locator("#utilities-extract").click()
+    page.wait_for_function(
+        "() => /Frobenius|⚠/.test(document.querySelector('#utilities-extract-status textarea').value)",
+        timeout=180_000)
+    status = page.locator("#utilities-extract-status textarea").input_value()
+    out = server.home / "utilities" / "ft-r8.safetensors"
+    assert status.startswith(f"Wrote {out}"), status
+    lf = lora_file.read(out, names.model_arch(BASE))
+    assert lf.components == {"unet"} and max(m.rank for m in lf.modules.values()) == 8
     page.close()

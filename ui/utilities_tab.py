@@ -1,20 +1,23 @@
-"""Utilities tab: the LoRA tools of engine/tools on any LoRA file: inspect it, and resize it (a fixed rank or
-one of kohya's dynamic rules). Each runs `python -m engine.tools ...` in a subprocess (no torch in the app), and
-writes only under the studio home's utilities/ folder, by a plain name.
+"""Utilities tab: the LoRA tools of engine/tools: inspect any LoRA file, resize it (a fixed rank or one of
+kohya's dynamic rules), and extract a LoRA from one of this studio's full fine-tune runs. Each runs
+`python -m engine.tools ...` in a subprocess (no torch in the app), and writes only under the studio home's
+utilities/ folder, by a plain name.
 
 elem_ids: utilities-file, utilities-base, utilities-inspect, utilities-report, utilities-rank, utilities-method,
-utilities-param, utilities-name, utilities-resize, utilities-status.
+utilities-param, utilities-name, utilities-resize, utilities-status, utilities-run, utilities-refresh,
+utilities-extract-rank, utilities-extract-name, utilities-extract, utilities-extract-status.
 """
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import gradio as gr
 
-from engine.paths import PROJECT_ROOT, UnsafePath, safe_child
+from engine.paths import PROJECT_ROOT, UnsafePath, inside, safe_child
 from ui.studio import Studio
 
 METHODS = ("fixed rank", "sv_ratio", "sv_fro", "sv_cumulative")
@@ -75,6 +78,37 @@ def resize(studio: Studio, file, base, rank, method, param, name) -> str:
         return f"⚠ {e}"
 
 
+def full_runs(studio: Studio) -> list[str]:
+    """Names of the finished full fine-tune runs under runs/ (a whole trained model in diffusers/)."""
+    found = []
+    for config in sorted(studio.runs_dir.glob("*/config.toml")):
+        try:
+            data = tomllib.loads(config.read_text())
+        except (OSError, ValueError):
+            continue
+        tables = [data, *(t for t in data.values() if isinstance(t, dict))]  # config.toml groups its fields
+        method = next((t["method"] for t in tables if "method" in t), None)
+        if method == "full" and (config.parent / "diffusers" / "model_index.json").is_file():
+            found.append(config.parent.name)
+    return found
+
+
+def extract(studio: Studio, run, rank, name) -> str:
+    try:
+        if not run or run not in full_runs(studio):
+            raise ValueError(f"{run!r} is not a finished full fine-tune run in {studio.runs_dir}; press Refresh runs")
+        folder = inside(studio.runs_dir, run, "run")
+        out = safe_child(out_dir(studio), f"{(name or '').strip()}.safetensors")
+        if rank is None or int(rank) < 1:
+            raise ValueError("rank: a whole number of at least 1")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return f"Wrote {_tools('extract', str(folder), '--rank', str(int(rank)), '--out', str(out))}"
+    except UnsafePath as e:
+        return f"⚠ {e}"
+    except (ValueError, subprocess.TimeoutExpired) as e:
+        return f"⚠ {e}"
+
+
 def build(studio: Studio) -> None:
     gr.Markdown("LoRA tools on any LoRA file (kohya, diffusers, ComfyUI, LyCORIS). The command line does more: "
                 "`python -m engine.tools --help` (convert, merge, extract, publish).")
@@ -96,6 +130,17 @@ def build(studio: Studio) -> None:
                           elem_id="utilities-name")
     resize_btn = gr.Button("Resize", variant="primary", elem_id="utilities-resize")
     status = gr.Textbox(label="Result", lines=3, interactive=False, elem_id="utilities-status")
+    gr.Markdown("### Extract a LoRA from a full fine-tune run (as kohya's extract_lora_from_models.py)")
+    with gr.Row():
+        run = gr.Dropdown(full_runs(studio), value=None, label="Full fine-tune run", elem_id="utilities-run")
+        refresh = gr.Button("Refresh runs", elem_id="utilities-refresh", scale=0)
+        ex_rank = gr.Number(64, precision=0, minimum=1, maximum=4096, label="Rank", elem_id="utilities-extract-rank")
+        ex_name = gr.Textbox("extracted", label="Output name (in utilities/)", elem_id="utilities-extract-name")
+    extract_btn = gr.Button("Extract LoRA", variant="primary", elem_id="utilities-extract")
+    ex_status = gr.Textbox(label="Result", lines=3, interactive=False, elem_id="utilities-extract-status")
+    refresh.click(lambda: gr.update(choices=full_runs(studio)), [], [run], api_name="utilities_runs")
+    extract_btn.click(lambda *a: extract(studio, *a), [run, ex_rank, ex_name], [ex_status],
+                      api_name="utilities_extract")
     inspect_btn.click(inspect, [file, base], [report], api_name="utilities_inspect")
     resize_btn.click(lambda *a: resize(studio, *a), [file, base, rank, method, param, name], [status],
                      api_name="utilities_resize")
