@@ -69,3 +69,17 @@ def test_extract_refuses_identical_models_and_a_model_without_its_base(tmp_path,
                    expect_rc=2)
     assert "--base" in err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_publish_of_a_full_run_holds_the_whole_model(full_run, tmp_path):
+    import yaml
+
+    tools("publish", full_run, "--repo", "someone/toy-ft", "--out", tmp_path / "repo")
+    files = {p.relative_to(tmp_path / "repo").as_posix() for p in (tmp_path / "repo").rglob("*") if p.is_file()}
+    assert {"README.md", "config.toml", "ft.safetensors", "diffusers/model_index.json",
+            "diffusers/unet/diffusion_pytorch_model.safetensors"} <= files
+    assert not any(f.startswith(("checkpoints/", "events", "train.log")) for f in files)
+    meta = yaml.safe_load((tmp_path / "repo" / "README.md").read_text().split("---\n")[1])
+    assert meta["license"] == "creativeml-openrail-m"  # read from the single file's modelspec.architecture
+    assert "lora" not in meta["tags"]
+    assert 'from_pretrained("someone/toy-ft", subfolder="diffusers")' in (tmp_path / "repo" / "README.md").read_text()

@@ -60,9 +60,10 @@ def extract(base_pipe, tuned_pipe, rank: int, *, conv_rank: int | None = None, m
     if not modules:
         raise ToolError("the two models have the same weights: nothing to extract")
     how = f"dynamic {method} {param:g} (at most rank {rank})" if method else f"rank {rank}"
-    ranks = {m.rank for m in modules.values()}
-    meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(ranks.pop()) if len(ranks) == 1 else "Dynamic",
-            "ss_network_alpha": "Dynamic" if method else str(float(rank)),
+    ranks = {m.rank for m in modules.values()}  # alpha = rank everywhere (scale 1), so both vary together
+    one = str(ranks.pop()) if len(ranks) == 1 else None
+    meta = {"ss_network_module": "networks.lora", "ss_network_dim": one or "Dynamic",
+            "ss_network_alpha": str(float(one)) if one else "Dynamic",
             "ss_training_comment": f"extracted by Adaptor Studio at {how}"}
     return lora_file.LoraFile(modules, meta, "kohya", family, None, []), rows
 

@@ -183,7 +183,7 @@ def guess_family(metadata: dict[str, str], components: set[str], shapes: dict[tu
         return "sdxl"
     if "v2" in said:
         return "sd2"
-    if "sd_v1" in said or "-v1/" in said:
+    if "sd_v1" in said or "-v1/" in said or "diffusion-v1" in said:  # a full run's single file: stable-diffusion-v1
         return "sd1"
     if "text_encoder_2" in components:
         return "sdxl"
