@@ -168,3 +168,33 @@ def test_an_xy_grid_of_two_scales_by_two_loras_draws_what_compare_draws(loras, t
                                 out=tmp_path / f"compare-{r}{c}.png", pipe_cache=cache)
             adaptor = np.asarray(Image.open(made["cells"][0][1]), dtype=np.float32)
             assert np.array_equal(adaptor, cells[r, c]), (r, c)
+
+
+def test_a_dora_merged_into_the_base_draws_as_it_loads_and_resize_refuses_it(tmp_path):
+    from peft import LoraConfig
+
+    from engine.lora_load import load_lora
+    from tools_loras import lora_state
+
+    pipe = load_base(BASE, "sd1")
+    state = lora_state(pipe.unet, ("to_q", "to_v", "proj_in"), 4, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    for key in [k for k in state if k.endswith(".lora_A.weight")]:
+        weight = pipe.unet.get_submodule(key.removesuffix(".lora_A.weight")).weight
+        norm = weight.detach().flatten(1).norm(dim=1)
+        magnitude = norm * (1 + 0.5 * torch.rand(len(norm), generator=gen))
+        # peft holds a convolution's magnitudes as [1, out, 1, 1]
+        state[key.replace(".lora_A.weight", ".lora_magnitude_vector")] = \
+            magnitude.reshape(1, -1, 1, 1) if weight.dim() == 4 else magnitude
+    config = LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules=["to_q", "to_v", "proj_in"]).to_dict()
+    type(pipe).save_lora_weights(str(tmp_path / "dora"), unet_lora_layers=state, unet_lora_adapter_metadata=config)
+    loaded = load_base(BASE, "sd1")
+    load_lora(loaded, tmp_path / "dora", "dora")
+    want = image(loaded)
+    assert diff(want, image(load_base(BASE, "sd1"))) > 1e-3
+    tools("merge-base", tmp_path / "dora", "--base", BASE, "--out", tmp_path / "m")
+    merged = load_base(str(tmp_path / "m" / "diffusers"), "sd1")
+    merged.scheduler = type(loaded.scheduler).from_config(loaded.scheduler.config)
+    assert np.abs(image(merged) - want).max() < 1e-3  # m (W + s BA) / |W + s BA| per output row, as peft does
+    _, err = tools("resize", tmp_path / "dora", "--rank", "2", "--out", tmp_path / "r.safetensors", expect_rc=2)
+    assert "DoRA" in err and not (tmp_path / "r.safetensors").exists()
