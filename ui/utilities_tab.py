@@ -9,6 +9,7 @@ utilities-extract-rank, utilities-extract-name, utilities-extract, utilities-ext
 """
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -49,33 +50,40 @@ def _tools(*args: str) -> str:
     return proc.stdout.strip()
 
 
+def _shown(handler):
+    """A handler whose refusals (a bad value, a path outside its folder, a tool's error line) read as one line."""
+    @functools.wraps(handler)
+    def wrapper(*args):
+        try:
+            return handler(*args)
+        except UnsafePath as e:  # a ValueError too: the name the user typed climbs out of its folder
+            return f"⚠ name: {e}"
+        except (ValueError, subprocess.TimeoutExpired) as e:
+            return f"⚠ {e}"
+    return wrapper
+
+
+@_shown
 def inspect(file, base) -> str:
-    try:
-        args = ["inspect", str(_lora(file))] + (["--base", base.strip()] if base and base.strip() else [])
-        return _tools(*args)
-    except (ValueError, subprocess.TimeoutExpired) as e:
-        return f"⚠ {e}"
+    args = ["inspect", str(_lora(file))] + (["--base", base.strip()] if base and base.strip() else [])
+    return _tools(*args)
 
 
+@_shown
 def resize(studio: Studio, file, base, rank, method, param, name) -> str:
-    try:
-        src = _lora(file)
-        out = safe_child(out_dir(studio), f"{(name or '').strip()}.safetensors")
-        if rank is None or int(rank) < 1:
-            raise ValueError("rank: a whole number of at least 1")
-        args = ["resize", str(src), "--rank", str(int(rank)), "--out", str(out)]
-        if method in METHODS[1:]:
-            args += ["--method", method, "--param", str(param)]
-        elif method not in METHODS:
-            raise ValueError(f"method {method!r}: one of {', '.join(METHODS)}")
-        if base and base.strip():
-            args += ["--base", base.strip()]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return f"Wrote {_tools(*args)}"
-    except UnsafePath as e:
-        return f"⚠ name: {e}"
-    except (ValueError, subprocess.TimeoutExpired) as e:
-        return f"⚠ {e}"
+    src = _lora(file)
+    out = safe_child(out_dir(studio), f"{(name or '').strip()}.safetensors")
+    if rank is None or int(rank) < 1:
+        raise ValueError("rank: a whole number of at least 1")
+    args = ["resize", str(src), "--rank", str(int(rank)), "--out", str(out)]
+    if method in METHODS[1:]:
+        args += ["--method", method, "--param", str(param)]
+    elif method not in METHODS:
+        raise ValueError(f"method {method!r}: one of {', '.join(METHODS)}")
+    if base and base.strip():
+        args += ["--base", base.strip()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return f"Wrote {_tools(*args)}"
 
 
 def full_runs(studio: Studio) -> list[str]:
@@ -93,20 +101,16 @@ def full_runs(studio: Studio) -> list[str]:
     return found
 
 
+@_shown
 def extract(studio: Studio, run, rank, name) -> str:
-    try:
-        if not run or run not in full_runs(studio):
-            raise ValueError(f"{run!r} is not a finished full fine-tune run in {studio.runs_dir}; press Refresh runs")
-        folder = inside(studio.runs_dir, run, "run")
-        out = safe_child(out_dir(studio), f"{(name or '').strip()}.safetensors")
-        if rank is None or int(rank) < 1:
-            raise ValueError("rank: a whole number of at least 1")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return f"Wrote {_tools('extract', str(folder), '--rank', str(int(rank)), '--out', str(out))}"
-    except UnsafePath as e:
-        return f"⚠ {e}"
-    except (ValueError, subprocess.TimeoutExpired) as e:
-        return f"⚠ {e}"
+    if not run or run not in full_runs(studio):
+        raise ValueError(f"{run!r} is not a finished full fine-tune run in {studio.runs_dir}; press Refresh runs")
+    folder = inside(studio.runs_dir, run, "run")
+    out = safe_child(out_dir(studio), f"{(name or '').strip()}.safetensors")
+    if rank is None or int(rank) < 1:
+        raise ValueError("rank: a whole number of at least 1")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return f"Wrote {_tools('extract', str(folder), '--rank', str(int(rank)), '--out', str(out))}"
 
 
 def build(studio: Studio) -> None:

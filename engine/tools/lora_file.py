@@ -133,15 +133,12 @@ class LoraFile:
 def _open(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors.torch import load_file
 
-    from engine.safetensors_files import NotSafetensors, read_header
+    from engine.safetensors_files import NotSafetensors, read_lora_header
 
     if not path.exists():
         raise ToolError(f"{path} not found")
-    if path.suffix.lower() != ".safetensors":
-        raise ToolError(f"{path}: LoRA files must be .safetensors (pickle files such as .ckpt, .pt and .bin can "
-                        "run code when loaded and are not read)")
     try:
-        _, meta = read_header(path, "convert it to safetensors (pickle files can run code and are not read)")
+        _, meta = read_lora_header(path)
     except NotSafetensors as e:
         raise ToolError(str(e)) from None
     return load_file(str(path)), meta
