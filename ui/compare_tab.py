@@ -255,6 +255,8 @@ def build(studio: Studio) -> None:
                           strength=float(strength_v), image=str(image_path), use_trigger=bool(trigger_v),
                           out=str(_out_dir(studio) / f"{op}-{time.strftime('%Y%m%d-%H%M%S')}.png"))
             if op == "inpaint":
+                if not np.asarray(Image.open(mask_path)).any():  # nothing painted: nothing would change
+                    raise ValueError("paint the area to repaint with the brush first, then press Inpaint")
                 params["mask"] = str(mask_path)
             result = _worker(studio).request(op, **params)
         except Exception as e:
