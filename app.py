@@ -1,6 +1,7 @@
 """Adaptor Studio entry point: `./launch.sh [--port N] [--listen --auth user:pass] [--share]`.
 
 Binds 127.0.0.1 by default. Exposing the app to the network (--listen, --share) requires --auth.
+Requests must name a host the studio serves and, from a browser, come from its own page (ui/guard.py).
 The page opens with builtin:toy, the toy-star example dataset and presets/toy-lora.toml selected.
 """
 from __future__ import annotations
@@ -19,6 +20,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--share", action="store_true", help="a public Gradio share link (needs --auth)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
     p.add_argument("--home", help="folder for runs/, datasets/ and presets/user/ (default: the project folder)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests for this host name (e.g. behind a reverse proxy); repeatable")
     return p.parse_args(argv)
 
 
@@ -35,11 +38,11 @@ def read_auth(value: str | None) -> list[tuple[str, str]] | None:
 def _working_copy(example: Path, datasets: Path) -> Path:
     """The example dataset copied under datasets/ once, so caption edits never touch the shipped files."""
     import shutil
-    import tempfile
+
+    from engine.atomic import temp_dir
     target = datasets / example.name
     if not target.exists():
-        datasets.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{example.name}.", dir=datasets))
+        tmp = temp_dir(datasets, example.name)  # ordinary permissions, unlike mkdtemp's 0700
         shutil.copytree(example, tmp, dirs_exist_ok=True)
         tmp.rename(target)  # whole or not at all
     return target
@@ -70,9 +73,14 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     host = "0.0.0.0" if args.listen else "127.0.0.1"
+    from starlette.middleware import Middleware
+
+    from engine.data.uploads import UploadLimits
     from engine.home_lock import FolderBusy
     from ui import CSS, build_app
+    from ui.guard import HostOriginGuard, ServedHosts
 
+    hosts = ServedHosts.for_launch(args.listen, args.allow_host)
     try:
         studio = make_studio(args.home, url=f"http://{host}:{args.port}")
     except FolderBusy as e:
@@ -80,9 +88,16 @@ def main(argv=None) -> int:
         return 2
     print(f"Adaptor Studio (pid {os.getpid()}) starting on http://{host}:{args.port}", flush=True)
     try:
-        build_app(studio).launch(server_name=host, server_port=args.port, auth=auth, share=args.share,
-                                 inbrowser=not args.no_browser, css=CSS,
-                                 allowed_paths=[str(studio.home)])  # run samples and grids live there
+        demo = build_app(studio)
+        # no SSR proxy and no static workers: every request goes through the guard in this process
+        demo.launch(server_name=host, server_port=args.port, auth=auth, share=args.share,
+                    inbrowser=not args.no_browser, css=CSS, prevent_thread_lock=True, ssr_mode=False,
+                    num_workers=0, max_file_size=UploadLimits.from_env().max_bytes,
+                    app_kwargs={"middleware": [Middleware(HostOriginGuard, hosts=hosts)]},
+                    allowed_paths=[str(studio.home)])  # run samples and grids live there
+        if demo.share_url:  # the tunnel passes its own host name on
+            hosts.add(demo.share_url)
+        demo.block_thread()
     finally:
         studio.queue.stop()
         if studio.worker is not None:

@@ -153,10 +153,14 @@ def run_row(row: Row, args, settings: dict, workdir: Path, skip: str = "") -> di
     cmd = [sys.executable, "-m", "engine.train"]
     for k, v in cfg.items():
         cmd += ["--set", f"{k}={json.dumps(v) if isinstance(v, bool) else v}"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # ahead of, not instead of, the caller's path (bench/gpu_check.sh puts the carried wheels there)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout)
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {**result, "error": f"timed out after {args.timeout} s (--timeout)"}
     if proc.returncode != 0:
         return {**result, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1][:300]}
     events = [json.loads(line) for line in (workdir / "runs" / "bench" / "events.jsonl").read_text().splitlines()]

@@ -42,7 +42,8 @@ def text_encoders_key(cfg, source, family, dtype) -> str:
     (outputs of a bf16 run are not what a float32 run would compute)."""
     p = Path(source.location)
     stamps = [_stamp([p / name / "model.safetensors", p]) for name in family.text_encoder_names]
-    return f"{source.location}|{cfg.revision}|{cfg.variant}|{family.name}|{'|'.join(stamps)}|{dtype}"
+    skip = f"|clip_skip{cfg.clip_skip}" if cfg.clip_skip > 1 else ""  # other layers, other outputs
+    return f"{source.location}|{cfg.revision}|{cfg.variant}|{family.name}|{'|'.join(stamps)}|{dtype}{skip}"
 
 
 class TextEncoderCache:
@@ -52,8 +53,8 @@ class TextEncoderCache:
     dataset has few distinct captions. Lookups return exactly what `family.encode_prompt` would.
     """
 
-    def __init__(self, root: Path, model_key: str, family, tokenizers, text_encoders, device):
-        self.root, self.model_key = Path(root), model_key
+    def __init__(self, root: Path, model_key: str, family, tokenizers, text_encoders, device, clip_skip: int = 1):
+        self.root, self.model_key, self.clip_skip = Path(root), model_key, clip_skip
         self.family, self.tokenizers, self.text_encoders, self.device = family, tokenizers, text_encoders, device
         self.memory: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
@@ -78,7 +79,8 @@ class TextEncoderCache:
                 todo.append(caption)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            hidden, pooled = self.family.encode_prompt(self.tokenizers, self.text_encoders, chunk, self.device)
+            hidden, pooled = self.family.encode_prompt(self.tokenizers, self.text_encoders, chunk, self.device,
+                                                       self.clip_skip)
             for i, caption in enumerate(chunk):
                 entry = {"hidden": hidden[i].float().cpu().contiguous()}
                 if pooled is not None:

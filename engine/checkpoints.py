@@ -2,7 +2,8 @@
 
 A checkpoint folder `checkpoints/checkpoint-{step}/` holds the optimizer, scheduler and RNG states
 (accelerate), `trained_state.safetensors` (the exact trained weights, for resuming) and the run's outputs (both
-adaptor files for LoRA), so any checkpoint is usable as it is.
+adaptor files for LoRA), so any checkpoint is usable as it is. Only weights found finite are saved (the loop checks
+them first), and progress.json says so (`"finite": true`, which engine.finite.last_good reads).
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.config import atomic_write_bytes
+from engine import atomic
+from engine.config import ConfigError
+from engine.safetensors_files import NotSafetensors, read_header
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trained_state.safetensors"
@@ -33,11 +36,17 @@ def find_resume_dir(value: str, ckpt_dir: Path) -> Path | None:
     """'latest' -> newest checkpoint (None if there is none); otherwise the folder given."""
     if value == "latest":
         found = list_checkpoints(ckpt_dir)
-        return found[-1][1] if found else None
-    p = Path(value).expanduser()
-    if not (p / PROGRESS_FILE).is_file():
-        raise FileNotFoundError(f"resume_from_checkpoint = {value!r} is not a checkpoint folder (no "
-                                f"{PROGRESS_FILE}); use 'latest' or a folder under {ckpt_dir}")
+        p = found[-1][1] if found else None
+    else:
+        p = Path(value).expanduser()
+        if not (p / PROGRESS_FILE).is_file():
+            raise FileNotFoundError(f"resume_from_checkpoint = {value!r} is not a checkpoint folder (no "
+                                    f"{PROGRESS_FILE}); use 'latest' or a folder under {ckpt_dir}")
+    if p is not None:
+        try:
+            read_header(p / STATE_FILE, "resume from another checkpoint")
+        except NotSafetensors as e:
+            raise ConfigError(f"resume_from_checkpoint = {value!r}: {e}") from None
     return p
 
 
@@ -55,7 +64,7 @@ def load_trained_state(path: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def write_progress(folder: Path, progress: dict) -> None:
-    atomic_write_bytes(folder / PROGRESS_FILE, json.dumps(progress).encode())
+    atomic.write_bytes(folder / PROGRESS_FILE, json.dumps(progress).encode())
 
 
 def read_progress(folder: Path) -> dict:
@@ -72,20 +81,30 @@ def prune(ckpt_dir: Path, keep: int | None) -> list[Path]:
     return gone
 
 
-def save_checkpoint(accelerator, ckpt_dir: Path, step: int, epoch: int, cfg, events) -> None:
-    """Save into a temp folder, then rename: a crash mid-save never leaves a half checkpoint."""
+def save_checkpoint(accelerator, ckpt_dir: Path, step: int, epoch: int, cfg, events, needed: atomic.Size) -> None:
+    """Save weights the loop found finite into a temp folder, then rename: a crash mid-save never leaves a half
+    checkpoint, and a failed save (a full disk: DiskFull, for about `needed` bytes) leaves nothing."""
     final = ckpt_dir / f"checkpoint-{step}"
     tmp = ckpt_dir / f".tmp-checkpoint-{step}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_progress(tmp, {"step": step, "epoch": epoch})
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+    main = accelerator.is_main_process
+
+    def remove_tmp():
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    with atomic.disk_full_guard(final, needed, cleanup=remove_tmp):
+        if main:
+            remove_tmp()
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if main:
+            write_progress(tmp, {"step": step, "epoch": epoch, "finite": True})
+            atomic.normal_modes(tmp)  # safetensors writes 0600 files
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+    if main:
         prune(ckpt_dir, cfg.checkpoints_total_limit)
         events.emit("checkpoint", path=str(final), step=step)
     accelerator.wait_for_everyone()

@@ -7,13 +7,16 @@ from __future__ import annotations
 import difflib
 import math
 import os
-import tempfile
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Iterable
 
 import tomli_w
 
+from engine.paths import UnsafePath, caption_extension
+from engine.atomic import write_bytes as atomic_write_bytes  # noqa: F401 - the name other modules import
+from engine.sampling import prompts, samplers
 from engine.schema import FIELDS, Field  # the settings themselves; this module reads and checks them
 
 
@@ -117,7 +120,7 @@ def _coerce(f: Field, v: Any) -> Any:
     if f.type is str:
         if not isinstance(v, str):
             raise ConfigError(f"{key} = {v!r} must be text (in TOML, put it in quotes)")
-        return v
+        return samplers.canonical(v) if key == "sample_sampler" else v  # "DPM++ 2M Karras" -> dpmpp_2m_karras
     raise TypeError(f"unsupported field type {f.type}")
 
 
@@ -191,9 +194,25 @@ def validate(raw: dict[str, Any]) -> Config:
             raise ConfigError(f"min_bucket_reso = {lo} and max_bucket_reso = {hi} must be multiples of "
                               f"bucket_reso_steps = {values['bucket_reso_steps']}")
     _check_method_fields(values)
-    if not values["caption_extension"].startswith("."):
-        values["caption_extension"] = "." + values["caption_extension"]
+    _check_sampling(values)
+    try:
+        values["caption_extension"] = caption_extension(values["caption_extension"])
+    except UnsafePath as e:
+        raise ConfigError(f"caption_extension: {e}") from None
     return Config(values)
+
+
+def _check_sampling(values: dict[str, Any]) -> None:
+    try:
+        prompts.parse(values["validation_prompt"])
+    except ValueError as e:
+        raise ConfigError(f"validation_prompt {e}") from None
+    if values["validation_split"] and values["validation_data_dir"]:
+        raise ConfigError("set one of validation_split (hold out part of train_data_dir) and validation_data_dir "
+                          "(a separate folder), not both")
+    if values["clip_skip"] > 1 and values["model_family"] == "sdxl":
+        raise ConfigError(f"clip_skip = {values['clip_skip']} applies to SD 1.x/2.x; SDXL already uses the "
+                          "text encoders' layer before the last: set clip_skip = 1")
 
 
 def _check_variants(values: dict[str, Any]) -> None:
@@ -294,14 +313,31 @@ def parse_override(text: str, field_type: type | None = None) -> tuple[str, Any]
 
 def read_toml(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        inside = " (a run folder: its config is config.toml)" if (p / "config.toml").is_file() else ""
+        raise ConfigError(f"config file {p} is a folder{inside}; give the .toml file itself")
     if not p.is_file():
         raise ConfigError(f"config file {p} not found")
     try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p} is not valid TOML: {e}") from None
+        raise ConfigError(f"{p} is not valid TOML: {_toml_problem(e, text)}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{p} is not a UTF-8 text file") from None
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read: {e.strerror}") from None
+
+
+def _toml_problem(e: tomllib.TOMLDecodeError, text: str) -> str:
+    """tomllib's message, naming the key when it is set twice (tomllib gives only its line and column)."""
+    m = re.match(r"Cannot overwrite a value \(at line (\d+), column \d+\)", str(e))
+    lines = text.splitlines()
+    if not m or int(m.group(1)) > len(lines):
+        return str(e)
+    line = int(m.group(1))
+    key = lines[line - 1].split("=", 1)[0].strip()
+    return f"{key} is set twice (again at line {line}); keep one of them"
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = (),
@@ -335,20 +371,6 @@ def to_toml_dict(cfg: Config, only_changed: bool = False) -> dict[str, dict[str,
             continue
         out.setdefault(f.group, {})[f.name] = v
     return out
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temp file beside the target, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_config(cfg: Config, path: str | os.PathLike, only_changed: bool = False) -> None:

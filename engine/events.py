@@ -1,18 +1,22 @@
 """JSON-lines run events (DESIGN.md §3): the contract the UI, the tests and users read.
 
 One object per line with `type` and `time`; each line is written and flushed whole, so a reader sees
-at most one partial line (the last), which `read_events` skips.
+at most one partial line (the last), which `read_events` skips. A line the disk has no room for is taken back
+whole and raises DiskFull (an `error` event still reaches the console).
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, BinaryIO, Iterator, TextIO
 
-EVENT_TYPES = ("start", "step", "sample", "checkpoint", "warning", "error", "done")
+from engine.atomic import DiskFull, disk_full_guard
+
+EVENT_TYPES = ("start", "step", "sample", "validation_loss", "adaptor", "checkpoint", "warning", "error", "done")
 
 
 def _clean(v: Any) -> Any:
@@ -47,34 +51,50 @@ class EventLog:
                  log_path: str | Path | None = None):
         self.enabled = enabled
         self.console = console if enabled else None
-        self._fh = None
-        self._log = None
+        self._fh: BinaryIO | None = None
+        self._log: BinaryIO | None = None
         if enabled and path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(path, "a", encoding="utf-8")
+            with disk_full_guard(path, 4096):
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                self._fh = open(path, "ab", buffering=0)
         if enabled and log_path is not None:
-            self._log = open(log_path, "a", encoding="utf-8")
+            with disk_full_guard(log_path, 4096):
+                self._log = open(log_path, "ab", buffering=0)
 
     def emit(self, type_: str, **fields: Any) -> dict | None:
         if not self.enabled:
             return None
         assert type_ in EVENT_TYPES, type_
         event = {"type": type_, "time": round(time.time(), 3), **_clean(fields)}
-        if self._fh:
-            self._fh.write(json.dumps(event) + "\n")
-            self._fh.flush()
-        self.say(self._human(event), sys.stderr if type_ in ("error", "warning") and self.console else None)
+        stream = sys.stderr if type_ in ("error", "warning") and self.console else None
+        # the error that stops a run (a full disk, say) still reaches the console when the files cannot take it
+        self._append(self._fh, json.dumps(event) + "\n", must=type_ != "error")
+        self.say(self._human(event), stream, must=type_ != "error")
         return event
 
-    def say(self, line: str | None, stream: TextIO | None = None) -> None:
+    def say(self, line: str | None, stream: TextIO | None = None, must: bool = True) -> None:
         """A plain log line: to the console and train.log, never to events.jsonl."""
         if not self.enabled or not line:
             return
         if self.console:
             print(line, file=stream or self.console, flush=True)
-        if self._log:
-            self._log.write(line + "\n")
-            self._log.flush()
+        self._append(self._log, line + "\n", must)
+
+    @staticmethod
+    def _append(fh: BinaryIO | None, text: str, must: bool) -> None:
+        """One whole line or none: a write the disk cannot take is cut back off (readers never see half of it)."""
+        if fh is None:
+            return
+        data = text.encode("utf-8")
+        start = os.fstat(fh.fileno()).st_size
+        try:
+            with disk_full_guard(fh.name, len(data), cleanup=lambda: os.ftruncate(fh.fileno(), start)):
+                view = memoryview(data)
+                while view:
+                    view = view[fh.write(view):]
+        except DiskFull:
+            if must:
+                raise
 
     @staticmethod
     def _human(e: dict) -> str | None:

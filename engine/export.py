@@ -12,13 +12,11 @@ import datetime as _dt
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from engine.config import atomic_write_bytes
+from engine import atomic
 
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
@@ -28,11 +26,13 @@ def canonical_keys(component: str, state_dict: dict[str, torch.Tensor]) -> dict[
 
     transformers 5 dropped CLIPTextModel's `text_model` wrapper (CLIPTextModelWithProjection kept it), so
     PEFT names the layers `encoder.layers...`. kohya, ComfyUI, AUTOMATIC1111 and transformers-4 stacks
-    expect `lora_te_text_model_encoder_layers_...`; diffusers 0.42 reads either form.
+    expect `lora_te_text_model_encoder_layers_...`; diffusers 0.42 reads either form. The projection of
+    CLIPTextModelWithProjection sits beside `text_model` (`text_projection.weight`) in every layout.
     """
     if not component.startswith("text_encoder"):
         return state_dict
-    return {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state_dict.items()}
+    return {k if k.startswith(("text_model.", "text_projection.")) else f"text_model.{k}": v
+            for k, v in state_dict.items()}
 
 
 _LORA_NAMES = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight",
@@ -88,20 +88,8 @@ def kohya_state_dict(family, state_dicts: dict[str, dict[str, torch.Tensor]], al
     return out
 
 
-def _save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_kohya_lora(path: Path, family, state_dicts, alpha: float, metadata: dict[str, str]) -> Path:
-    _save_safetensors_atomic(kohya_state_dict(family, state_dicts, alpha), Path(path), metadata)
+    atomic.save_safetensors(kohya_state_dict(family, state_dicts, alpha), Path(path), metadata)
     return Path(path)
 
 
@@ -113,9 +101,12 @@ def write_diffusers_lora(out_dir: Path, family, state_dicts, adapter_metadata: d
     for component, sd in state_dicts.items():
         kwargs[f"{component}_lora_layers"] = canonical_keys(component, sd)
         kwargs[f"{component}_lora_adapter_metadata"] = adapter_metadata[component]
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".tmp-"))
+    tmp = atomic.temp_dir(out_dir, "lora")
+    size = sum(v.numel() * v.element_size() for sd in state_dicts.values() for v in sd.values())
     try:
-        family.pipeline_class.save_lora_weights(str(tmp), safe_serialization=True, **kwargs)
+        with atomic.disk_full_guard(out_dir / DIFFUSERS_WEIGHT_NAME, size):
+            family.pipeline_class.save_lora_weights(str(tmp), safe_serialization=True, **kwargs)
+        atomic.normal_modes(tmp)
         os.replace(tmp / DIFFUSERS_WEIGHT_NAME, out_dir / DIFFUSERS_WEIGHT_NAME)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -224,5 +215,5 @@ def finish_card(lines: list[str], usage: list[str], samples: list[str]) -> str:
 
 
 def write_model_card(run_dir: Path, text: str) -> Path:
-    atomic_write_bytes(Path(run_dir) / "README.md", text.encode("utf-8"))
+    atomic.write_bytes(Path(run_dir) / "README.md", text.encode("utf-8"))
     return Path(run_dir) / "README.md"

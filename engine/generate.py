@@ -23,10 +23,12 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
+from engine.sampling.autocast import pipeline_autocast
 from engine.config import FIELD_BY_NAME, ConfigError, atomic_write_bytes, flatten, read_toml
 from engine.export import DIFFUSERS_WEIGHT_NAME
 from engine.families import ModelError, get_family
 from engine.gen_worker import GenerationError
+from engine.lora_load import load_lora
 
 ADAPTER_NAME = "compare"
 _FULL_CHECKPOINT_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.")
@@ -88,12 +90,11 @@ def _check_lora_file(path: Path) -> dict[str, str]:
     if path.suffix.lower() != ".safetensors":
         raise GenerationError(f"{path}: LoRA files must be .safetensors (pickle files such as .ckpt, .pt and .bin "
                               "can run code when loaded and are not read)")
-    from safetensors import safe_open
+    from engine.safetensors_files import NotSafetensors, read_header
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            keys, meta = list(fh.keys()), fh.metadata() or {}
-    except Exception as e:
-        raise GenerationError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:200]})") from None
+        keys, meta = read_header(path, "convert it to safetensors (pickle files can run code and are not read)")
+    except NotSafetensors as e:
+        raise GenerationError(str(e)) from None
     if not any("lora" in k for k in keys):
         what = ("a full model checkpoint: give it as the base model instead"
                 if any(k.startswith(_FULL_CHECKPOINT_PREFIXES) for k in keys) else "not a LoRA (no lora keys)")
@@ -216,7 +217,7 @@ def lora_applied(pipe, adaptor: Adaptor, scale: float):
         pipe.unload_lora_weights()
     try:
         try:
-            pipe.load_lora_weights(str(adaptor.path), adapter_name=ADAPTER_NAME)
+            load_lora(pipe, adaptor.path, ADAPTER_NAME)
         except Exception as e:
             raise GenerationError(f"could not apply the LoRA {adaptor.path} to "
                                   f"{adaptor.base.pretrained_model_name_or_path!r}: {str(e).splitlines()[0][:300]}. "
@@ -251,15 +252,10 @@ def _apply_run(pipe, run_dir: Path, scale: float) -> None:
         raise GenerationError(f"could not apply the run {run_dir} ({cfg.method}): {str(e).splitlines()[0][:300]}")
 
 
-def _autocast(device: torch.device, dtype: torch.dtype):
-    # as in sample.py: mixed-dtype parts (SDXL's fp32 VAE beside an fp16 UNet) meet under autocast
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-
 @torch.no_grad()
 def _generate(pipe, prompt: str, seed: int, settings: dict, dtype) -> Image.Image:
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    with _autocast(pipe.device, dtype):
+    with pipeline_autocast(pipe, dtype):
         return pipe(prompt, generator=gen, **settings).images[0]
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import FIELD_BY_NAME, ConfigError
+from engine.sampling import prompts
 from engine.importers import _SDPA, ImportResult, _Collector
 
 # kohya keys with a field of the same name here
@@ -14,15 +15,19 @@ _KOHYA_SAME = ("pretrained_model_name_or_path", "caption_extension", "train_batc
                "gradient_accumulation_steps", "mixed_precision", "gradient_checkpointing", "noise_offset",
                "cache_latents", "cache_text_encoder_outputs", "enable_bucket", "min_bucket_reso", "max_bucket_reso",
                "bucket_reso_steps", "bucket_no_upscale", "caption_dropout_rate", "max_grad_norm", "torch_compile",
-               "max_train_steps", "lr_warmup_steps")
+               "max_train_steps", "lr_warmup_steps", "shuffle_caption", "keep_tokens")
 _KOHYA_RENAMES = {
     **{k: k for k in _KOHYA_SAME}, "vae": "pretrained_vae_model_name_or_path", "caption_extention": "caption_extension",
     "network_dim": "rank", "network_alpha": "lora_alpha", "output_name": "adaptor_name",
-    "save_every_n_steps": "checkpointing_steps", "lr_scheduler_num_cycles": "lr_num_cycles",
+    "lr_scheduler_num_cycles": "lr_num_cycles",
     "lr_scheduler_power": "lr_power", "cache_latents_to_disk": "cache_latents",
     "cache_text_encoder_outputs_to_disk": "cache_text_encoder_outputs", "flip_aug": "random_flip",
     "max_data_loader_n_workers": "dataloader_num_workers", "dataset_repeats": "repeats",
     "sample_every_n_epochs": "validation_epochs", "max_train_epochs": "num_train_epochs",
+    # the same names here: intermediate adaptors, sampling, clip_skip and the validation loss
+    **{k: k for k in ("save_every_n_steps", "save_every_n_epochs", "sample_every_n_steps", "sample_sampler",
+                      "sample_at_first", "clip_skip", "validation_split", "validation_seed")},
+    "validate_every_n_steps": "validation_loss_steps",
 }
 _KOHYA_SCHEDULERS = set(FIELD_BY_NAME["lr_scheduler"].choices)
 _KOHYA_NOTES = {
@@ -34,9 +39,6 @@ _KOHYA_NOTES = {
     "reg_data_dir": "regularisation images (DreamBooth prior preservation) are not supported yet",
     "dataset_config": "a kohya dataset config is not read: set train_data_dir to the image folder",
     "network_weights": "starting from an existing LoRA is not supported yet",
-    "save_every_n_epochs": "checkpoints here are saved every N steps (checkpointing_steps)",
-    "sample_every_n_steps": "sample images here are made every N epochs (validation_epochs)",
-    "sample_sampler": "sample images use the base model's own scheduler",
     "network_train_text_encoder_only": "training only the text encoder is not supported",
     "resume": "kohya state folders cannot be resumed here; resume_from_checkpoint takes this studio's checkpoints",
 }
@@ -77,7 +79,8 @@ def _kohya_resolution(c: _Collector, value) -> None:
 
 
 def _kohya_sample_prompts(c: _Collector, value) -> None:
-    """A .txt prompt file: the first prompt becomes the validation prompt, with its --s/--l/--d options."""
+    """A .txt prompt file: every prompt line, with its --n/--w/--h/--s/--d/--l/--ss options, becomes
+    validation_prompt (the same syntax here); a line's other options are dropped, with a note."""
     source = f"sample_prompts = {value!r}"
     path = Path(str(value))
     if path.suffix.lower() != ".txt" or not path.is_file():
@@ -85,19 +88,18 @@ def _kohya_sample_prompts(c: _Collector, value) -> None:
         c.notes.append(f"{source}: not a .txt prompt file found here; set validation_prompt yourself")
         return
     lines = (ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines())
-    prompts = [ln for ln in lines if ln and not ln.startswith("#")]
-    if not prompts:
+    kept = []
+    for line in (ln for ln in lines if ln and not ln.startswith("#")):
+        try:
+            prompts.parse(line)
+            kept.append(line)
+        except ValueError as e:
+            kept.append(re.split(r"\s--", " " + line)[0].strip())
+            c.notes.append(f"{source}: {e}; that line is kept without its options")
+    if not kept:
         c.notes.append(f"{source}: the file holds no prompt")
         return
-    prompt, *options = re.split(r"\s--(?=[a-z]\s)", " " + prompts[0])
-    c.set("validation_prompt", prompt.strip(), source)
-    for option in options:
-        letter, _, arg = option.partition(" ")
-        key = {"s": "num_inference_steps", "l": "guidance_scale", "d": "validation_seed"}.get(letter)
-        if key:
-            c.set(key, arg.strip(), f"{source} (--{letter})")
-    if len(prompts) > 1:
-        c.notes.append(f"{source}: only its first prompt is used ({len(prompts)} in the file)")
+    c.set("validation_prompt", "\n".join(kept), source)
 
 
 def _kohya_data_dir(c: _Collector, value) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-from contextlib import contextmanager
-import shutil
 import time
 from pathlib import Path
 
@@ -15,9 +13,11 @@ import numpy as np
 import torch
 
 from engine import checkpoints as ckpt
-from engine import export
+from engine import export, finite, run_files
+from engine.atomic import DiskFull, disk_full_guard, is_disk_full
 from engine.caches import TextEncoderCache, latent_encoder, text_encoders_key, vae_key
 from engine.config import ConfigError, save_config
+from engine.errors import TrainingError
 from engine.data import (BucketBatchSampler, DataError, LatentCache, TrainDataset, build_caption, collate,
                          discover_items, tag_frequency)
 from engine.events import EventLog
@@ -26,13 +26,8 @@ from engine.methods import get_method
 from engine.objective import compute_loss, step_generator
 from engine.optim import build_lr_scheduler, build_optimizer, optimizer_step_count
 from engine.paths import cache_root, safe_child
-from engine.sample import validation_images
-
-
-class TrainingError(RuntimeError):
-    def __init__(self, message: str, hint: str = ""):
-        super().__init__(message)
-        self.hint = hint
+from engine.periodic import Periodic, make_sampler
+from engine.sampling.validation_loss import ValidationLoss, split as split_validation
 
 
 def run_dir_for(cfg) -> Path:
@@ -67,21 +62,28 @@ def train(cfg) -> dict:
         mixed_precision=cfg.mixed_precision,
         log_with=None if cfg.report_to == "none" else cfg.report_to,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # non_blocking: pinned batches (pin_memory on CUDA) copy to the GPU while the step before still runs
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=torch.cuda.is_available()),
     )
     main = accelerator.is_main_process
     resuming = cfg.resume_from_checkpoint is not None
+    if main:  # a killed write's temps go; a killed run's folder is settled (run_files)
+        run_files.recover(run_dir, resuming)
+    accelerator.wait_for_everyone()
     _refuse_earlier_run(run_dir, cfg, resuming)  # every process reads it, so all stop together
     if main:
         _prepare_run_dir(run_dir, resuming)
     accelerator.wait_for_everyone()
     events = EventLog(run_dir / "events.jsonl", enabled=main, log_path=run_dir / "train.log")
+    complete = False
     try:
         seed = [cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(3), "little")]
         broadcast_object_list(seed)  # every process must agree on a drawn seed
         cfg = cfg.replace(seed=seed[0])
         set_seed(cfg.seed)
-        return _train(cfg, accelerator, events, run_dir)
+        done = _train(cfg, accelerator, events, run_dir)
+        complete = True
+        return done
     except TrainingError as e:
         _report(events, e, str(e), e.hint)
         raise
@@ -89,11 +91,21 @@ def train(cfg) -> dict:
         _report(events, e, str(e), "fix the setting named above and start again")
         raise
     except Exception as e:
-        _report(events, e, f"{type(e).__name__}: {e}", f"see {run_dir / 'train.log'}")
-        raise
+        if not is_disk_full(e):
+            _report(events, e, f"{type(e).__name__}: {e}", f"see {run_dir / 'train.log'}")
+            raise
+        full = e if isinstance(e, DiskFull) else DiskFull(getattr(e, "filename", None) or run_dir, 0)
+        resume = ("; then resume_from_checkpoint = \"latest\" continues from the last checkpoint"
+                  if finite.last_good(run_dir / "checkpoints") else "")
+        _report(events, full, str(full), f"make room on that disk, or choose an output_dir on another one{resume}")
+        if full is e:
+            raise
+        raise full from e
     finally:
         accelerator.end_training()
         events.close()
+        if main:  # the earlier run's files: dropped if this run completed, else given back (run_files)
+            run_files.finish(run_dir, complete)
 
 
 def _check_tracker(report_to: str) -> None:
@@ -119,11 +131,18 @@ def _report(events: EventLog, exc: BaseException, message: str, hint: str) -> No
 
 
 def _refuse_earlier_run(run_dir: Path, cfg, resuming: bool) -> None:
-    """A fresh run never mixes with, or silently replaces, an earlier run's adaptor or checkpoints."""
+    """A fresh run never mixes with, or silently replaces, an earlier run's adaptor or checkpoints; and a file
+    where the run folder should be stops every run."""
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{existing} is a file, not a folder: " + (
+            "choose another adaptor_name, or move the file" if existing == run_dir else
+            f"set output_dir (now {cfg.output_dir!r}) to a folder; it is created if missing"))
     if resuming or cfg.overwrite:
         return
     output = get_method(cfg.method).output_path(run_dir, cfg)
-    earlier = output if output.exists() else None
+    kept = run_files.earlier(run_dir) / output.relative_to(run_dir)  # a killed overwrite's earlier run
+    earlier = output if output.exists() or kept.exists() else None
     if earlier is None and ckpt.list_checkpoints(run_dir / "checkpoints"):
         earlier = run_dir / "checkpoints"
     if earlier:
@@ -132,12 +151,10 @@ def _refuse_earlier_run(run_dir: Path, cfg, resuming: bool) -> None:
 
 
 def _prepare_run_dir(run_dir: Path, resuming: bool) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resuming:  # a fresh account: an overwritten run's events, samples and checkpoints would mislead
-        for name in ("events.jsonl", "train.log"):
-            (run_dir / name).unlink(missing_ok=True)
-        for name in ("checkpoints", "samples", "logs"):
-            shutil.rmtree(run_dir / name, ignore_errors=True)
+    with disk_full_guard(run_dir, 4096):
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if not resuming:  # a fresh account: an earlier run's files are kept aside until this run completes
+        run_files.set_aside(run_dir)
 
 
 def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
@@ -155,6 +172,9 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     if cfg.prediction_type:
         comps.noise_scheduler.register_to_config(prediction_type=cfg.prediction_type)
     prediction_type = comps.noise_scheduler.config.prediction_type
+    if cfg.clip_skip > 1 and family.name == "sdxl":
+        raise ConfigError(f"clip_skip = {cfg.clip_skip} applies to SD 1.x/2.x; SDXL already uses the text encoders' "
+                          "layer before the last: set clip_skip = 1")
     if prediction_type not in ("epsilon", "v_prediction"):
         raise ConfigError(f"the model's scheduler predicts {prediction_type!r}; set prediction_type to epsilon "
                           "or v_prediction")
@@ -178,6 +198,8 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     custom_items = getattr(method, "discover_items", None)
     items = (custom_items(cfg, comps, warn, device, accelerator, events.say) if custom_items
              else discover_items(cfg, warn))
+    items, held_out = split_validation(items, cfg, warn)
+    val = None
     if cfg.cache_latents:
         if not cfg.center_crop:
             warn("cache_latents freezes the crop to the centre (random crop needs fresh encodes)")
@@ -185,10 +207,14 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
         encode = latent_encoder(comps, device)
         with accelerator.main_process_first():
             fresh = cache.prepare(items, cfg, encode, batch_size=max(1, cfg.train_batch_size))
+            val = ValidationLoss(held_out, cfg, comps, cache, encode) if held_out else None
         events.say(f"latent cache: {fresh} latents encoded, the rest reused from {cache_root() / 'latents'}")
         dataset = cache.dataset(items, cfg)
     else:
         dataset = TrainDataset(items, cfg)
+        val = ValidationLoss(held_out, cfg, comps) if held_out else None
+    if val is not None:
+        events.say(f"validation loss: {len(val)} held-out images at {len(val.timesteps)} fixed timesteps")
     loading = dict(collate_fn=collate, num_workers=cfg.dataloader_num_workers, pin_memory=device.type == "cuda",
                    persistent_workers=cfg.dataloader_num_workers > 0)
     bucket_sampler = getattr(method, "batch_sampler", lambda cfg, dataset: None)(cfg, dataset)
@@ -203,10 +229,10 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     if cfg.cache_text_encoder_outputs:
         text_cache = TextEncoderCache(cache_root() / "text",
                                       text_encoders_key(cfg, source, family, comps.text_encoders[0].dtype), family,
-                                      comps.tokenizers, comps.text_encoders, device)
+                                      comps.tokenizers, comps.text_encoders, device, cfg.clip_skip)
         with accelerator.main_process_first():
             fresh = text_cache.prepare([build_caption(it.caption, cfg.trigger_word) for it in items]
-                                       + ([""] if cfg.caption_dropout_rate else []))
+                                       + ([""] if cfg.caption_dropout_rate else []) + (val.captions() if val else []))
         events.say(f"text-encoder cache: {fresh} captions encoded, the rest reused from {cache_root() / 'text'}")
 
     # What the caches replace is only needed again for validation images: keep it off the GPU meanwhile.
@@ -248,12 +274,20 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
         if text_cache is not None:
             return text_cache.lookup(captions, device)
         with torch.set_grad_enabled(trains_text):
-            return family.encode_prompt(comps.tokenizers, train_encoders, captions, device)
+            return family.encode_prompt(comps.tokenizers, train_encoders, captions, device, cfg.clip_skip)
+
+    def encode_eval(captions):  # the unwrapped encoders: no DDP collectives outside the training step
+        if text_cache is not None:
+            return text_cache.lookup(captions, device)
+        return family.encode_prompt(comps.tokenizers, text_encoders, captions, device, cfg.clip_skip)
 
     steps_per_epoch = math.ceil(len(loader) / cfg.gradient_accumulation_steps)
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     stats = {"started_at": started, "num_train_images": len(dataset), "total_steps": total_steps,
              "tag_frequency": tag_frequency(items), "step": 0, "epoch": 0, "buckets": _bucket_counts(dataset)}
+
+    def saved_bytes() -> int:  # counted only to say how much to free when a disk is full
+        return sum(v.numel() * v.element_size() for sd in method.state_dicts(unwrapped).values() for v in sd.values())
 
     def write_outputs(folder: Path) -> dict[str, str]:
         stats["finished_at"] = time.time()
@@ -304,14 +338,25 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     noise_scheduler = comps.noise_scheduler
     alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
     step_times: list[float] = []
-    last_tick = time.time()
-    samples: list[str] = []
     epoch = first_epoch
     micro_step = global_step * cfg.gradient_accumulation_steps
     accum_loss, accum_count = torch.zeros((), device=device), 0  # summed micro-batch losses since the last report
     accum_parts: dict[str, torch.Tensor] = {}  # the same for the parts a method reports (DreamBooth's prior loss)
     loss_fn = getattr(method, "compute_loss", compute_loss)
-    tick_step = global_step
+    eval_unet = unwrapped.get("unet", comps.unet)
+
+    def validation_loss() -> float:
+        with accelerator.autocast():
+            return val(getattr(method, "validation_compute_loss", loss_fn), eval_unet, encode_eval,
+                       [eval_unet, *text_encoders], device, weight_dtype, prediction_type, alphas_cumprod)
+
+    periodic = Periodic(cfg, accelerator, events, run_dir,
+                        make_sampler(comps, eval_unet, text_encoders, cfg, device, weight_dtype, run_dir, idle),
+                        validation_loss if val is not None else None,
+                        lambda folder, c: method.write_outputs(folder, c, comps, unwrapped, stats), unwrapped,
+                        total_steps, adaptor_bytes=lambda: 2 * saved_bytes())
+    periodic.at_start(global_step)
+    last_tick, tick_step = time.time(), global_step
     for epoch in range(first_epoch, num_epochs):
         for m in trained:
             m.train()
@@ -356,7 +401,7 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
                 parts = {k: accelerator.gather((v / accum_count).reshape(1)).mean().item()
                          for k, v in accum_parts.items()}
                 accum_loss, accum_count, accum_parts = torch.zeros((), device=device), 0, {}
-                _check_finite(mean_loss, global_step, ckpt_dir)
+                finite.check_loss(mean_loss, global_step, ckpt_dir)
                 now = time.time()
                 step_times.append((now - last_tick) / max(1, global_step - tick_step))
                 last_tick, tick_step = now, global_step
@@ -367,70 +412,45 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
                 events.emit("step", step=global_step, total_steps=total_steps, epoch=epoch + 1, loss=mean_loss,
                             lr=lr, it_per_s=it_per_s, eta_s=(total_steps - global_step) / it_per_s,
                             peak_memory_mb=round(_peak_memory_mb(device), 1), **parts)
+            if periodic.after_step(global_step, epoch + 1):
+                last_tick, tick_step = time.time(), global_step  # sampling time is not training time
             if cfg.checkpointing_steps and global_step % cfg.checkpointing_steps == 0 and global_step < total_steps:
-                ckpt.save_checkpoint(accelerator, ckpt_dir, global_step, epoch, cfg, events)
+                size = finite.check_before_save(accelerator, unwrapped, optimizer, global_step, ckpt_dir)
+                # weights and optimizer state, and the outputs (two copies of what the method saves, as a rule)
+                ckpt.save_checkpoint(accelerator, ckpt_dir, global_step, epoch, cfg, events,
+                                     lambda: size + 2 * saved_bytes())
                 last_tick, tick_step = time.time(), global_step
             if global_step >= total_steps:
                 break
-        if _validation_due(cfg, epoch, num_epochs, global_step >= total_steps) and accelerator.is_main_process:
-            tag = f"epoch{epoch + 1:03d}-step{global_step:06d}"
-            with _on_device(idle if device.type == "cuda" else [], device):
-                paths = validation_images(comps, unwrapped.get("unet", comps.unet), text_encoders, cfg, device,
-                                          weight_dtype, run_dir / "samples", tag)
-            for p in paths:
-                samples.append(str(p.relative_to(run_dir)))
-                events.emit("sample", path=str(p), prompt=cfg.validation_prompt, step=global_step, epoch=epoch + 1)
-            last_tick, tick_step = time.time(), global_step  # sampling time is not training time
+        if periodic.after_epoch(global_step, epoch + 1, last=epoch + 1 == num_epochs,
+                                finished=global_step >= total_steps):
+            last_tick, tick_step = time.time(), global_step
         if global_step >= total_steps:
             break
 
-    # ---- save
+    # ---- save: both formats and the model card, together or not at all (run_files.publish)
     accelerator.wait_for_everyone()
+    finite.check_before_save(accelerator, unwrapped, None, global_step, ckpt_dir)
     outputs: dict[str, str] = {"run_dir": str(run_dir)}
+
+    def write_set(folder: Path) -> dict[str, str]:
+        made = write_outputs(folder)
+        final = {k: str(run_dir / Path(v).relative_to(folder)) for k, v in made.items()}  # what the card names
+        card = method.model_card(cfg, comps, stats, {**outputs, **final}, periodic.samples)
+        return {**made, "model_card": str(export.write_model_card(folder, card))}
+
     if accelerator.is_main_process:
-        outputs.update(write_outputs(run_dir))
-        card = method.model_card(cfg, comps, stats, outputs, samples)
-        outputs["model_card"] = str(export.write_model_card(run_dir, card))
+        outputs.update(run_files.publish(run_dir, write_set, lambda: 2 * saved_bytes()))
         outputs["config"] = str(run_dir / "config.toml")
     return events.emit("done", outputs=outputs, elapsed=time.time() - started, step=global_step,
                        total_steps=total_steps, epoch=stats["epoch"],
                        optimizer_steps=optimizer_step_count(optimizer)) or {"outputs": outputs}
 
 
-@contextmanager
-def _on_device(modules, device):
-    """Bring offloaded modules to the device for a moment (validation), then back to the CPU."""
-    for m in modules:
-        m.to(device)
-    try:
-        yield
-    finally:
-        for m in modules:
-            m.to("cpu")
-
-
 def _bucket_counts(dataset) -> list[dict]:
     """[{"resolution": [w, h], "count": examples}] for the buckets in use (one square bucket without bucketing)."""
     counts = np.bincount(np.asarray(dataset.bucket_of), minlength=len(dataset.buckets))
     return [{"resolution": list(size), "count": int(n)} for size, n in zip(dataset.buckets, counts)]
-
-
-def _check_finite(loss: float, step: int, ckpt_dir: Path) -> None:
-    if math.isfinite(loss):
-        return
-    kept = ckpt.list_checkpoints(ckpt_dir)
-    raise TrainingError(
-        f"loss became {loss} at step {step}; "
-        + (f"the last good checkpoint is {kept[-1][1]} (resume_from_checkpoint = \"latest\")"
-           if kept else "no checkpoint had been saved yet"),
-        hint="lower learning_rate, use bf16 instead of fp16, or an fp16-fixed VAE "
-             "(pretrained_vae_model_name_or_path) for SDXL")
-
-
-def _validation_due(cfg, epoch: int, num_epochs: int, finished: bool) -> bool:
-    if not cfg.validation_prompt or cfg.num_validation_images <= 0:
-        return False
-    return (epoch + 1) % cfg.validation_epochs == 0 or finished or epoch + 1 == num_epochs
 
 
 def _tracker_config(cfg) -> dict:

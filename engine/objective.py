@@ -37,8 +37,10 @@ def compute_loss(batch, comps, unet, encode_text, cfg, device, weight_dtype, pre
         noise = noise + cfg.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1, generator=gen,
                                                        device=device, dtype=latents.dtype)
     bsz = latents.shape[0]
-    timesteps = torch.randint(0, comps.noise_scheduler.config.num_train_timesteps, (bsz,), generator=gen,
-                              device=device).long()
+    timesteps = batch.get("timesteps")  # fixed ones (the validation loss), else drawn
+    if timesteps is None:
+        timesteps = torch.randint(0, comps.noise_scheduler.config.num_train_timesteps, (bsz,), generator=gen,
+                                  device=device).long()
     edm = edm_schedule(comps.noise_scheduler, device) if cfg.do_edm_style_training else None
     if edm is not None:  # the model is conditioned on the Euler schedule's timestep of each sampled sigma
         timesteps_in, sigmas = edm.timesteps[timesteps], edm.sigmas[timesteps].view(bsz, 1, 1, 1)

@@ -38,8 +38,14 @@ class Plan:
             return f"Steps: unknown until the data is read ({self.basis})."
         eta = self.estimated_seconds
         time_s = f"about {format_duration(eta)} ({self.basis})" if eta is not None else f"unknown ({self.basis})"
-        return (f"{self.num_images} images per epoch, {self.steps_per_epoch} steps per epoch: "
-                f"**{self.total_steps} steps** in {self.num_epochs} epochs. Estimated time: {time_s}.")
+        return (f"{counted(self.num_images, 'image')} per epoch, {counted(self.steps_per_epoch, 'step')} per epoch: "
+                f"**{counted(self.total_steps, 'step')}** in {counted(self.num_epochs, 'epoch')}. "
+                f"Estimated time: {time_s}.")
+
+
+def counted(n: int, noun: str) -> str:
+    """"1 step", "2 steps"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def count_images(cfg) -> int | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from engine.sampling import samplers
+
 
 @dataclass(frozen=True)
 class Field:
@@ -53,7 +55,7 @@ FIELDS: list[Field] = [
        "A datasets hub id or a local dataset folder (save_to_disk or load_dataset layout).", optional=True),
     _f("image_column", str, "image", "dataset", "Image column of a dataset or metadata file."),
     _f("caption_column", str, "text", "dataset", "Caption column of a dataset or metadata file."),
-    _f("caption_extension", str, ".txt", "dataset", "Extension of sidecar caption files."),
+    _f("caption_extension", str, ".txt", "dataset", "Extension of sidecar caption files (.txt, .caption or .tags)."),
     _f("trigger_word", str, "", "dataset", "Prepended to every caption as 'trigger, caption'."),
     _f("caption_dropout_rate", float, 0.0, "dataset",
        "Train this fraction of steps' captions as empty text, so classifier-free guidance has an unconditional "
@@ -131,6 +133,9 @@ FIELDS: list[Field] = [
        min=0),
     _f("noise_offset", float, 0.0, "training", "Noise offset (0.05-0.1 helps very dark/bright images).",
        min=0.0, max=1.0),
+    _f("clip_skip", int, 1, "training", "Use the text encoder's output this many layers from the end, as kohya and "
+       "AUTOMATIC1111 count: 1 = the last layer, 2 = the one before (common for anime models). SD 1.x/2.x; "
+       "SDXL always uses the one before the last.", min=1, max=12),
     _f("prediction_type", str, None, "training",
        "epsilon or v_prediction; unset uses the base model's scheduler.", optional=True,
        choices=("epsilon", "v_prediction")),
@@ -216,21 +221,156 @@ FIELDS: list[Field] = [
        "object (\"a photo of a {}\" templates) or style (\"a painting in the style of {}\").",
        choices=("object", "style")),
     # --- validation
-    _f("validation_prompt", str, None, "validation", "Prompt for sample images during training.",
-       optional=True, aliases=("eval_prompt",)),
-    _f("num_validation_images", int, 4, "validation", "Sample images per validation.", min=0, max=64),
-    _f("validation_epochs", int, 1, "validation", "Sample every N epochs.", min=1, aliases=("eval_steps",)),
-    _f("validation_seed", int, 0, "validation", "Seed of the sample images.", min=0),
+    _f("validation_prompt", str, None, "validation",
+       "Prompts for sample images, one per line, each with optional sd-scripts options: --n negative prompt, "
+       "--w/--h size, --s steps, --d seed, --l guidance scale, --ss sampler (e.g. \"a red star --n blurry "
+       "--s 28 --d 42\").", optional=True, aliases=("eval_prompt",)),
+    _f("num_validation_images", int, 4, "validation", "Sample images per prompt.", min=0, max=64),
+    _f("validation_epochs", int, 1, "validation", "Sample every N epochs.", min=1,
+       aliases=("eval_steps", "sample_every_n_epochs")),
+    _f("sample_every_n_steps", int, None, "validation", "Also sample every N steps (kohya).", optional=True,
+       min=1),
+    _f("sample_at_first", bool, False, "validation", "Sample once before training: the base model's baseline."),
+    _f("validation_seed", int, 0, "validation", "Seed of the sample images (image i of a prompt: seed + i).",
+       min=0),
     _f("num_inference_steps", int, 20, "validation", "Denoising steps of sample images.", min=1, max=200),
     _f("guidance_scale", float, 7.5, "validation", "Guidance scale of sample images.", min=0.0, max=50.0),
+    _f("sample_sampler", str, "default", "validation",
+       "Sampler of sample images, by the names ComfyUI, AUTOMATIC1111 and kohya use (euler, euler_a, dpmpp_2m, "
+       "dpmpp_2m_karras, ddim, ...); default is DPM-Solver++ 2M on the base's noise schedule.",
+       choices=samplers.NAMES),
+    _f("validation_split", float, 0.0, "validation",
+       "Hold out this fraction of the images (at least one) to compute a validation loss on (kohya).",
+       min=0.0, max=0.5),
+    _f("validation_data_dir", str, None, "validation",
+       "A separate folder of held-out images and captions for the validation loss.", optional=True),
+    _f("validation_loss_steps", int, None, "validation",
+       "Compute the validation loss every N steps (unset: every epoch), at fixed timesteps with fixed noise, so "
+       "values compare across steps and runs.", optional=True, min=1, aliases=("validate_every_n_steps",)),
     # --- output
     _f("adaptor_name", str, "my-lora", "output", "Name of the adaptor and of its run folder."),
     _f("output_dir", str, "runs", "output", "Folder that holds run folders."),
     _f("checkpointing_steps", int, None, "output", "Save a resumable checkpoint every N steps.",
        optional=True, min=1),
+    _f("save_every_n_steps", int, None, "output", "Also write the adaptor (both formats) every N steps, under "
+       "intermediate/ (kohya).", optional=True, min=1),
+    _f("save_every_n_epochs", int, None, "output", "Also write the adaptor (both formats) every N epochs, under "
+       "intermediate/ (kohya).", optional=True, min=1),
     _f("checkpoints_total_limit", int, None, "output", "Keep at most N checkpoints.", optional=True, min=1),
     _f("resume_from_checkpoint", str, None, "output", "A checkpoint folder, or 'latest'.", optional=True),
     _f("overwrite", bool, False, "output", "Replace an adaptor that already exists in the run folder."),
     _f("report_to", str, "tensorboard", "output", "Experiment tracker.",
        choices=("none", "tensorboard", "wandb")),
 ]
+
+
+# ----------------------------------------------------------------------------- how the form shows a field
+# The CLI ignores all of this; the Training tab reads it through the helpers below, so a new field gets a
+# label from its name, sits under Advanced and always applies until it is listed here.
+
+# The Basic view: what a first run needs (the rest is under Advanced). Method-specific ones show only when
+# they apply (see APPLIES).
+BASIC = ("method", "pretrained_model_name_or_path", "train_data_dir", "trigger_word", "instance_prompt",
+         "placeholder_token", "initializer_token", "resolution", "num_train_epochs", "max_train_steps",
+         "train_batch_size", "learning_rate", "rank", "lora_alpha", "mixed_precision", "validation_prompt",
+         "adaptor_name")
+
+# Text fields that take several lines (sd-scripts' prompt lines).
+MULTILINE = ("validation_prompt",)
+
+# Labels in words where the flag name read aloud would not do (others: see label()).
+LABELS = {
+    "pretrained_model_name_or_path": "Base model", "pretrained_vae_model_name_or_path": "Separate VAE",
+    "revision": "Hub revision", "variant": "Weight variant", "method": "Training method",
+    "allow_pickle": "Allow pickle checkpoints", "train_data_dir": "Dataset folder",
+    "dataset_name": "Dataset (hub id or saved dataset)", "caption_dropout_rate": "Caption dropout",
+    "keep_tokens": "Tags kept in place", "resolution": "Resolution (px)", "center_crop": "Centre crop",
+    "image_interpolation_mode": "Resize filter", "repeats": "Repeats per epoch",
+    "max_train_samples": "Use only the first N images", "enable_bucket": "Aspect-ratio buckets",
+    "min_bucket_reso": "Smallest bucket side", "max_bucket_reso": "Largest bucket side",
+    "bucket_reso_steps": "Bucket side step", "bucket_no_upscale": "Never upscale into a bucket",
+    "num_train_epochs": "Epochs", "max_train_steps": "Steps (instead of epochs)",
+    "train_batch_size": "Batch size", "gradient_accumulation_steps": "Gradient accumulation",
+    "scale_lr": "Scale LR by batch", "lr_warmup_steps": "Warm-up steps", "lr_num_cycles": "LR restart cycles",
+    "lr_power": "LR polynomial power", "adam_weight_decay": "Weight decay",
+    "prodigy_d_coef": "Prodigy step multiplier", "max_grad_norm": "Gradient clipping norm",
+    "mixed_precision": "Precision", "allow_tf32": "Allow TF32", "snr_gamma": "Min-SNR gamma",
+    "huber_c": "Huber threshold", "do_edm_style_training": "EDM-style training", "use_ema": "Keep an EMA",
+    "offload_ema": "EMA in CPU memory", "dataloader_num_workers": "Data loader workers",
+    "cache_text_encoder_outputs": "Cache text encoder outputs", "fused_adamw": "Fused AdamW",
+    "torch_compile": "torch.compile", "logging_steps": "Read the loss every N steps", "rank": "LoRA rank",
+    "lora_alpha": "LoRA alpha", "lora_target_modules": "LoRA target modules", "text_encoder_lr":
+    "Text encoder LR", "lora_type": "Adaptor type", "use_dora": "DoRA", "conv_rank": "Conv layer rank",
+    "conv_alpha": "Conv layer alpha", "dreambooth_full": "Train the whole UNet",
+    "with_prior_preservation": "Prior preservation", "class_data_dir": "Class images folder",
+    "num_class_images": "Class images", "sample_batch_size": "Class image batch size",
+    "num_vectors": "Vectors per token", "validation_prompt": "Sample prompts (one per line)",
+    "sample_every_n_steps": "Sample every N steps", "sample_at_first": "Sample before training",
+    "sample_sampler": "Sampler", "validation_data_dir": "Validation images folder",
+    "validation_loss_steps": "Validation loss every N steps", "clip_skip": "CLIP skip",
+    "save_every_n_steps": "Save the adaptor every N steps", "save_every_n_epochs": "Save the adaptor every N epochs",
+    "num_validation_images": "Samples each time", "validation_epochs": "Sample every N epochs",
+    "validation_seed": "Sample seed", "num_inference_steps": "Sample steps",
+    "guidance_scale": "Sample guidance scale", "adaptor_name": "Output name", "output_dir": "Runs folder",
+    "checkpointing_steps": "Checkpoint every N steps", "checkpoints_total_limit": "Checkpoints kept",
+    "resume_from_checkpoint": "Resume from checkpoint", "overwrite": "Overwrite an existing adaptor",
+    "report_to": "Experiment tracker",
+}
+_WORDS = {"lr": "LR", "ema": "EMA", "snr": "SNR", "vae": "VAE", "adam": "Adam", "huber": "Huber",
+          "lora": "LoRA", "reso": "resolution", "num": "number of"}
+
+_ADAPTOR = ("lora", "dreambooth")  # the methods that train a LoRA-family adaptor
+# When a field applies at all: {controlling field: values it must have}, every entry must hold. The form
+# hides a field that does not apply (unless it holds a problem); the engine ignores its value.
+APPLIES: dict[str, dict[str, tuple]] = {
+    **{name: {"method": _ADAPTOR} for name in ("rank", "lora_alpha", "lora_target_modules", "lora_type",
+                                               "conv_rank", "conv_alpha")},
+    "use_dora": {"method": _ADAPTOR, "lora_type": ("lora",)},
+    "lora_dropout": {"method": _ADAPTOR, "lora_type": ("lora",)},
+    "rank_dropout": {"method": _ADAPTOR, "lora_type": ("loha", "lokr")},
+    "module_dropout": {"method": _ADAPTOR, "lora_type": ("loha", "lokr")},
+    "train_text_encoder": {"method": ("lora", "dreambooth", "full")},
+    "text_encoder_lr": {"method": ("lora", "dreambooth", "full"), "train_text_encoder": (True,)},
+    "trigger_word": {"method": ("lora", "full", "textual_inversion")},
+    **{name: {"method": ("dreambooth",)} for name in ("dreambooth_full", "instance_prompt",
+                                                      "with_prior_preservation")},
+    **{name: {"method": ("dreambooth",), "with_prior_preservation": (True,)}
+       for name in ("class_prompt", "class_data_dir", "prior_loss_weight", "num_class_images",
+                    "sample_batch_size")},
+    **{name: {"method": ("textual_inversion",)} for name in ("placeholder_token", "initializer_token",
+                                                             "num_vectors", "learnable_property")},
+    **{name: {"method": ("full",)} for name in ("use_ema", "ema_decay", "offload_ema")},
+    "adam_beta1": {"optimizer": ("adamw", "adamw8bit", "prodigy", "lion")},
+    "adam_beta2": {"optimizer": ("adamw", "adamw8bit", "prodigy", "lion")},
+    "adam_epsilon": {"optimizer": ("adamw", "adamw8bit", "prodigy")},
+    "fused_adamw": {"optimizer": ("adamw",)},
+    **{name: {"optimizer": ("prodigy",)} for name in ("prodigy_beta3", "prodigy_decouple",
+                                                      "prodigy_use_bias_correction", "prodigy_safeguard_warmup",
+                                                      "prodigy_d_coef")},
+    "lr_num_cycles": {"lr_scheduler": ("cosine_with_restarts",)},
+    "lr_power": {"lr_scheduler": ("polynomial",)},
+    "huber_c": {"loss_type": ("huber", "smooth_l1")},
+    "huber_schedule": {"loss_type": ("huber", "smooth_l1")},
+    "keep_tokens": {"shuffle_caption": (True,)},
+    **{name: {"enable_bucket": (True,)} for name in ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
+                                                     "bucket_no_upscale")},
+}
+# the fields whose value decides whether another applies: the form re-decides when one of these changes
+CONTROLLERS = tuple(dict.fromkeys(k for rule in APPLIES.values() for k in rule))
+
+
+def label(f: Field) -> str:
+    """The field's name in words: LABELS, else its flag name read aloud ("lr_scheduler" -> "LR scheduler")."""
+    if f.name in LABELS:
+        return LABELS[f.name]
+    words = [_WORDS.get(w, w) for w in f.name.split("_")]
+    text = " ".join(words)
+    return text[0].upper() + text[1:]
+
+
+_DEFAULTS = {f.name: f.default for f in FIELDS}
+
+
+def applies(f: Field, values: dict[str, Any]) -> bool:
+    """Whether f matters with these values (missing controllers count at their default)."""
+    return all(values.get(k, _DEFAULTS[k]) in allowed for k, allowed in APPLIES.get(f.name, {}).items())

@@ -85,8 +85,9 @@ def vae_key(key: str, config) -> str:
 
 def _clip_l(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """HF CLIP text model keys as LDM stores them (`text_model.` wrapper; transformers 5 drops it)."""
-    return {k if k.startswith(("text_model.", "text_projection.")) else f"text_model.{k}": v
-            for k, v in sd.items() if not k.endswith("position_ids")}
+    from engine.export import canonical_keys
+
+    return canonical_keys("text_encoder", {k: v for k, v in sd.items() if not k.endswith("position_ids")})
 
 
 def _open_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -134,7 +135,6 @@ def pipeline_state_dict(pipe, family_name: str) -> dict[str, torch.Tensor]:
 
 
 def write_single_file(pipe, family_name: str, path: Path, metadata: dict[str, str] | None = None) -> Path:
-    from engine.export import _save_safetensors_atomic
+    from engine.atomic import save_safetensors
 
-    _save_safetensors_atomic(pipeline_state_dict(pipe, family_name), Path(path), metadata or {})
-    return Path(path)
+    return save_safetensors(pipeline_state_dict(pipe, family_name), Path(path), metadata or {})

@@ -1,7 +1,7 @@
 """Headless training: `python -m engine.train CONFIG.toml [--set key=value ...]`.
 
 Works as a plain process or under `accelerate launch -m engine.train ...` (one process or several).
-Exit codes: 0 done, 2 bad config/model/data (message names what to fix), 1 training failed.
+Exit codes: 0 done, 2 bad config/model/data (message names what to fix), 1 training failed (a full disk too).
 """
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set learning_rate=5e-5 (repeatable)")
     p.add_argument("--help-config", action="store_true", help="list every config key with default and range")
-    p.add_argument("--check", action="store_true", help="validate the config and print it resolved; no training")
+    p.add_argument("--check", action="store_true",
+                   help="validate the config, print it resolved and pre-flight it on this machine (CUDA-only "
+                        "options, packages, paths, hub ids offline, disk space); no training")
     return p
 
 
@@ -41,9 +43,24 @@ def _quiet_libraries() -> None:
     dlog.disable_progress_bar()
 
 
+def _check(cfg) -> int:
+    """The resolved config on stdout (still TOML: the verdict is a comment), each problem on stderr; 2 if
+    anything would stop the run."""
+    import tomli_w
+
+    from engine.config import to_toml_dict
+    from engine.preflight import preflight
+    report = preflight(cfg)
+    print(tomli_w.dumps(to_toml_dict(cfg)))
+    for p in report.problems:
+        print(f"{p.severity}: {p.message}", file=sys.stderr)
+    print(f"# {report.summary()}")
+    return 0 if report.ok else 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from engine.config import ConfigError, describe_fields, load_config, to_toml_dict
+    from engine.config import ConfigError, describe_fields, load_config
 
     if args.help_config:
         print(describe_fields())
@@ -58,11 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     if args.check:
-        import tomli_w
-        print(tomli_w.dumps(to_toml_dict(cfg)))
-        return 0
+        return _check(cfg)
 
     _quiet_libraries()
+    from engine.atomic import DiskFull
     from engine.data import DataError
     from engine.families import ModelError
     from engine.loop import TrainingError, train
@@ -76,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as e:
         if _should_print(e):
             print(f"training stopped: {e}\n  hint: {e.hint}", file=sys.stderr)
+        return 1
+    except DiskFull as e:  # before the run's event log was open (it reports the rest)
+        if _should_print(e):
+            print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; resume with --set resume_from_checkpoint=latest", file=sys.stderr)

@@ -80,3 +80,14 @@ def sets(**kw) -> list[str]:
             v = json.dumps(list(v))
         out += ["--set", f"{k}={v}"]
     return out
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """The system Chromium, headless, through Playwright: one per test module."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from ui.testing import launch_chromium
+    with sync_api.sync_playwright() as pw:
+        b = launch_chromium(pw)
+        yield b
+        b.close()

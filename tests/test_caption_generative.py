@@ -92,6 +92,17 @@ def test_length_limits_count_new_tokens(models, kind, sampling):
         assert n_tokens(c, text) == expected, text
 
 
+@pytest.mark.parametrize("kind", ["blip", "blip2"])
+def test_a_length_past_the_models_positions_is_clamped_and_said(tmp_path, kind):
+    """The issue's BLIP with 40 positions crashed with IndexError at the default max_length of 75."""
+    folder = BUILDERS[kind](tmp_path / kind, positions=40)
+    c = make(folder, kind, min_length=75, max_length=75)  # forces the longest caption the model can write
+    limit = 39 if kind == "blip" else 35  # BLIP-2's 4 query tokens take positions too
+    assert all(n_tokens(c, text) == limit for text in c.caption(images()[:1]))
+    assert c.report() == [f"max_length = 75 is more than {folder} can write: its text model has 40 positions, so "
+                          f"captions are at most {limit} tokens (max_length = {limit}, min_length too)"]
+
+
 def test_missing_local_folder(tmp_path):
     missing = tmp_path / "no-such-model"
     with pytest.raises(CaptionError) as e:

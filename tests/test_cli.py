@@ -40,10 +40,19 @@ def test_help_config_lists_every_key():
     ("pretrained_model_name_or_path={tmp}/model.ckpt", "pickle"),
     ("pretrained_model_name_or_path=nobody/no-such-model", "Hugging Face Hub"),
     ("pretrained_model_name_or_path={tmp}/nothing-here", "not found"),
+    # a pickle renamed .safetensors, wherever a .safetensors file is read from the user
+    ("pretrained_model_name_or_path={tmp}/renamed.safetensors", "{tmp}/renamed.safetensors is a PyTorch pickle"),
+    ("pretrained_vae_model_name_or_path={tmp}/renamed.safetensors", "{tmp}/renamed.safetensors is a PyTorch pickle"),
+    ("resume_from_checkpoint={tmp}/ckpt", "{tmp}/ckpt/trained_state.safetensors is a PyTorch pickle"),
 ])
 def test_bad_inputs_exit_2_with_a_message_and_an_error_event(tmp_path, override, needle):
+    import torch
     data = make_images(tmp_path / "data", n=1)
     (tmp_path / "model.ckpt").write_bytes(b"not really a pickle")
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "renamed.safetensors")
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "progress.json").write_text('{"step": 1, "epoch": 0}')
+    torch.save({"unet::w": torch.zeros(2)}, tmp_path / "ckpt" / "trained_state.safetensors")
     out = tmp_path / "runs"
     args = ["--set", f"train_data_dir={data}", "--set", f"output_dir={out}", "--set", "adaptor_name=bad",
             "--set", "resolution=64", "--set", override.format(tmp=tmp_path)]
@@ -54,6 +63,38 @@ def test_bad_inputs_exit_2_with_a_message_and_an_error_event(tmp_path, override,
     events = read_events(out / "bad" / "events.jsonl")
     assert events and events[-1]["type"] == "error" and needle.format(tmp=tmp_path) in events[-1]["message"]
     assert not (out / "bad" / "bad.safetensors").exists()
+
+
+def test_pickle_base_with_allow_pickle_names_what_refused_it(tmp_path):
+    # a checkpoint as trainers save them: tensors plus a numpy step counter, which torch.load(weights_only=True)
+    # (how diffusers reads every pickle) refuses; the network is not what is wrong
+    import numpy as np
+    import torch
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "global_step": np.int64(5)}, tmp_path / "trained.ckpt")
+    data = make_images(tmp_path / "data", n=1)
+    p = cli("--set", f"train_data_dir={data}", "--set", f"output_dir={tmp_path / 'runs'}", "--set", "resolution=64",
+            "--set", f"pretrained_model_name_or_path={tmp_path / 'trained.ckpt'}", "--set", "allow_pickle=true",
+            "--set", "model_family=sd1")
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert "trained.ckpt" in p.stderr and "weights_only" in p.stderr and "numpy" in p.stderr
+    assert "Hub" not in p.stderr and "network" not in p.stderr
+
+
+def test_output_dir_that_is_a_file_is_named(tmp_path):
+    (tmp_path / "runs").write_text("not a folder")
+    p = cli("--set", f"train_data_dir={tmp_path}", "--set", f"output_dir={tmp_path / 'runs'}")
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert f"{tmp_path / 'runs'} is a file, not a folder" in p.stderr and "output_dir" in p.stderr
+    assert (tmp_path / "runs").read_text() == "not a folder"
+
+
+def test_config_path_that_is_a_folder_and_a_key_given_twice_are_named(tmp_path):
+    p = cli(tmp_path)
+    assert p.returncode == 2 and f"config file {tmp_path} is a folder" in p.stderr, p.stderr
+    cfg = tmp_path / "twice.toml"
+    cfg.write_text('train_data_dir = "x"\n[training]\nlearning_rate = 1e-4\nrank = 8\nlearning_rate = 2e-4\n')
+    p = cli(cfg)
+    assert p.returncode == 2 and "learning_rate is set twice (again at line 5)" in p.stderr, p.stderr
 
 
 def test_existing_adaptor_is_not_overwritten_by_accident(tmp_path):
@@ -78,7 +119,8 @@ def test_checkpoints_of_an_unfinished_run_are_not_mixed_with_a_fresh_one(tmp_pat
 
 @pytest.mark.slow
 def test_launch_sh_train_with_cached_latents_v_prediction_and_min_snr(tmp_path):
-    data = make_images(tmp_path / "data", n=3)
+    # images no other test makes: the latent cache is shared by the session, and the count below is of new ones
+    data = make_images(tmp_path / "data", n=3, seed=4242)
     cfg = tmp_path / "my.toml"
     cfg.write_text(f"""
 [model]
@@ -120,25 +162,6 @@ adaptor_name = "cached"
     assert "latent cache: 0 latents encoded" in second.stdout  # reused across runs
     lrs = [e["lr"] for e in read_events(tmp_path / "runs" / "cached2" / "events.jsonl") if e["type"] == "step"]
     assert lrs[0] > lrs[-1]  # cosine decays
-
-
-@pytest.mark.slow
-def test_nan_loss_stops_with_a_hint_and_keeps_the_last_checkpoint(tmp_path):
-    # adam_epsilon = 0 makes Adam divide 0/0 on the zero-initialised LoRA up-weights: a real divergence
-    data = make_images(tmp_path / "data", n=2)
-    out = tmp_path / "runs"
-    p = cli("--set", f"train_data_dir={data}", "--set", f"output_dir={out}", "--set", "adaptor_name=div",
-            "--set", "resolution=64", "--set", "learning_rate=1.0", "--set", "adam_epsilon=0",
-            "--set", "max_grad_norm=0", "--set", "lr_warmup_steps=0", "--set", "max_train_steps=10",
-            "--set", "checkpointing_steps=1", "--set", "report_to=none", "--set", "seed=0")
-    assert p.returncode == 1, p.stderr[-2000:]
-    assert "loss became nan" in p.stderr and "lower learning_rate" in p.stderr
-    assert p.stderr.count("loss became nan") == 1  # said once
-    run = out / "div"
-    err = read_events(run / "events.jsonl")[-1]
-    assert err["type"] == "error" and "checkpoint-1" in err["message"] and err["hint"]
-    assert (run / "checkpoints" / "checkpoint-1" / "div.safetensors").is_file()
-    assert not (run / "div.safetensors").exists()  # no adaptor from a diverged run
 
 
 def test_wandb_without_wandb_is_a_clear_error(tmp_path):

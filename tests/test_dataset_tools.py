@@ -232,7 +232,10 @@ def test_tab_builds_and_loads_the_default(star, tmp_path, monkeypatch):
     assert problems["data"] == [] and tags["data"][0][:2] == ["tag", "an orange star on a black background"]
     assert Path(gallery[0][0]).parent == tmp_path / "thumbs"
     click = gr.SelectData(None, {"index": 3, "value": None})
-    assert dataset_tab.select_image(str(star), ".txt", keys, click)[:2] == (
-        "0003.png", "a green star on a pink background")
-    assert dataset_tab.save_caption(str(star), ".txt", "0003.png", "sks, green") == "Saved `0003.txt`."
+    key, text, _, folder, stamp = dataset_tab.select_image(str(star), ".txt", keys, click)
+    assert (key, text, folder) == ("0003.png", "a green star on a pink background", str(star.resolve()))
+    saved, new_stamp, _ = dataset_tab.save_caption(folder, ".txt", key, stamp, "sks, green")
+    assert saved == f"Saved `0003.txt` in `{folder}`." and new_stamp != stamp
     assert (star / "0003.txt").read_text() == "sks, green"
+    refused = dataset_tab.save_caption(folder, ".txt", key, stamp, "from a stale editor")[0]  # opened before
+    assert "changed on disk" in refused and (star / "0003.txt").read_text() == "sks, green"

@@ -64,6 +64,14 @@ def test_launch_sh_lock_reproduces_the_committed_lock(tmp_path):
     assert copy.read_text() == (ROOT / "requirements.lock").read_text()
 
 
+def test_no_environment_is_tracked():
+    """A venv (or a link to one) committed by mistake replaces a checkout's own venv when merged."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.decode()
+    assert not [p for p in tracked.split("\0") if p.split("/")[0] in (".venv", ".venv-upgrade")]
+    ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", ".venv"], cwd=ROOT)
+    assert ignored.returncode == 0, ".gitignore must ignore .venv whether it is a folder or a link"
+
+
 def test_the_known_good_set_and_its_known_break_are_encoded():
     pins = lock_pins()
     assert pins["transformers"] == Version("5.23.0") and pins["peft"] == Version("0.21.2")

@@ -158,14 +158,16 @@ def test_dreambooth_lora_with_prior_preservation(tmp_path):
               instance_data_dir=subject, instance_prompt="a photo of sks dog", with_prior_preservation=True,
               class_prompt="a photo of dog", class_data_dir=classes, num_class_images=5, sample_batch_size=2,
               num_inference_steps=2, learning_rate=1e-2, max_train_steps=3, output_dir=out, adaptor_name="db",
-              validation_prompt="a photo of sks dog", num_validation_images=1)
+              validation_prompt="a photo of sks dog", num_validation_images=1, validation_split=0.34)
     run_training(sets(**kw))
     made = sorted(classes.glob("*.png"))
     assert len(made) == 5
     events = read_events(out / "db" / "events.jsonl")
     steps = [e for e in events if e["type"] == "step"]
     assert steps and all(e["loss"] == pytest.approx(e["instance_loss"] + e["prior_loss"], rel=1e-5) for e in steps)
-    assert next(e for e in events if e["type"] == "start")["num_examples"] == 3 + 5
+    assert next(e for e in events if e["type"] == "start")["num_examples"] == 2 + 5  # one subject image held out
+    losses = [e for e in events if e["type"] == "validation_loss"]  # subject only: no class half to pair
+    assert losses[0]["step"] == 0 and losses[-1]["step"] == 3 and all(0 < e["loss"] < 10 for e in losses)
     with safe_open(str(out / "db" / "db.safetensors"), "pt") as fh:
         assert fh.metadata()["modelspec.trigger_phrase"] == "a photo of sks dog"
 
@@ -210,8 +212,10 @@ def test_textual_inversion_on_sdxl_trains_and_saves_both_encoders(tmp_path):
                       train_data_dir=make_images(tmp_path / "d", n=2), placeholder_token="<tok>",
                       initializer_token="dog", num_vectors=2, learning_rate=0.05, max_train_steps=3,
                       validation_prompt="a photo of <tok>", num_validation_images=1, num_inference_steps=2,
-                      output_dir=out, adaptor_name="ti"))
+                      output_dir=out, adaptor_name="ti", validation_split=0.5))
     run = out / "ti"
+    losses = [e for e in read_events(run / "events.jsonl") if e["type"] == "validation_loss"]
+    assert losses[0]["step"] == 0 and losses[-1]["step"] == 3 and all(0 < e["loss"] < 10 for e in losses)
     assert len(list((run / "samples").glob("*.png"))) >= 1  # validation sampled with the new token
     a1111 = load_file(str(run / "ti.safetensors"))
     one, two = (load_file(str(run / "diffusers" / f)) for f in textual_inversion.DIFFUSERS_FILES)

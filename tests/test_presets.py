@@ -280,7 +280,7 @@ noise_offset = 0
 min_snr_gamma = 5
 sdpa = true
 color_aug = false
-shuffle_caption = true
+shuffle_caption = false
 '''
 
 
@@ -290,14 +290,15 @@ def test_import_kohya_maps_keys_and_keeps_zeros(tmp_path):
     r = presets.import_kohya_toml(KOHYA.format(data=data))
     v = r.values
     assert (v["rank"], v["lora_alpha"], v["adaptor_name"], v["output_dir"]) == (32, 16.0, "dog", "out")
-    assert (v["checkpointing_steps"], v["num_train_epochs"], v["optimizer"], v["learning_rate"]) == (
+    assert (v["save_every_n_steps"], v["num_train_epochs"], v["optimizer"], v["learning_rate"]) == (
         200, 10, "prodigy", 1e-4)
     assert v["train_text_encoder"] is False and v["cache_text_encoder_outputs"] is True and v["cache_latents"]
     assert (v["resolution"], v["enable_bucket"], v["max_bucket_reso"], v["snr_gamma"]) == (1024, True, 2048, 5.0)
     assert v["lr_warmup_steps"] == 0 and v["noise_offset"] == 0.0  # zeros kept (ours default to 50 and 0.0)
     assert v["train_data_dir"] == str(data) and v["center_crop"] is True  # kohya crops at the centre by default
     assert "max_train_steps" not in v
-    assert r.unmapped == ["keep_tokens = 0", "shuffle_caption = True"]  # 0 is listed too; false is not
+    assert v["keep_tokens"] == 0 and v["shuffle_caption"] is False  # both fields exist here (issue #16)
+    assert r.unmapped == []  # color_aug = false asks for nothing
     assert any("10_sks dog" in n for n in r.notes) and any("SDPA" in n for n in r.notes)
     validate(v)
     assert presets.import_pasted(KOHYA.format(data=data)) == r
@@ -327,12 +328,16 @@ def test_import_kohya_bad_value_names_the_key():
 
 def test_import_kohya_sample_prompts_file(tmp_path):
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("# kohya sample prompts\na sks dog on a beach --n blurry --s 28 --l 6.5 --d 7\nsecond one\n")
-    r = presets.import_kohya_toml(f'train_data_dir = "x"\nsample_prompts = "{prompts}"\nsample_every_n_epochs = 2\n')
+    prompts.write_text("# kohya sample prompts\na sks dog on a beach --n blurry --s 28 --l 6.5 --d 7\nsecond one\n"
+                       "third --cn canny --w 512\n")
+    r = presets.import_kohya_toml(f'train_data_dir = "x"\nsample_prompts = "{prompts}"\nsample_every_n_epochs = 2\n'
+                                  'sample_sampler = "k_euler_a"\nsample_every_n_steps = 50\nclip_skip = 2\n')
     v = r.values
-    assert (v["validation_prompt"], v["num_inference_steps"], v["guidance_scale"], v["validation_seed"]) == (
-        "a sks dog on a beach", 28, 6.5, 7)
-    assert v["validation_epochs"] == 2 and any("only its first prompt" in n for n in r.notes)
+    # every prompt, with the options this syntax shares; a line with an option it lacks keeps its prompt
+    assert v["validation_prompt"] == "a sks dog on a beach --n blurry --s 28 --l 6.5 --d 7\nsecond one\nthird"
+    assert any("unknown option --cn" in n for n in r.notes)
+    assert (v["validation_epochs"], v["sample_every_n_steps"], v["clip_skip"]) == (2, 50, 2)
+    assert validate(v).sample_sampler == "euler_a" and r.unmapped == []
 
 
 def test_empty_optional_text_saves_as_unset(studio_home):

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from engine import presets
-from engine.config import FIELD_BY_NAME, load_config
+from engine.config import load_config
 from engine.paths import PROJECT_ROOT
-from ui.schema_form import GROUP_TITLES
-from ui.testing import TAB_LABELS, StudioServer, chromium_path, launch_chromium, open_tab, screenshot_tabs
+from ui.testing import (StudioServer, TAB_LABELS, chromium_path, field_input, open_page, open_tab,
+                        screenshot_tabs, set_field)
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(chromium_path() is None, reason="no Chromium: ./launch.sh test installs it")]
@@ -31,36 +31,11 @@ def server(tmp_path_factory):
         yield srv
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as pw:
-        b = launch_chromium(pw)
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def page(server, browser):
-    p = browser.new_page(viewport={"width": 1400, "height": 1000})
-    p.set_default_timeout(30_000)
-    p.goto(server.url)
-    p.get_by_role("tab", name="Training", exact=True).wait_for()
+    p = open_page(browser, server.url)
     yield p
     p.close()
-
-
-def field(page, name: str):
-    """The input of a schema field's widget."""
-    return page.locator(f"#field-{name} input, #field-{name} textarea").first
-
-
-def set_field(page, name: str, value) -> None:
-    box = field(page, name)
-    if not box.is_visible():  # its group's accordion is closed: open it as a user would
-        group = FIELD_BY_NAME[name].group
-        page.locator(f"#group-{group}").get_by_text(GROUP_TITLES[group], exact=True).first.click()
-    box.fill(str(value))
-    box.press("Tab")  # a number commits its value on blur
 
 
 def jobs_file(server) -> Path:
@@ -110,9 +85,9 @@ def test_tabs_render_with_the_toy_defaults_and_screenshots(page, tmp_path):
     for label in TAB_LABELS:
         assert page.get_by_role("tab", name=label, exact=True).is_visible()
     open_tab(page, "Training")
-    assert field(page, "pretrained_model_name_or_path").input_value() == "builtin:toy"
-    assert float(field(page, "learning_rate").input_value()) == pytest.approx(1e-3)
-    assert field(page, "train_data_dir").input_value().endswith("toy-star")
+    assert field_input(page, "pretrained_model_name_or_path").input_value() == "builtin:toy"
+    assert float(field_input(page, "learning_rate").input_value()) == pytest.approx(1e-3)
+    assert field_input(page, "train_data_dir").input_value().endswith("toy-star")
     assert "300 steps" in page.locator("#training-plan").inner_text()
     shots = screenshot_tabs(page, tmp_path)
     assert [p.name for p in shots] == [f"tab-{t.lower()}.png" for t in TAB_LABELS]
@@ -127,7 +102,11 @@ def test_preset_loads_into_the_form_and_saves_identically(page, server):
     page.keyboard.press("Enter")
     page.locator("#training-preset-load").click()
     page.get_by_text("Loaded preset toy-style-lora").wait_for()
-    assert field(page, "train_data_dir").input_value().endswith("toy-striped")
+    assert field_input(page, "train_data_dir").input_value().endswith("datasets/toy-star")  # the Dataset tab's
+    page.locator("#training-use-preset-data").click()  # the preset's own folder, as the user picks it
+    page.wait_for_function("() => document.querySelector('#field-train_data_dir textarea, #field-train_data_dir "
+                           "input').value.endsWith('toy-striped')")
+    page.locator("#training-presets-toggle").click()
     page.locator("#training-preset-name input, #training-preset-name textarea").first.fill("roundtrip")
     page.locator("#training-preset-save").click()
     page.get_by_text("Saved user/roundtrip").wait_for()

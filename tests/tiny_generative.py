@@ -48,7 +48,7 @@ def _only_words_after_norm(norm: torch.nn.LayerNorm, head: torch.nn.Linear, bann
         head.weight[eos] = 1.0 / width  # logit 1: a little above the words, so captions end
 
 
-def make_tiny_blip(folder: Path) -> Path:
+def make_tiny_blip(folder: Path, positions: int = 256) -> Path:
     """A random BlipForConditionalGeneration + BlipProcessor saved into folder (safetensors)."""
     from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
@@ -56,7 +56,7 @@ def make_tiny_blip(folder: Path) -> Path:
     tok = _bert_tokenizer(bos="[DEC]")  # the real BLIP tokenizer starts captions with [DEC]
     ids = tok.convert_tokens_to_ids
     text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=2, max_position_embeddings=256, encoder_hidden_size=32,
+                num_attention_heads=2, max_position_embeddings=positions, encoder_hidden_size=32,
                 bos_token_id=ids("[DEC]"), sep_token_id=ids("[SEP]"), pad_token_id=ids("[PAD]"),
                 eos_token_id=ids("[SEP]"))
     config = BlipConfig(text_config=text, vision_config=_tiny_vit(), projection_dim=32)
@@ -81,7 +81,7 @@ def _word_tokenizer(specials: list[str], **special_names):
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", **special_names)
 
 
-def make_tiny_blip2(folder: Path) -> Path:
+def make_tiny_blip2(folder: Path, positions: int = 256) -> Path:
     """A random Blip2ForConditionalGeneration (tiny ViT + Q-Former + OPT) + Blip2Processor."""
     from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor,
                               BlipImageProcessor)
@@ -92,7 +92,7 @@ def make_tiny_blip2(folder: Path) -> Path:
                           pad_token="<pad>", cls_token="<s>", extra_special_tokens={"image_token": "<image>"})
     queries = 4
     text = dict(model_type="opt", vocab_size=len(tok), hidden_size=32, word_embed_proj_dim=32,
-                num_hidden_layers=1, ffn_dim=64, num_attention_heads=2, max_position_embeddings=256,
+                num_hidden_layers=1, ffn_dim=64, num_attention_heads=2, max_position_embeddings=positions,
                 bos_token_id=2, eos_token_id=2, pad_token_id=1, tie_word_embeddings=False)
     qformer = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                    encoder_hidden_size=32, vocab_size=len(tok))
@@ -108,7 +108,7 @@ def make_tiny_blip2(folder: Path) -> Path:
     return folder
 
 
-def make_tiny_git(folder: Path) -> Path:
+def make_tiny_git(folder: Path, positions: int = 256) -> Path:
     """A random GitForCausalLM (tiny CLIP-style vision tower + BERT-style decoder) + GitProcessor."""
     from transformers import CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor
 
@@ -117,7 +117,7 @@ def make_tiny_git(folder: Path) -> Path:
     ids = tok.convert_tokens_to_ids
     # GIT starts generation from [CLS] and stops at [SEP], as microsoft/git-* do
     config = GitConfig(vision_config=_tiny_vit(), vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
-                       num_attention_heads=2, intermediate_size=64, max_position_embeddings=256,
+                       num_attention_heads=2, intermediate_size=64, max_position_embeddings=positions,
                        bos_token_id=ids("[CLS]"), eos_token_id=ids("[SEP]"), pad_token_id=ids("[PAD]"))
     torch.manual_seed(0)
     model = GitForCausalLM(config).eval()
@@ -129,7 +129,7 @@ def make_tiny_git(folder: Path) -> Path:
     return folder
 
 
-def make_tiny_florence2(folder: Path) -> Path:
+def make_tiny_florence2(folder: Path, positions: int = 256) -> Path:
     """A random Florence2ForConditionalGeneration (tiny DaViT + BART) + Florence2Processor."""
     from transformers import (CLIPImageProcessor, Florence2Config, Florence2ForConditionalGeneration,
                               Florence2Processor)
@@ -142,7 +142,7 @@ def make_tiny_florence2(folder: Path) -> Path:
                   num_groups=[1, 1, 2, 2], window_size=2, projection_dim=32, drop_path_rate=0.0)
     text = dict(model_type="bart", vocab_size=len(tok), d_model=32, encoder_layers=1, decoder_layers=1,
                 encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                max_position_embeddings=256, bos_token_id=0, pad_token_id=1, eos_token_id=2,
+                max_position_embeddings=positions, bos_token_id=0, pad_token_id=1, eos_token_id=2,
                 decoder_start_token_id=2, tie_word_embeddings=False)
     config = Florence2Config(vision_config=vision, text_config=text,
                              image_token_id=tok.convert_tokens_to_ids("<image>"), tie_word_embeddings=False)

@@ -19,7 +19,7 @@ import gradio as gr
 
 from engine.caption.job import CaptionJob, CaptionState
 from engine.caption.options import (CHOICES, DEFAULT_MODELS, GENERAL, GENERATIVE, HELP, TAGGER, CaptionError,
-                                    CaptionOptions)
+                                    CaptionOptions, check)
 from engine.caption.run import PREVIEW_IMAGES
 
 FIELDS = {f.name: f for f in fields(CaptionOptions)}
@@ -55,17 +55,28 @@ def options_from(values: list) -> CaptionOptions:
     return CaptionOptions.from_dict(given)
 
 
+PHASES = {"starting": "starting", "loading": "loading the model", "downloading": "downloading the model",
+          "captioning": "captioning"}
+
+
 def progress_html(s: CaptionState | None) -> str:
     if s is None:
         return "<div id='caption-progress-box' data-status='none'></div>"
     label = "preview" if s.preview else "captioned"
+    # while the model loads or downloads, that is what the bar says: "0/4" alone looked like a hang
+    what = PHASES.get(s.phase, s.phase) if s.status == "running" else s.status
     return (f"<div id='caption-progress-box' data-done='{s.done}' data-total='{s.total}' "
-            f"data-status='{s.status}'><progress value='{s.done}' max='{max(s.total, 1)}' style='width:100%'>"
-            f"</progress> {label} {s.done}/{s.total} ({html.escape(s.status)})</div>")
+            f"data-status='{s.status}' data-phase='{html.escape(s.phase)}'><progress value='{s.done}' "
+            f"max='{max(s.total, 1)}' style='width:100%'></progress> {label} {s.done}/{s.total} "
+            f"({html.escape(what)})</div>")
 
 
 def status_text(s: CaptionState) -> str:
     if s.status == "running":
+        if s.phase == "downloading":
+            return f"Downloading `{s.model}` from the Hugging Face Hub (once; it is cached after)…"
+        if s.phase == "loading":
+            return f"Loading `{s.model}`…"
         return f"Captioning… {s.done}/{s.total}" if s.total else "Starting the captioner…"
     skipped = "".join(f"\n- skipped {m}" for m in s.skipped)
     report = "".join(f"\n\n{line}" for line in s.report)
@@ -116,7 +127,8 @@ def build(studio, path, caption_ext, undo_handler) -> list:
             return
         try:
             options = options_from(list(values))
-            options.caption_extension = ext.strip() or ".txt"
+            options.caption_extension = ext  # the Dataset tab's, checked like the panel's own
+            check(options)
             if not (folder or "").strip():
                 raise CaptionError("type the dataset folder first, then Load")
         except CaptionError as e:

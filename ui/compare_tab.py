@@ -17,7 +17,11 @@ import numpy as np
 from PIL import Image
 
 from engine.events import iter_events
+from engine.paths import inside
 from ui.studio import Studio
+
+
+MAX_SIDE = 4096  # pixels; gradio refuses larger widths and heights before generate() runs
 
 
 def finished_runs(runs_dir: Path) -> list[Path]:
@@ -29,15 +33,23 @@ def finished_runs(runs_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: (p / "events.jsonl").stat().st_mtime, reverse=True)
 
 
-def _adaptor_and_base(run: str | None, lora_file: str | None, base: str | None) -> tuple[str, str | None]:
+def _adaptor_and_base(runs_dir: Path, run: str | None, lora_file: str | None,
+                      base: str | None) -> tuple[str, str | None]:
+    """(adaptor, base): a LoRA .safetensors file anywhere (the user's ComfyUI folder, say), or a finished
+    run inside runs_dir; anything else is refused before the worker opens it."""
     if lora_file and lora_file.strip():
         path = Path(lora_file.strip()).expanduser()
+        if path.suffix.lower() != ".safetensors" or not path.is_file():
+            raise ValueError(f"{path} is not a .safetensors file; give a LoRA file (kohya or diffusers format)")
         if not base or not base.strip():
             raise ValueError(f"{path} is a bare LoRA file: give the base model it was trained on")
         return str(path), base.strip()
     if not run:
         raise ValueError("pick a finished run, or give a LoRA .safetensors file and its base model")
-    return run, (base.strip() if base and base.strip() else None)
+    folder = inside(runs_dir, Path(run).expanduser(), "run")
+    if folder not in finished_runs(runs_dir):
+        raise ValueError(f"{run} is not a finished run in {runs_dir}; press Refresh runs and pick one")
+    return str(folder), (base.strip() if base and base.strip() else None)
 
 
 def _out_dir(studio: Studio) -> Path:
@@ -62,7 +74,7 @@ def run_compare(studio: Studio, run, lora_file, base, prompts_text, negative, se
     prompts = [p.strip() for p in (prompts_text or "").splitlines() if p.strip()]
     if not prompts:
         raise ValueError("write at least one prompt (one per line)")
-    adaptor, base = _adaptor_and_base(run, lora_file, base)
+    adaptor, base = _adaptor_and_base(studio.runs_dir, run, lora_file, base)
     out = _out_dir(studio) / f"grid-{time.strftime('%Y%m%d-%H%M%S')}.png"
     result = _worker(studio).request(
         "compare", adaptor=adaptor, base=base, prompts=prompts, negative_prompt=negative or "", seed=int(seed),
@@ -103,11 +115,13 @@ def build(studio: Studio) -> None:
                          value=studio.default_prompts)
     negative = gr.Textbox(label="Negative prompt", elem_id="compare-negative")
     with gr.Row():
-        seed = gr.Number(0, precision=0, label="Seed", elem_id="compare-seed")
+        seed = gr.Number(0, precision=0, minimum=0, maximum=2**32 - 1, label="Seed", elem_id="compare-seed")
         steps = gr.Number(20, precision=0, minimum=1, maximum=200, label="Steps", elem_id="compare-steps")
         guidance = gr.Number(7.5, minimum=0, maximum=50, label="Guidance", elem_id="compare-guidance")
-        width = gr.Number(0, precision=0, minimum=0, label="Width (0: the run's resolution)", elem_id="compare-width")
-        height = gr.Number(0, precision=0, minimum=0, label="Height (0: the same)", elem_id="compare-height")
+        width = gr.Number(0, precision=0, minimum=0, maximum=MAX_SIDE, label="Width (0: the run's resolution)",
+                          elem_id="compare-width")
+        height = gr.Number(0, precision=0, minimum=0, maximum=MAX_SIDE, label="Height (0: the same)",
+                           elem_id="compare-height")
         scale = gr.Slider(0, 2, value=1.0, step=0.05, label="LoRA scale", elem_id="compare-scale")
     generate_btn = gr.Button("Generate comparison", variant="primary", elem_id="compare-generate")
     status = gr.Markdown("", elem_id="compare-status")
@@ -139,7 +153,7 @@ def build(studio: Studio) -> None:
 
     def edit(op, editor_value, run, lora_file, base, prompts_text, negative, seed, steps, guidance, scale, strength_v):
         try:
-            adaptor, base_id = _adaptor_and_base(run, lora_file, base)
+            adaptor, base_id = _adaptor_and_base(studio.runs_dir, run, lora_file, base)
             image_path, mask_path = _editor_to_files(editor_value, _out_dir(studio))
             prompt = next((p.strip() for p in (prompts_text or "").splitlines() if p.strip()), "")
             params = dict(adaptor=adaptor, base=base_id, prompt=prompt, negative_prompt=negative or "",

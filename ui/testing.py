@@ -5,12 +5,15 @@ the system Chromium through Playwright (never `playwright install`: the browser 
 """
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -84,23 +87,112 @@ class StudioServer:
         self.stop()
 
 
-def launch_chromium(playwright):
+def launch_chromium(playwright, extra_args: tuple[str, ...] = ()):
     path = chromium_path()
     if path is None:
         raise RuntimeError("no Chromium found: install it (apt-get install -y chromium) or set CHROMIUM=/path")
     return playwright.chromium.launch(executable_path=path, headless=True,
-                                      args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+                                      args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                                            *extra_args])
+
+
+def open_page(browser, url: str, viewport: dict | None = None):
+    """A new page on the studio at `url` (1400x1000 unless told), once its tabs are drawn."""
+    page = browser.new_page(viewport=viewport or {"width": 1400, "height": 1000})
+    page.set_default_timeout(30_000)
+    page.goto(url)
+    page.get_by_role("tab", name="Training", exact=True).wait_for()
+    return page
+
+
+def http_request(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None,
+                 timeout: float = 120) -> tuple[int, bytes]:
+    """(status, body) of one request, with any headers (Host included: urllib would not send a forged one)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=body,
+                     headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def api_call(base_url: str, name: str, data: list, headers: dict | None = None,
+             timeout: float = 120) -> tuple[str, object]:
+    """Call the studio's endpoint /gradio_api/call/<name> as any HTTP client can: (the result stream's last
+    event, e.g. "complete" or "error", and its data); ("http <status>", body text) when refused up front."""
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    url = f"{base_url.rstrip('/')}/gradio_api/call/{name}"
+    status, body = http_request(url, "POST", json.dumps({"data": data}).encode(), headers, timeout)
+    if status != 200:
+        return f"http {status}", body.decode(errors="replace")
+    event_id = json.loads(body)["event_id"]
+    status, body = http_request(f"{url}/{event_id}", headers=headers, timeout=timeout)
+    if status != 200:
+        return f"http {status}", body.decode(errors="replace")
+    event, payload = "", None
+    for line in body.decode(errors="replace").splitlines():
+        if line.startswith("event: "):
+            event = line[len("event: "):]
+        elif line.startswith("data: "):
+            text = line[len("data: "):]
+            try:
+                payload = json.loads(text)
+            except ValueError:
+                payload = text
+    return event, payload
 
 
 def open_tab(page, label: str) -> None:
     page.get_by_role("tab", name=label, exact=True).click()
 
 
-def screenshot_tabs(page, out_dir: Path, prefix: str = "tab-") -> list[Path]:
-    """One full-page PNG per tab, in tab order."""
+def field_input(page, name: str):
+    """The input of a Training field's widget (its text box, number box, dropdown or checkbox)."""
+    return page.locator(f"#field-{name} input, #field-{name} textarea").first
+
+
+def open_accordion(page, elem_id: str) -> None:
+    """Open an accordion as a user would (its content is drawn only once it is open)."""
+    toggle = page.locator(f"#{elem_id} > button.label-wrap")
+    if "open" not in (toggle.get_attribute("class") or ""):
+        toggle.click()
+
+
+def show_field(page, name: str) -> None:
+    """Make a Training field visible: the Basic view holds it, or Advanced and its group's accordion."""
+    from engine.config import FIELD_BY_NAME
+    if field_input(page, name).is_visible():
+        return
+    if page.locator("#training-advanced").count():
+        open_accordion(page, "training-advanced")
+    group = f"group-{FIELD_BY_NAME[name].group}"
+    page.locator(f"#{group}").wait_for(state="attached")  # drawn once Advanced is open
+    open_accordion(page, group)
+    field_input(page, name).wait_for(state="visible")
+
+
+def set_field(page, name: str, value) -> None:
+    """Type a value into a Training field (a dropdown's choice is picked with Enter)."""
+    show_field(page, name)
+    box = field_input(page, name)
+    box.fill(str(value))
+    if box.get_attribute("role") == "combobox":  # a dropdown: click the choice, or take the text typed
+        choice = page.get_by_role("option", name=str(value), exact=True)
+        if choice.count():
+            choice.first.click()
+        else:
+            box.press("Enter")
+    box.press("Tab")  # a number commits its value on blur
+
+
+def screenshot_tabs(page, out_dir: Path, prefix: str = "tab-", labels=TAB_LABELS) -> list[Path]:
+    """One full-page PNG per tab (of `labels`), in tab order."""
     out_dir.mkdir(parents=True, exist_ok=True)
     shots = []
-    for label in TAB_LABELS:
+    for label in (t for t in TAB_LABELS if t in labels):
         open_tab(page, label)
         page.wait_for_timeout(800)  # let plots and galleries lay out
         path = out_dir / f"{prefix}{label.lower()}.png"

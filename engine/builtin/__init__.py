@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from engine.atomic import normal_modes, temp_dir
 from engine.builtin import toy
 from engine.builtin.fullsize import build_random_sd15, build_random_sdxl
 from engine.builtin.tiny import build_tiny_sd, build_tiny_sdxl
@@ -69,13 +70,14 @@ def resolve_builtin(name: str) -> Path:
         _discard(final, parent)
 
     # Build next to the target (same filesystem) so the rename into place is atomic.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{short}.building-", dir=parent))
+    tmp = temp_dir(parent, f"{short}-building")
     try:
         BUILTINS[short](tmp)
         (tmp / _STAMP).write_text(_stamp(short))
         if not _is_complete(tmp, short):
             # e.g. transformers 5 writes weights only on rank 0 once torch.distributed is up
             raise RuntimeError(f"building {name} left an incomplete folder {tmp}; build it from one process")
+        normal_modes(tmp)  # safetensors writes 0600 files
         try:
             os.rename(tmp, final)
         except OSError:

@@ -73,6 +73,9 @@ class Reporter:
             return (f"{'previewing' if e['preview'] else 'captioning'} {e['total']} images in {e['folder']} with "
                     f"{e['captioner']} ({e['model']}, mode {e['mode']}){kept}"
                     + (f"; backup in {e['backup']}" if e.get("backup") else ""))
+        if t == "loading":
+            how = {"download": "downloading it from the Hugging Face Hub", "cached": "from the local cache"}
+            return f"loading {e['model']} ({how.get(e['source'], 'from its folder')})"
         if t == "loaded":
             return f"model loaded in {e['seconds']} s"
         if t in ("caption", "skipped"):

@@ -6,6 +6,8 @@ from typing import Protocol
 
 from PIL import Image
 
+from .options import CaptionError
+
 
 class Captioner(Protocol):
     def caption(self, images: list[Image.Image]) -> list[str]:
@@ -32,3 +34,18 @@ def is_local_model(model_id: str) -> bool:
     always does, and so does anything path-like (absolute, ./, ~, a backslash, two slashes, C:)."""
     return (Path(model_id).expanduser().exists() or model_id.startswith((".", "/", "~")) or "\\" in model_id
             or model_id.count("/") > 1 or (len(model_id) > 1 and model_id[1] == ":"))
+
+
+def hub_source(model_id: str, local: str = "a local folder") -> str:
+    """"cached" or "download" for a hub id; CaptionError at once when it is neither (offline, not cached),
+    instead of minutes of network retries. `local`: what to give instead."""
+    from engine.hub import HubUnavailable, availability
+    try:
+        return availability(model_id, local=local)
+    except HubUnavailable as e:
+        raise CaptionError(f"cannot load the captioner's model: {e}") from None
+
+
+def model_source(model_id: str) -> str:
+    """Where the model will come from: "folder" (a local path), "cached" or "download" (a hub id)."""
+    return "folder" if is_local_model(model_id) else hub_source(model_id)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .base import is_local_model, pick_device
+from .base import hub_source, is_local_model, pick_device
 from .options import CaptionError, CaptionOptions
 
 GENERATIVE = ("blip", "blip2", "git", "florence2")
@@ -34,6 +34,7 @@ def resolve_model(model_id: str) -> str:
         return str(path)
     if is_local_model(model_id):
         raise CaptionError(f"model folder {model_id!r} does not exist; {_FIX}")
+    hub_source(model_id)
     return model_id
 
 
@@ -54,8 +55,10 @@ class GenerativeCaptioner:
         # fp16 halves GPU memory and is what these checkpoints are usually run in; CPU needs fp32.
         self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         self.model_id = options.model_id
+        self.notes: list[str] = []
         source = resolve_model(self.model_id)
         self.processor, self.model = self._load(source)
+        self.max_new_tokens, self.min_new_tokens = self._lengths()
 
     def _load(self, source: str):
         import transformers as tf
@@ -69,22 +72,43 @@ class GenerativeCaptioner:
             "florence2": tf.AutoModelForCausalLM if remote else tf.Florence2ForConditionalGeneration,
         }[self.kind]
         what = f"{self.kind} model {self.model_id!r}"
+        from engine.hub import offline
+        # offline, a cached hub id loads from the cache alone (else every file retries the network first)
+        local = {"local_files_only": True} if source == self.model_id and offline() else {}
         try:
-            processor = tf.AutoProcessor.from_pretrained(source, trust_remote_code=remote)
+            processor = tf.AutoProcessor.from_pretrained(source, trust_remote_code=remote, **local)
         except Exception as e:  # noqa: BLE001 - hub, tokenizers and JSON errors alike
             raise CaptionError(f"cannot load the processor of {what}: {_short(e)}; {_FIX}") from e
         try:
             model = model_class.from_pretrained(source, use_safetensors=True, trust_remote_code=remote,
-                                                dtype=self.dtype)
+                                                dtype=self.dtype, **local)
         except Exception as e:  # noqa: BLE001 - also safetensors' own error for a truncated file
             raise CaptionError(f"cannot load {what}: {_short(e)}; {_FIX}") from e
         model.to(self.device).eval()
         return processor, model
 
+    def _lengths(self) -> tuple[int, int]:
+        """(max, min) new tokens: the options', within the positions the text model has (a BLIP with 40
+        positions indexes past its position table at max_length 75), with a note when they are cut."""
+        o, config = self.options, self.model.config
+        text = getattr(config, "text_config", None) or config
+        positions = getattr(text, "max_position_embeddings", None)
+        if not positions:
+            return o.max_length, o.min_length
+        # the prompt takes positions too: BOS (or the decoder start), and BLIP-2's query tokens
+        prompt = 1 + (getattr(config, "num_query_tokens", 0) if self.kind == "blip2" else 0)
+        limit = max(positions - prompt, 1)
+        if o.max_length <= limit:
+            return o.max_length, o.min_length
+        self.notes.append(f"max_length = {o.max_length} is more than {self.model_id} can write: its text model "
+                          f"has {positions} positions, so captions are at most {limit} tokens (max_length = "
+                          f"{limit}{', min_length too' if o.min_length > limit else ''})")
+        return limit, min(o.min_length, limit)
+
     def _generate_kwargs(self) -> dict:
         o = self.options
         # new-token limits, so a prompt (Florence task, BLIP-2 query tokens) doesn't eat the budget
-        kw = {"min_new_tokens": o.min_length, "max_new_tokens": o.max_length}
+        kw = {"min_new_tokens": self.min_new_tokens, "max_new_tokens": self.max_new_tokens}
         if o.nucleus_sampling:
             kw.update(do_sample=True, top_p=o.top_p, num_beams=1)
         else:
@@ -130,7 +154,7 @@ class GenerativeCaptioner:
         return answer if isinstance(answer, str) else text
 
     def report(self) -> list[str]:
-        return []
+        return list(self.notes)
 
     def close(self) -> None:
         was_cuda = self.device.startswith("cuda")

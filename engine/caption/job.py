@@ -29,6 +29,9 @@ CANCEL_GRACE_S = 20.0  # a batch on CPU may take a while; its captions are worth
 @dataclass
 class CaptionState:
     status: str  # running | done | cancelled | failed
+    # while running: starting | loading (from a folder or the cache) | downloading | captioning
+    phase: str = "starting"
+    model: str = ""
     done: int = 0
     total: int = 0
     captions: list[dict] = field(default_factory=list)  # caption events: image, file, before, caption
@@ -70,6 +73,10 @@ class CaptionJob:
         s, t = self._state, e.get("type")
         if t == "start":
             s.total, s.backup = e["total"], e.get("backup")
+        elif t == "loading":
+            s.phase, s.model = ("downloading" if e.get("source") == "download" else "loading"), e.get("model", "")
+        elif t == "loaded":
+            s.phase = "captioning"
         elif t == "caption":
             s.done = e["done"]
             s.captions.append({k: e.get(k) for k in ("image", "file", "before", "caption")})

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from engine.paths import UnsafePath, caption_extension
+
 CAPTIONERS = ("blip", "blip2", "git", "florence2", "wd14")
 MODES = ("overwrite", "skip", "append")
 FLORENCE_TASKS = ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>")
@@ -113,7 +115,8 @@ def _unit(name: str, value) -> None:
 
 
 def check(o: CaptionOptions) -> CaptionOptions:
-    """Raise CaptionError naming the first bad option; return the options unchanged when all are good."""
+    """Raise CaptionError naming the first bad option; return the options (caption_extension normalised:
+    "txt" -> ".txt") when all are good."""
     _choice("captioner", o.captioner, CAPTIONERS)
     _choice("mode", o.mode, MODES)
     _choice("device", o.device, DEVICES)
@@ -125,8 +128,10 @@ def check(o: CaptionOptions) -> CaptionOptions:
                            "lower min_length or raise max_length")
     for name in ("top_p", "general_threshold", "character_threshold"):
         _unit(name, getattr(o, name))
-    if not o.caption_extension.startswith(".") or "/" in o.caption_extension or "\\" in o.caption_extension:
-        raise CaptionError(f"caption_extension = {o.caption_extension!r}: give an extension such as .txt")
+    try:
+        o.caption_extension = caption_extension(o.caption_extension)
+    except UnsafePath as e:
+        raise CaptionError(f"caption_extension: {e}") from None
     return o
 
 

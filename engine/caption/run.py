@@ -20,9 +20,10 @@ from engine.data.items import DataError, build_caption, clean_caption
 from engine.data.sources import open_image_file
 
 from . import load_captioner
+from .base import model_source
 from .options import CaptionError, CaptionOptions, check
 
-Emit = Callable[..., None]  # emit(type, **fields): start, loaded, caption, skipped, cancelled, done
+Emit = Callable[..., None]  # emit(type, **fields): start, loading, loaded, caption, skipped, cancelled, done
 PREVIEW_IMAGES = 4
 
 
@@ -87,6 +88,7 @@ def caption_folder(folder: str | Path, o: CaptionOptions, emit: Emit | None = No
         todo = todo[:max(preview, 1)]
     out = Outcome()
     writing = preview is None
+    source = model_source(o.model_id) if todo else ""  # offline and not cached: fails now, before any backup
     if writing and todo:
         out.backup = caption_files.write_backup(
             root, [i.caption_path for i in todo],
@@ -97,6 +99,7 @@ def caption_folder(folder: str | Path, o: CaptionOptions, emit: Emit | None = No
         emit("done", written=0, skipped=0, report=[], backup=None)
         return out
     t0 = time.monotonic()
+    emit("loading", model=o.model_id, source=source)  # its own phase: a download may take minutes
     captioner = load_captioner(o)
     emit("loaded", seconds=round(time.monotonic() - t0, 2))
     done = 0

@@ -18,7 +18,7 @@ from PIL import Image
 
 from engine.data.images import load_rgb
 
-from .base import is_local_model, pick_device
+from .base import hub_source, is_local_model, pick_device
 from .options import CaptionError, CaptionOptions, undesired
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,14 @@ def _fetch(model_id: str) -> tuple[Path, Path]:
             if not f.is_file():
                 raise CaptionError(f"{f} is missing: a WD14 model folder needs {MODEL_FILE} and {TAGS_FILE}")
         return files
+    # CaptionError at once when offline and not cached
+    cached = hub_source(model_id, local=f"a local folder holding {MODEL_FILE} and {TAGS_FILE}") == "cached"
     try:
         from huggingface_hub import hf_hub_download
 
-        return tuple(Path(hf_hub_download(model_id, name)) for name in (MODEL_FILE, TAGS_FILE))
+        from engine.hub import offline
+        local = cached and offline()  # the cache alone: no minutes of retries first
+        return tuple(Path(hf_hub_download(model_id, name, local_files_only=local)) for name in (MODEL_FILE, TAGS_FILE))
     except Exception as e:  # offline, no such repo, gated, network down: all fixable the same way
         detail = str(e).strip().splitlines()[0] if str(e).strip() else "no detail"
         raise CaptionError(f"WD14 model {model_id!r} is no local folder and could not be downloaded from the "

@@ -8,6 +8,7 @@ byte, deletes the files that change created, and removes the backup.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -94,10 +95,26 @@ def find_image(folder: str | Path, key: str, caption_extension: str = ".txt") ->
     raise DataError(f"{key} is not one of the images in {folder}; load the folder again")
 
 
-def save_caption(folder: str | Path, key: str, text: str, caption_extension: str = ".txt") -> Path:
-    """Write one image's caption to its sidecar file (atomically); returns the file written."""
+class CaptionChanged(DataError):
+    """The caption file is not what the editor opened: someone (a bulk change, auto-caption, another program)
+    wrote it since."""
+
+
+def caption_stamp(path: Path | None) -> str:
+    """What a caption file holds now, in short: compared at save time with what the editor opened."""
+    if path is None or not path.is_file():
+        return "absent"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def save_caption(folder: str | Path, key: str, text: str, caption_extension: str = ".txt",
+                 expect: str | None = None) -> Path:
+    """Write one image's caption to its sidecar file (atomically); returns the file written. With `expect`
+    (a caption_stamp taken when it was opened), a file changed since raises CaptionChanged and is kept."""
     item = find_image(folder, key, caption_extension)
     path = _editable(item, Path(folder))
+    if expect is not None and caption_stamp(path) != expect:
+        raise CaptionChanged(f"{path.name} changed on disk since it was opened")
     atomic_write_bytes(path, text.strip().encode("utf-8"))
     return path
 

@@ -1,8 +1,9 @@
 """Checks to run on a dataset folder before training: the problems as table rows, a size summary, and
 how often each tag and word appears in the captions.
 
-Unreadable files are found with the very check training uses to skip them (sources._readable_size), so
-the table names the files training would drop.
+Unreadable and oversized files are found with the very check training uses to skip them
+(sources.check_image), so the table names the files training would drop. Files are read a block at a
+time: loading a folder never holds more than one image's header and a hash buffer in memory.
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from pathlib import Path
 
 from .caption_files import CaptionedImage, list_images
 from .folder import describe_contents
-from .items import content_hash, tag_frequency
-from .sources import _read_file, _readable_size
+from .items import tag_frequency
+from .sources import check_image
 
 DEFAULT_MIN_SIDE = 64
 _WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")  # letters/digits, keeping don't and close-up whole
@@ -44,18 +45,17 @@ def check_dataset(folder: str | Path, caption_extension: str = ".txt",
              "detail": f"no images training could use: {describe_contents(Path(folder))}"})
     by_hash: dict[str, list[str]] = {}
     for item in images:
-        messages: list[str] = []
-        data = _read_file(item.image)
-        size = _readable_size(item.key, data, messages.append)
+        found = check_image(item.key, item.image)
+        size = found.size
         if size is None:
-            add({"file": item.key, "problem": "unreadable", "detail": messages[0] if messages else ""})
+            add({"file": item.key, "problem": found.problem, "detail": found.message})
         else:
             report.sizes[item.key] = size
             if min(size) < min_side:
                 add({"file": item.key, "problem": "tiny image",
                      "detail": f"{size[0]}x{size[1]} px: the shorter side is below the {min_side} px threshold"})
-        if isinstance(data, bytes) and data:
-            by_hash.setdefault(content_hash(data), []).append(item.key)
+        if found.content_id:
+            by_hash.setdefault(found.content_id, []).append(item.key)
         if item.training_caption is None:
             where = item.caption_path.name if item.caption_path else "a caption in the metadata file"
             add({"file": item.key, "problem": "missing caption",

@@ -14,6 +14,9 @@ from .images import load_rgb, prepare_image
 from .items import DataError, Item, build_caption
 
 
+MAX_EPOCH_EXAMPLES = 10_000_000  # images x repeats; the per-example bucket list costs ~80 MB at this size
+
+
 class RepeatedItems(Dataset):
     """Index i of a dataset where each item appears item.repeats times (kohya's repeats).
 
@@ -27,6 +30,10 @@ class RepeatedItems(Dataset):
         self.items = list(items)
         self.cfg = cfg
         self._ends = list(itertools.accumulate(item.repeats for item in self.items))
+        if self._ends[-1] > MAX_EPOCH_EXAMPLES:  # checked before bucket_of holds an entry per example
+            raise DataError(f"{len(self.items)} images with their repeats make {self._ends[-1]:,} examples per "
+                            f"epoch, more than the {MAX_EPOCH_EXAMPLES:,} allowed; lower repeats (and the N of "
+                            "kohya N_concept folders)")
         targets = item_targets(self.items, cfg)
         self.buckets: list[tuple[int, int]] = sorted(set(targets))
         bucket_ids = {size: i for i, size in enumerate(self.buckets)}

@@ -17,10 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from engine.paths import UnsafePath, relative_inside
+
 from .items import CAPTION_FALLBACK_EXTENSION, IMAGE_EXTENSIONS, DataError, clean_caption
 
 KOHYA_FOLDER = re.compile(r"^(\d+)_(.+)$")
+# A kohya folder's N: every repeat is an entry of the epoch, so "1000000000_star" would fill the memory.
+# kohya's own examples use 1-100; the schema's `repeats` (which multiplies N) stops at 1000 too.
+MAX_FOLDER_REPEATS = 1000
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+# Text that is read whole: bounded, so a huge file posing as captions cannot fill the memory.
+MAX_CAPTION_BYTES = 64 * 1024  # CLIP reads 77 tokens; the longest LLM-encoder prompts are a few KiB
+MAX_METADATA_BYTES = 256 << 20  # a 1M-image metadata.jsonl with long captions is ~200 MiB
 
 
 @dataclass
@@ -49,7 +57,12 @@ def _subfolders(folder: Path) -> list[Path]:
 
 
 def read_caption_file(path: Path, warn: Callable[[str], None]) -> str | None:
-    data = path.read_bytes()
+    with open(path, "rb") as f:
+        data = f.read(MAX_CAPTION_BYTES + 1)
+    if len(data) > MAX_CAPTION_BYTES:
+        warn(f"{path} is larger than {MAX_CAPTION_BYTES // 1024} KiB; only its start is used as the caption")
+        # a cut may split a character: drop that partial one rather than call the file not UTF-8
+        return clean_caption(data[:MAX_CAPTION_BYTES].decode("utf-8-sig", errors="ignore"))
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -72,12 +85,15 @@ def _rel(path: Path, root: Path) -> str:
 
 # ----------------------------------------------------------------------------- the layouts
 
-def _metadata_rows(meta: Path) -> tuple[list[dict], list[str]]:
-    """Rows and column names of metadata.jsonl / metadata.csv."""
+def _metadata_rows(meta: Path) -> tuple[list[tuple[int, dict]], list[str]]:
+    """(line number, row) pairs and the column names of metadata.jsonl / metadata.csv."""
+    if meta.stat().st_size > MAX_METADATA_BYTES:
+        raise DataError(f"{meta} is larger than {MAX_METADATA_BYTES >> 20} MiB, far more than captions need; "
+                        "check that it is the right file")
     text = meta.read_text(encoding="utf-8-sig")
     if meta.suffix == ".csv":
         reader = csv.DictReader(text.splitlines())
-        return list(reader), list(reader.fieldnames or [])
+        return [(reader.line_num, row) for row in reader], list(reader.fieldnames or [])
     rows, columns = [], {}
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -90,7 +106,7 @@ def _metadata_rows(meta: Path) -> tuple[list[dict], list[str]]:
         if not isinstance(row, dict):
             raise DataError(f"{meta} line {n} is not a JSON object; write "
                             '{"file_name": "a.png", "text": "a caption"}')
-        rows.append(row)
+        rows.append((n, row))
         columns.update(dict.fromkeys(row))
     return rows, list(columns)
 
@@ -103,9 +119,12 @@ def _from_metadata(root: Path, meta: Path, cfg, warn) -> list[FileCandidate]:
             raise DataError(f"{meta} has no column '{needed}' for {what}{hint}; its columns are: "
                             f"{', '.join(columns) or 'none'}")
     found, listed = [], set()
-    for row in rows:
+    for n, row in rows:
         name = str(row.get("file_name") or "")
-        path = (root / name).resolve()
+        try:  # an absolute name or one that climbs out would read any image on the disk
+            path = relative_inside(root, name, "file_name").resolve() if name else root
+        except UnsafePath as e:
+            raise DataError(f"{meta} line {n}: {e}") from None
         listed.add(path)
         if not name or not path.is_file():
             warn(f"skipping {name or '(empty file_name)'} listed in {meta.name}: no such file in {root}")
@@ -144,6 +163,9 @@ def _from_kohya(root: Path, cfg, warn) -> list[FileCandidate]:
                      "(e.g. 10_sks dog), where N is how often its images repeat")
             continue
         repeats, concept_text = int(match.group(1)), clean_caption(match.group(2))
+        if repeats > MAX_FOLDER_REPEATS:
+            raise DataError(f"folder {folder} asks for {repeats} repeats; at most {MAX_FOLDER_REPEATS} are "
+                            f"allowed. Rename it with a smaller number, e.g. 10_{match.group(2)}")
         if repeats == 0:
             warn(f"ignoring folder {folder.name}/: 0 repeats means its images are never used")
             continue

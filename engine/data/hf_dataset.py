@@ -83,13 +83,9 @@ def _image_source(value, base: Path | None) -> tuple[bytes | None, Path | None]:
     return None, None
 
 
-def _read(path: Path | None) -> bytes | OSError:
-    if path is None:
-        return FileNotFoundError(2, "the row holds no image")
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        return e
+def _read(path: Path | None) -> Path | OSError:
+    """The file to check (sources.check_image reads it a block at a time and reports a missing one)."""
+    return FileNotFoundError(2, "the row holds no image") if path is None else path
 
 
 def open_row_image(ds, index: int, column: str, base: Path | None) -> Image.Image:
@@ -103,10 +99,9 @@ def open_row_image(ds, index: int, column: str, base: Path | None) -> Image.Imag
     return img
 
 
-def row_candidates(cfg) -> Iterator[tuple[str, bytes | OSError, object, str | None]]:
-    """(key, image bytes, loader, caption) per row, lazily, so max_train_samples stops the reading early.
-
-    A row whose image file cannot be read yields the OSError in place of the bytes."""
+def row_candidates(cfg) -> Iterator[tuple[str, bytes | Path | OSError, object, str | None]]:
+    """(key, image bytes or file, loader, caption) per row, lazily, so max_train_samples stops the reading
+    early. A row without an image yields an OSError in place of the bytes."""
     import datasets
 
     name = cfg.dataset_name

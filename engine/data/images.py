@@ -7,6 +7,7 @@ are squares, or (width, height) buckets with aspect-ratio bucketing.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,31 @@ RESAMPLING = {
     "bicubic": Image.Resampling.BICUBIC,
     "nearest": Image.Resampling.NEAREST,
 }
+# Images above this many pixels are skipped with a warning naming them, before any pixel is decoded.
+# 120 MP is above the largest camera sensors in use (~102 MP medium format) and 7x the largest training
+# size people use (4096 x 4096 = 16.8 MP); one such image decodes to at most 360 MB of RGB. Pillow's own
+# guard is set from it too: it warns above the limit and refuses twice the limit in any other reader.
+MAX_IMAGE_PIXELS = 120_000_000
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+
+def too_large(size: tuple[int, int]) -> str | None:
+    """Why an image of (width, height) is skipped, or None when it is within MAX_IMAGE_PIXELS."""
+    w, h = size
+    if w * h <= MAX_IMAGE_PIXELS:
+        return None
+    return (f"{w}x{h} px is {w * h / 1e6:.0f} megapixels, above the limit of {MAX_IMAGE_PIXELS / 1e6:.0f} "
+            "(engine.data.images.MAX_IMAGE_PIXELS); downscale it, e.g. to 4096 px on the longer side")
+
+
+def open_image(source) -> Image.Image:
+    """Image.open (lazy: the header only) without Pillow's DecompressionBombWarning; callers check
+    too_large(img.size) before decoding, and name the image in their own warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(source)
+
+
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 

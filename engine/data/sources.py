@@ -1,12 +1,14 @@
 """discover_items: from cfg.train_data_dir or cfg.dataset_name to a checked list of Items.
 
-Every image is read once here: to skip empty or corrupt files up front (one warning each, naming the
-file) rather than crash mid-epoch, to hash its bytes into the content id that caches key on, and to note
-its size from the header (for aspect-ratio buckets).
+Every image is read here, a block at a time: to skip empty, corrupt or oversized files up front (one
+warning each, naming the file) rather than crash mid-epoch, to hash its bytes into the content id that
+caches key on, and to note its size from the header (for aspect-ratio buckets).
 """
 from __future__ import annotations
 
+import hashlib
 import io
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -15,7 +17,7 @@ from PIL import Image
 
 from .folder import describe_contents, folder_candidates
 from .hf_dataset import row_candidates
-from .images import displayed_size
+from .images import displayed_size, open_image, too_large
 from .items import IMAGE_EXTENSIONS, DataError, Item, content_hash
 
 Warn = Callable[[str], None]
@@ -31,35 +33,53 @@ def open_image_file(path: Path) -> Image.Image:
     return img
 
 
-def _readable_size(key: str, data: bytes | OSError, warn: Warn) -> tuple[int, int] | None:
-    """Cheap up-front check; PIL's verify() parses the structure without decoding all the pixels.
+@dataclass
+class ImageCheck:
+    """What the up-front check found: the displayed (width, height) and the sha256 of the bytes, or why
+    the image is skipped (problem "unreadable" or "too large", and the warning naming it)."""
+    size: tuple[int, int] | None = None
+    content_id: str = ""
+    problem: str = ""
+    message: str = ""
 
-    Returns the displayed (width, height), which bucketing needs, or None for an unusable image."""
-    if isinstance(data, OSError):
-        warn(f"skipping {key}: could not read it ({data.strerror or data})")
-        return None
-    if not data:
-        warn(f"skipping {key}: the file is empty (0 bytes)")
-        return None
+
+def _sha256(source: Path | bytes) -> str:
+    if isinstance(source, bytes):
+        return content_hash(source)
+    with open(source, "rb") as f:  # streamed: a huge file never sits in memory whole
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def check_image(key: str, source: Path | bytes | OSError) -> ImageCheck:
+    """Cheap up-front check of one image (a file, a dataset row's bytes, or the OSError that stopped
+    reading them): PIL's verify() parses the structure without decoding the pixels, and images above
+    MAX_IMAGE_PIXELS are refused from their header alone."""
+    def skip(problem: str, why: str, content_id: str = "") -> ImageCheck:
+        return ImageCheck(None, content_id, problem, f"skipping {key}: {why}")
+
+    if isinstance(source, OSError):
+        return skip("unreadable", f"could not read it ({source.strerror or source})")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            size = displayed_size(img)  # before verify(), which leaves the file unusable
-            img.verify()
-    except Exception as e:
-        warn(f"skipping {key}: not a readable image ({type(e).__name__}: {e})")
-        return None
-    return size
-
-
-def _read_file(path: Path) -> bytes | OSError:
-    try:
-        return path.read_bytes()
+        if not (len(source) if isinstance(source, bytes) else source.stat().st_size):
+            return skip("unreadable", "the file is empty (0 bytes)")
+        content_id = _sha256(source)
     except OSError as e:  # vanished, permissions, I/O error: reported and skipped like a corrupt file
-        return e
+        return skip("unreadable", f"could not read it ({e.strerror or e})")
+    try:
+        with open_image(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            size = displayed_size(img)  # before verify(), which leaves the file unusable
+            if why := too_large(img.size):
+                return skip("too large", why, content_id)
+            img.verify()
+    except Image.DecompressionBombError as e:
+        return skip("too large", str(e), content_id)
+    except Exception as e:
+        return skip("unreadable", f"not a readable image ({type(e).__name__}: {e})", content_id)
+    return ImageCheck(size, content_id)
 
 
-# A source is (rows, nothing_found): rows yields (key, image bytes or the OSError that stopped reading
-# them, loader, caption, repeats, concept); nothing_found() explains an empty source.
+# A source is (rows, nothing_found): rows yields (key, the image file, its bytes or the OSError that stopped
+# reading them, loader, caption, repeats, concept); nothing_found() explains an empty source.
 Source = tuple[Iterator[tuple], Callable[[], str]]
 
 
@@ -69,7 +89,7 @@ def _folder_items(cfg, warn: Warn) -> Source:
 
     def rows():
         for c in candidates:
-            yield c.key, _read_file(c.path), partial(open_image_file, c.path), c.caption, c.repeats, c.concept
+            yield c.key, c.path, partial(open_image_file, c.path), c.caption, c.repeats, c.concept
 
     def nothing_found() -> str:
         return (f"no images in {look_in}: {describe_contents(look_in)}; supported image types: "
@@ -112,12 +132,13 @@ def discover_items(cfg, warn: Warn, captioned: bool = True) -> list[Item]:
     for key, data, load, caption, repeats, concept in rows:
         if cfg.max_train_samples is not None and len(items) >= cfg.max_train_samples:
             break  # stop reading: quick tries on big folders stay quick
-        size = _readable_size(key, data, warn)
-        if size is None:
+        found = check_image(key, data)
+        if found.size is None:
+            warn(found.message)
             skipped += 1
             continue
         items.append(Item(key=key, load=load, caption=caption, repeats=repeats * cfg.repeats,
-                          concept=concept, content_id=content_hash(data), size=size))
+                          concept=concept, content_id=found.content_id, size=found.size))
     if not items:
         if skipped:
             source = cfg.dataset_name or cfg.train_data_dir

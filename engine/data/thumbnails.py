@@ -14,14 +14,14 @@ from PIL import Image
 
 from engine.config import atomic_write_bytes
 
-from .images import load_rgb
+from .images import load_rgb, open_image, too_large
 
 THUMBNAIL_SIDE = 256
 
 
 def thumbnail(image: Path, cache_dir: Path, side: int = THUMBNAIL_SIDE) -> Path | None:
     """A PNG no larger than side x side showing `image` as training sees it (EXIF rotation, alpha over
-    white); None when the image cannot be read."""
+    white); None when the image cannot be read or is above MAX_IMAGE_PIXELS."""
     try:
         st = image.stat()
     except OSError:
@@ -31,10 +31,13 @@ def thumbnail(image: Path, cache_dir: Path, side: int = THUMBNAIL_SIDE) -> Path 
     if out.is_file():
         return out
     try:
-        with Image.open(image) as img:
+        with open_image(image) as img:
+            if too_large(img.size):  # never decoded: the checks table names it
+                return None
             img.draft("RGB", (side, side))  # JPEG decodes at a fraction of full size
             small = load_rgb(img)
             small.thumbnail((side, side))
+            small.load()  # decode now: the file closes with the block (a truncated image fails here)
     except Exception:
         return None
     buffer = io.BytesIO()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Components, Family, ModelError, ModelSource, read_json, resolve_source
+from .base import Components, Family, ModelError, ModelSource, read_json, resolve_source, safetensors_keys
 from .sd import SD2Family, SDFamily
 from .sdxl import SDXLFamily
 
@@ -21,10 +21,7 @@ def _family_from_configs(model_index: dict, text_encoder_cfg: dict | None) -> st
 def _family_from_single_file(path: str) -> str | None:
     if not path.lower().endswith(".safetensors"):
         return None
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as fh:
-        keys = list(fh.keys())
+    keys = safetensors_keys(Path(path), "pretrained_model_name_or_path")
     if any(k.startswith("conditioner.embedders.1") for k in keys):
         return "sdxl"
     if any(k.startswith("cond_stage_model.model.") for k in keys):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,25 @@ def hub_error(source: ModelSource, err: Exception) -> ModelError:
                       "its local folder, or use a builtin: model")
 
 
+def single_file_error(source: ModelSource, err: Exception) -> ModelError:
+    """What stopped diffusers loading a single-file checkpoint, named as it is: the Hub config it fetches, a pickle
+    its torch.load(weights_only=True) refuses, or the error itself."""
+    chain, e = [], err
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    first = f"could not load the single-file checkpoint {source.location}"
+    if any(type(c).__module__.split(".")[0] in ("huggingface_hub", "requests", "httpx", "urllib3") for c in chain):
+        return ModelError(f"{first}: {str(err).splitlines()[0][:200]}. diffusers needs the original model's config "
+                          "(from the Hub or its cache); with no network, use a diffusers folder")
+    refused = [c for c in chain if isinstance(c, pickle.UnpicklingError)]
+    if refused:
+        return ModelError(f"{first}: diffusers reads pickle checkpoints only with torch.load(weights_only=True), "
+                          f"which refuses this one ({str(refused[-1]).splitlines()[0][:160]}); allow_pickle cannot "
+                          "change that: convert the file to .safetensors with a tool you trust")
+    return ModelError(f"{first}: {str(chain[-1]).splitlines()[0][:300]}")
+
+
 @dataclass
 class Components:
     """The loaded parts of a pipeline that training needs."""
@@ -98,8 +118,10 @@ class Family:
         raise NotImplementedError
 
     # ---- training
-    def encode_prompt(self, tokenizers, text_encoders, captions: list[str], device) -> tuple[torch.Tensor, Any]:
-        """(encoder hidden states, pooled embedding or None) for a batch of captions."""
+    def encode_prompt(self, tokenizers, text_encoders, captions: list[str], device,
+                      clip_skip: int = 1) -> tuple[torch.Tensor, Any]:
+        """(encoder hidden states, pooled embedding or None) for a batch of captions; clip_skip as kohya counts
+        (1 = the last layer)."""
         raise NotImplementedError
 
     def added_cond(self, comps: Components, batch: dict, pooled, device, dtype) -> dict | None:
@@ -144,6 +166,8 @@ def load_vae(cfg, source: ModelSource, dtype: torch.dtype):
             if p.is_file():
                 if p.suffix.lower() != ".safetensors" and not cfg.allow_pickle:
                     raise ModelError(f"VAE {p} is a pickle file; convert it to .safetensors or set allow_pickle")
+                if p.suffix.lower() == ".safetensors":
+                    safetensors_keys(p, "pretrained_vae_model_name_or_path")
                 return AutoencoderKL.from_single_file(str(p), torch_dtype=dtype)
             sub = "vae" if (p / "vae" / "config.json").is_file() else None
             if not p.exists() and (override.startswith((".", "/", "~")) or override.count("/") != 1):
@@ -157,6 +181,17 @@ def load_vae(cfg, source: ModelSource, dtype: torch.dtype):
         if override:
             raise ModelError(f"could not load the VAE {override!r}: {str(e).splitlines()[0][:200]}") from None
         raise
+
+
+def safetensors_keys(path: Path, key: str) -> list[str]:
+    """The tensor names of a model file the user gave under `key`; ModelError if it is not safetensors."""
+    from engine.safetensors_files import NotSafetensors, read_header
+
+    try:
+        return read_header(path, "convert it to safetensors, or, if you trust the file, rename it .ckpt and set "
+                                 "allow_pickle = true")[0]
+    except NotSafetensors as e:
+        raise ModelError(f"{key}: {e}") from None
 
 
 def load_pretrained(cls, source: ModelSource, cfg, subfolder: str, dtype: torch.dtype | None = None):

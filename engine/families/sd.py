@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 
-from .base import Components, Family, ModelError, ModelSource, hub_error, load_pretrained, load_vae, tokenize
+from .base import (Components, Family, ModelError, ModelSource, hub_error, load_pretrained, load_vae,
+                   single_file_error, tokenize)
 
 
 def _load_parts(family: Family, source: ModelSource, cfg, weight_dtype, vae_dtype) -> Components:
@@ -13,9 +14,7 @@ def _load_parts(family: Family, source: ModelSource, cfg, weight_dtype, vae_dtyp
         try:
             pipe = family.pipeline_class.from_single_file(source.location, torch_dtype=weight_dtype)
         except Exception as e:  # diffusers fetches the matching config from the hub
-            raise ModelError(f"could not load the single-file checkpoint {source.location}: "
-                             f"{str(e).splitlines()[0][:200]}. diffusers needs the original model's config "
-                             "(from the Hub or its cache); with no network, use a diffusers folder") from None
+            raise single_file_error(source, e) from None
         tokenizers = [getattr(pipe, n.replace("text_encoder", "tokenizer")) for n in family.text_encoder_names]
         encoders = [getattr(pipe, n) for n in family.text_encoder_names]
         vae = load_vae(cfg, source, vae_dtype) if cfg.pretrained_vae_model_name_or_path else pipe.vae.to(vae_dtype)
@@ -62,9 +61,15 @@ class SDFamily(Family):
     def load(self, source, cfg, weight_dtype):
         return _load_parts(self, source, cfg, weight_dtype, vae_dtype=weight_dtype)
 
-    def encode_prompt(self, tokenizers, text_encoders, captions, device):
+    def encode_prompt(self, tokenizers, text_encoders, captions, device, clip_skip=1):
         ids = tokenize(tokenizers[0], captions).to(device)
-        return text_encoders[0](ids, return_dict=True).last_hidden_state, None
+        if clip_skip <= 1:
+            return text_encoders[0](ids, return_dict=True).last_hidden_state, None
+        # an earlier layer's states through the final layer norm, as kohya, AUTOMATIC1111 and diffusers do
+        out = text_encoders[0](ids, output_hidden_states=True, return_dict=True)
+        encoder = getattr(text_encoders[0], "module", text_encoders[0])  # under DDP
+        norm = getattr(encoder, "text_model", encoder).final_layer_norm  # transformers 5 may flatten text_model
+        return norm(out.hidden_states[-clip_skip]), None
 
     def base_model_version(self, comps):
         return "sd_v1"

@@ -30,7 +30,8 @@ class SDXLFamily(Family):
         vae_dtype = torch.float32 if fp16_unsafe else weight_dtype
         return _load_parts(self, source, cfg, weight_dtype, vae_dtype=vae_dtype)
 
-    def encode_prompt(self, tokenizers, text_encoders, captions, device):
+    def encode_prompt(self, tokenizers, text_encoders, captions, device, clip_skip=1):
+        # clip_skip > 1 is refused for SDXL (engine.config / the loop): it already takes the penultimate layer
         states, pooled = [], None
         for tok, enc in zip(tokenizers, text_encoders):
             out = enc(tokenize(tok, captions).to(device), output_hidden_states=True, return_dict=True)

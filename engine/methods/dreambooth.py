@@ -164,6 +164,10 @@ def _rows(batch: dict, rows: slice) -> dict:
     return {k: v[rows] for k, v in batch.items()}
 
 
+# held-out images are subject images only: no class half to pair them with
+validation_compute_loss = objective.compute_loss
+
+
 def compute_loss(batch, comps, unet, encode_text, cfg, *rest):
     """objective.compute_loss; with prior preservation, on each half of the batch:
     (instance loss + prior_loss_weight x prior loss, {"instance_loss", "prior_loss"})."""

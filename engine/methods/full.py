@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from engine import single_file
-from engine.export import finish_card
+from engine import atomic, single_file
+from engine.export import canonical_keys, finish_card
 from engine.methods import lora
 from engine.methods.lora import trainable_params
 
@@ -66,6 +65,9 @@ def after_optimizer_step(modules: dict) -> None:
     ema.step(unet.parameters())
     if ema.offload and device.type != "cpu":
         ema.to(device="cpu", non_blocking=True)
+        # a non-blocking copy to pageable host memory may still be in flight when a checkpoint reads the
+        # shadow weights; wait for it here, once per step, rather than read half-copied tensors
+        torch.cuda.synchronize(device)
 
 
 def _trainable(module) -> list[torch.nn.Parameter]:
@@ -143,12 +145,16 @@ def write_outputs(folder: Path, cfg, comps, modules: dict, stats: dict) -> dict[
     pipe = fam.make_pipeline(comps, unet=modules["unet"], text_encoders=tes)
     pipe.scheduler = _sampling_scheduler(comps) or pipe.scheduler
     final = Path(folder) / "diffusers"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".diffusers-", dir=final.parent))
+    tmp = atomic.temp_dir(final.parent, "diffusers")
     single = Path(folder) / f"{cfg.adaptor_name}.safetensors"
+    size = sum(p.numel() * p.element_size() for m in pipe.components.values() if isinstance(m, torch.nn.Module)
+               for p in m.parameters())
     try:
         with _ema_weights(modules["unet"]):
-            pipe.save_pretrained(tmp, safe_serialization=True)
+            with atomic.disk_full_guard(final, size):
+                pipe.save_pretrained(tmp, safe_serialization=True)
+                _resave_text_encoders_classic(pipe, tmp, fam.text_encoder_names)
+            atomic.normal_modes(tmp)
             single_file.write_single_file(pipe, fam.name, single, {
                 "modelspec.sai_model_spec": "1.0.0", "modelspec.title": cfg.adaptor_name,
                 "modelspec.architecture": fam.modelspec_architecture(comps, "-").rsplit("/", 1)[0],
@@ -160,6 +166,22 @@ def write_outputs(folder: Path, cfg, comps, modules: dict, stats: dict) -> dict[
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"diffusers": str(final), "single_file": str(single)}
+
+
+def _resave_text_encoders_classic(pipe, folder: Path, names) -> None:
+    """Each text encoder's weights in the layout every loader reads (`text_model.encoder.layers...`,
+    `text_model.embeddings...`, `text_model.final_layer_norm...`, `text_projection.weight`).
+
+    transformers 5 writes a CLIPTextModel as `encoder.layers...` unless it was loaded from the classic layout,
+    and ComfyUI's diffusers-folder loader then finds every CLIP weight missing; transformers 5 itself reads the
+    classic layout (its CLIPTextModel prefix conversion). save_original_format=False: written as given."""
+    for name in names:
+        te = getattr(pipe, name)
+        state = te.state_dict()
+        classic = canonical_keys(name, state)
+        if classic.keys() != state.keys():
+            te.save_pretrained(folder / name, state_dict=classic, safe_serialization=True,
+                               save_original_format=False)
 
 
 def _sampling_scheduler(comps):

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from peft import LoHaConfig, LoKrConfig, LoraConfig, PeftConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from engine import export
-from engine.config import atomic_write_bytes
+from engine import atomic, export
+from engine.lora_load import load_lora
 
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 # the UNet's convolutions kohya's conv_dim trains: resnet 3x3 convs, their 1x1 shortcuts, down/upsamplers
@@ -150,12 +150,9 @@ def _network_metadata(cfg) -> dict[str, str]:
 def _write_peft_folders(root: Path, modules: dict, sds: dict) -> Path:
     for name, module in modules.items():
         folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / ".adapter_model.safetensors.tmp"
-        save_file(sds[name], str(tmp))
-        tmp.replace(folder / "adapter_model.safetensors")
+        atomic.save_safetensors(sds[name], folder / "adapter_model.safetensors")
         config = adapter_metadata(module)
-        atomic_write_bytes(folder / "adapter_config.json",
+        atomic.write_bytes(folder / "adapter_config.json",
                            json.dumps(config, default=lambda v: sorted(v) if isinstance(v, set) else str(v),
                                       indent=2).encode())
     return root
@@ -164,12 +161,13 @@ def _write_peft_folders(root: Path, modules: dict, sds: dict) -> Path:
 def load_into_pipeline(pipe, run_dir: Path, cfg, scale: float = 1.0) -> None:
     """Apply a finished run's adaptor to a diffusers pipeline of its base model, at `scale`.
 
-    LoRA and DoRA through diffusers' own `load_lora_weights`; LoHa and LoKr by rebuilding the PEFT layers from
-    the run's `peft/` folders (diffusers has no loader for them)."""
+    LoRA and DoRA through diffusers' own `load_lora_weights` (plus the text-encoder DoRA magnitudes it drops,
+    engine/lora_load.py); LoHa and LoKr by rebuilding the PEFT layers from the run's `peft/` folders (diffusers
+    has no loader for them)."""
     run_dir = Path(run_dir)
     adapter = re.sub(r"\W", "_", cfg.adaptor_name)
     if cfg.lora_type == "lora":
-        pipe.load_lora_weights(str(run_dir / "diffusers"), adapter_name=adapter)
+        load_lora(pipe, run_dir / "diffusers", adapter)
         if scale != 1.0:
             pipe.set_adapters([adapter], adapter_weights=[scale])
         return

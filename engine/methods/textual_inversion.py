@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 from engine import objective
 from engine.config import ConfigError
-from engine.export import _save_safetensors_atomic, finish_card
+from engine.atomic import save_safetensors
+from engine.export import finish_card
 from engine.methods.lora import trainable_params
 
 # diffusers' imagenet_templates_small and imagenet_style_templates_small
@@ -75,8 +76,18 @@ def prepare(comps, cfg) -> list[dict]:
         keep[ids] = False
         # what after_optimizer_step puts back: every row but the new ones, exactly as loaded
         te._ti_rows = {"ids": ids, "keep": keep, "original": weight.detach().float().clone()}
+        _keep_output_dtype(te.get_input_embeddings(), weight.dtype)
         groups.append({"params": trainable_params(te), "lr": cfg.learning_rate, "name": name})
     return groups
+
+
+def _keep_output_dtype(embedding: torch.nn.Module, dtype: torch.dtype) -> None:
+    """The embedding's output in the encoder's own dtype once its matrix trains in float32.
+
+    Without this a bf16/fp16 encoder gets float32 hidden states (fp32 token rows + bf16 positions), and CPU's
+    layer norm refuses a float32 input with bf16 weights ("mixed dtype (CPU)"); CUDA's autocast upcast both."""
+    if dtype != torch.float32:
+        embedding.register_forward_hook(lambda module, args, out: out.to(dtype))
 
 
 def trained_modules(comps, cfg) -> dict[str, torch.nn.Module]:
@@ -135,11 +146,11 @@ def write_outputs(folder: Path, cfg, comps, modules: dict, stats: dict) -> dict[
             "ss_initializer_token": cfg.initializer_token, "ss_num_vectors": str(cfg.num_vectors),
             "ss_steps": str(stats.get("step", 0)), "ss_sd_model_name": comps.source.name}
     kohya = Path(folder) / f"{cfg.adaptor_name}.safetensors"
-    _save_safetensors_atomic(dict(zip(KOHYA_KEYS[len(vectors)], vectors)), kohya, meta)
+    save_safetensors(dict(zip(KOHYA_KEYS[len(vectors)], vectors)), kohya, meta)
     out = {"kohya": str(kohya)}
     for file, v in zip(DIFFUSERS_FILES, vectors):
         path = Path(folder) / "diffusers" / file
-        _save_safetensors_atomic({cfg.placeholder_token: v}, path, meta)
+        save_safetensors({cfg.placeholder_token: v}, path, meta)
         out.setdefault("diffusers", str(path))
     return out
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from engine import atomic
 from engine.builtin.toy import JUDGE_FILE, REPORT_FILE, SHIPPED, world
 from engine.builtin.toy.arch import TOY_WORDS, make_text_encoder, make_unet, sampling_scheduler
 from engine.builtin.toy.scoring import adherence
@@ -174,11 +174,12 @@ def build(out: Path = SHIPPED, work: Path | None = None, recipe: str = "full", r
     # Into place atomically: a half-written model must never be what builtin:toy resolves to.
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".toy-", dir=out.parent))
+    tmp = atomic.temp_dir(out.parent, "toy")
     try:
         pipe.save_pretrained(tmp / "model", safe_serialization=True)
         save_judge(judge, tmp / "model" / JUDGE_FILE)
         (tmp / "model" / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        atomic.normal_modes(tmp / "model")  # safetensors writes 0600 files
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp / "model", out)
