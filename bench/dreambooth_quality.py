@@ -56,7 +56,8 @@ def judge_pipe(pipe, judge, cfg, samples: int, steps: int | None) -> dict:
         "subject_rate": sum(all(g[k] == getattr(subject, k) for k in ("shape", "colour", "background", "fill"))
                             for g in got) / samples,
         "subject_rate_strict": sum(r.sees("shape", subject.shape) and all(
-            r.classifier[k] == getattr(subject, k) for k in ("colour", "background", "fill")) for r in readings) / samples,
+            r.classifier[k] == getattr(subject, k) for k in ("colour", "background", "fill"))
+            for r in readings) / samples,
         "class_subject_leak": sum(g["colour"] == subject.colour or g["background"] == subject.background
                                   for g in seen) / samples,
         "class_adherence": sum(g["shape"] == subject.shape and f" {g['colour']} " in f" {p} "
@@ -87,7 +88,9 @@ def measure(preset: Path, samples: int, steps: int | None, train, log=print) -> 
     result = {f"base_{k}": v for k, v in base.items()}
     with tempfile.TemporaryDirectory(prefix="bench-dreambooth-") as tmp:
         for prefix, prior in (("no_prior_", False), ("prior_", True)):
-            run, seconds = train(preset, Path(tmp) / prefix, [f"with_prior_preservation={str(prior).lower()}"])
+            # class images of this base, drawn afresh (the preset's class_data_dir may hold another base's)
+            run, seconds = train(preset, Path(tmp) / prefix, [f"with_prior_preservation={str(prior).lower()}",
+                                                              f"class_data_dir={Path(tmp) / 'class-images'}"])
             log(f"trained {preset} ({prefix[:-1]}) in {seconds:.1f} s")
             pipe = fresh_pipe()
             get_method(cfg.method).load_into_pipeline(pipe, run, cfg)

@@ -202,7 +202,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.splitlines()[0])
     p.add_argument("--preset", type=Path, default=None, help="a toy preset (default: presets/toy-lora.toml)")
     p.add_argument("--method", choices=sorted(METHOD_PRESETS), default=None,
-                   help="the shipped toy preset of a method (dreambooth on toy-subject, the rest on toy-star)")
+                   help="the shipped toy preset of a method (dreambooth and textual_inversion on toy-subject, "
+                        "the rest on toy-star)")
     p.add_argument("--adaptor", type=Path, default=None, help="a finished run folder (skips training)")
     p.add_argument("--samples", type=int, default=64, help="images per figure")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the pipeline's 50)")

@@ -122,9 +122,8 @@ def render_image(scene: Scene) -> Image.Image:
     return Image.fromarray(render(scene), "RGB")
 
 
-def write_dataset(folder, items: list[Scene], prefix: str = "", captions: bool | list[str] = True) -> None:
-    """PNG + .txt caption pairs (the kohya layout) for the given scenes (PNGs alone without captions); the
-    scenes' own captions, or the given ones."""
+def write_dataset(folder, items: list[Scene], prefix: str = "", captions: bool = True) -> None:
+    """PNG + .txt caption pairs (the kohya layout) for the given scenes (PNGs alone without captions)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     width = max(4, len(str(len(items) - 1)))
@@ -132,8 +131,7 @@ def write_dataset(folder, items: list[Scene], prefix: str = "", captions: bool |
         stem = f"{prefix}{i:0{width}d}"
         render_image(s).save(folder / f"{stem}.png", optimize=True)
         if captions:
-            text = captions[i] if isinstance(captions, list) else s.caption()
-            (folder / f"{stem}.txt").write_text(text + "\n")
+            (folder / f"{stem}.txt").write_text(s.caption() + "\n")
 
 
 EXAMPLE_READMES = {
