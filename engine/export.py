@@ -52,27 +52,40 @@ def _split_key(key: str) -> tuple[str, str]:
 def peft_to_kohya(state_dict: dict[str, torch.Tensor], prefix: str, alpha) -> dict[str, torch.Tensor]:
     """`a.b.to_q.lora_A.weight` -> `{prefix}_a_b_to_q.lora_down.weight` (+ `.lora_up.weight`, `.alpha`).
 
-    LoHa / LoKr keep their names in the LyCORIS layout (`{prefix}_a_b_to_q.hada_w1_a`, `.lokr_w1` ...); DoRA's
-    magnitude becomes kohya's `.dora_scale` (one value per output channel, shaped [out, 1, ...]).
     `alpha`: one value, or {module path: (alpha, rank)} as PEFT built each layer (conv layers may differ)."""
     out: dict[str, torch.Tensor] = {}
+    for module, parts in group_modules(state_dict).items():
+        a, rank = alpha[module] if isinstance(alpha, dict) else (alpha, None)
+        name = f"{prefix}_{module.replace('.', '_')}"
+        out.update({f"{name}.{part}": value for part, value in kohya_module(parts, a, rank).items()})
+    return out
+
+
+def group_modules(state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """PEFT keys grouped by module: {"a.b.to_q": {"lora_A.weight": ..., "lora_B.weight": ...}}."""
     modules: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state_dict.items():
         module, part = _split_key(key)
         modules.setdefault(module, {})[part] = value
-    for module, parts in modules.items():
-        name = f"{prefix}_{module.replace('.', '_')}"
-        a, rank = alpha[module] if isinstance(alpha, dict) else (alpha, None)
-        if "lokr_w1" in parts and "lokr_w2" in parts:
-            # LyCORIS loaders (ComfyUI, AUTOMATIC1111) scale a LoKr by alpha / rank only when a factor is split
-            # (`_a`/`_b`), by 1 otherwise; PEFT always scales by alpha / r: fold PEFT's scale into lokr_w1.
-            parts = {**parts, "lokr_w1": parts["lokr_w1"] * (a / rank)}
-            a = float(rank)
-        for part, value in parts.items():
-            if part == "lora_magnitude_vector":
-                value = value.reshape(value.numel(), *([1] * (parts["lora_B.weight"].dim() - 1)))
-            out[f"{name}.{_LORA_NAMES.get(part, part)}"] = value.contiguous()
-        out[f"{name}.alpha"] = torch.tensor(float(a), dtype=torch.float32)
+    return modules
+
+
+def kohya_module(parts: dict[str, torch.Tensor], a: float, rank: int | None) -> dict[str, torch.Tensor]:
+    """One module's PEFT tensors under kohya / LyCORIS names, with `alpha` (a float32 scalar).
+
+    LoHa / LoKr keep their names (`hada_w1_a`, `lokr_w1` ...); DoRA's magnitude becomes kohya's `dora_scale`
+    (one value per output channel, shaped [out, 1, ...])."""
+    if "lokr_w1" in parts and "lokr_w2" in parts:
+        # LyCORIS loaders (ComfyUI, AUTOMATIC1111) scale a LoKr by alpha / rank only when a factor is split
+        # (`_a`/`_b`), by 1 otherwise; PEFT always scales by alpha / r: fold PEFT's scale into lokr_w1.
+        parts = {**parts, "lokr_w1": parts["lokr_w1"] * (a / rank)}
+        a = float(rank)
+    out = {}
+    for part, value in parts.items():
+        if part == "lora_magnitude_vector":
+            value = value.reshape(value.numel(), *([1] * (parts["lora_B.weight"].dim() - 1)))
+        out[_LORA_NAMES.get(part, part)] = value.contiguous()
+    out["alpha"] = torch.tensor(float(a), dtype=torch.float32)
     return out
 
 

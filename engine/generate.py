@@ -87,12 +87,9 @@ def _owning_run(file: Path) -> dict | None:
 
 def _check_lora_file(path: Path) -> dict[str, str]:
     """The file's metadata, after making sure it is a safetensors LoRA."""
-    if path.suffix.lower() != ".safetensors":
-        raise GenerationError(f"{path}: LoRA files must be .safetensors (pickle files such as .ckpt, .pt and .bin "
-                              "can run code when loaded and are not read)")
-    from engine.safetensors_files import NotSafetensors, read_header
+    from engine.safetensors_files import NotSafetensors, read_lora_header
     try:
-        keys, meta = read_header(path, "convert it to safetensors (pickle files can run code and are not read)")
+        keys, meta = read_lora_header(path)
     except NotSafetensors as e:
         raise GenerationError(str(e)) from None
     if not any("lora" in k for k in keys):

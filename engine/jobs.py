@@ -278,7 +278,7 @@ class JobQueue:
         job.ended, job.returncode = time.time(), rc
         # nothing of a job outlives it (e.g. the training process when only its launcher was killed)
         if self._procs.pop(job.id, None) is not None:
-            signal_group(job.pid, signal.SIGKILL)
+            stop_group(job.pid, time.time())  # SIGKILL, and judge it only once the group has gone
         else:  # an adopted pid's group may be another program's by now: only our own leftovers
             for pid in _group_members(job.pid):
                 if _is_training_process(pid, job.config_path):

@@ -32,3 +32,14 @@ def describe(path: Path, err: Exception, if_pickle: str) -> str:
         return f"{path} is a PyTorch pickle checkpoint (torch.save) with a .safetensors name; {if_pickle}"
     return (f"{path} is not a readable safetensors file ({str(err).splitlines()[0][:200]}); it may be cut short "
             "(an unfinished download or copy) or another format")
+
+
+PICKLE_REFUSED = "convert it to safetensors (pickle files can run code and are not read)"
+
+
+def read_lora_header(path: Path) -> tuple[list[str], dict[str, str]]:
+    """read_header for a LoRA file the user gave: only .safetensors is read at all."""
+    if path.suffix.lower() != ".safetensors":
+        raise NotSafetensors(f"{path}: LoRA files must be .safetensors (pickle files such as .ckpt, .pt and .bin "
+                             "can run code when loaded and are not read)")
+    return read_header(path, PICKLE_REFUSED)

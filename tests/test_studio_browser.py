@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine import presets
+from engine import jobs, presets
 from engine.config import load_config
 from engine.paths import PROJECT_ROOT
 from ui.testing import (StudioServer, TAB_LABELS, chromium_path, field_input, open_page, open_tab,
@@ -130,7 +130,8 @@ def test_a_bad_value_shows_next_to_its_field_and_starts_nothing(page, server):
     error = page.locator("#error-resolution")
     error.wait_for(state="visible")
     assert "resolution = 100" in error.inner_text() and "multiple of 8" in error.inner_text()
-    assert "Not started" in page.locator("#training-start-status").inner_text()
+    # the field's own check may show its error before Start's answer arrives: wait for that answer
+    page.locator("#training-start-status").get_by_text("Not started").wait_for(timeout=30_000)
     assert "Traceback" not in page.content()
     page.wait_for_timeout(1500)
     assert len(job_records(server)) == before
@@ -180,8 +181,9 @@ def test_a_cancelled_run_shows_as_cancelled(page, server):
     wait_for_status(page, ("cancelled",), timeout=60)
     assert re.search(r"browser-cancel.*cancelled", page.locator("#run-queue").inner_text(), re.S)
     record = next(j for j in job_records(server) if j["name"] == "browser-cancel")
-    with pytest.raises(ProcessLookupError):
-        os.killpg(record["pid"], 0)  # the whole process group is gone
+    # "cancelled" means the whole process group is gone, not still dying (a zombie is gone: it holds nothing,
+    # and a container's init may never reap it)
+    assert not jobs.group_alive(record["pid"])
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_and_finishes(page, server):

@@ -25,10 +25,13 @@ CANARY = "CANARY-3b1f: a secret outside the studio's home"
 CLIMB = "./" + "../" * 12  # the prefix: from any folder up to /
 PATH_INPUTS = {"dataset-caption-ext", "dataset-selected", "dataset-upload", "dataset-upload-name",
                "caption-caption-extension", "training-preset", "training-preset-name", "run-select",
-               "compare-run", "compare-lora-file", "compare-editor"}
+               "compare-run", "compare-lora-file", "compare-editor", "utilities-name",
+               "utilities-extract-name"}
 # the folder an opened caption came from is any folder too: Save writes only an image's sidecar inside it;
 # a preset's data source is a folder or a dataset id the form and the Dataset tab then read
-FOLDER_INPUTS = {"dataset-path", "caption-model", "compare-base", "dataset-selected-folder", "training-preset-data"}
+# the Utilities tab reads a LoRA file anywhere (and a base model) and writes only utilities/NAME.safetensors
+FOLDER_INPUTS = {"dataset-path", "caption-model", "compare-base", "dataset-selected-folder", "training-preset-data",
+                 "utilities-file", "utilities-base"}
 TEXT_INPUTS = {"dataset-caption", "dataset-caption-stamp", "dataset-bulk-text", "dataset-bulk-replace",
                "dataset-status", "caption-status",
                "caption-trigger", "caption-undesired-tags", "caption-tag-separator", "training-import-text",

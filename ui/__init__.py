@@ -60,14 +60,15 @@ STUDIO_JS = """() => {
     window.studioShowField(link.dataset.field, (link.dataset.path || '').split(' ').filter(Boolean));
   });
 }"""
-TABS = (("Dataset", "dataset"), ("Training", "training"), ("Run", "run"), ("Compare", "compare"))
+TABS = (("Dataset", "dataset"), ("Training", "training"), ("Run", "run"), ("Compare", "compare"),
+        ("Utilities", "utilities"))
 
 
 def build_app(studio: Studio) -> gr.Blocks:
-    from ui import compare_tab, dataset_tab, run_tab, training_tab
+    from ui import compare_tab, dataset_tab, run_tab, training_tab, utilities_tab
 
     builders = {"dataset": dataset_tab.build, "training": training_tab.build, "run": run_tab.build,
-                "compare": compare_tab.build}
+                "compare": compare_tab.build, "utilities": utilities_tab.build}
     with gr.Blocks(title="Adaptor Studio") as demo:
         studio.shared["demo"] = demo  # tabs refresh what a reloaded page would otherwise show stale
         gr.Markdown("# Adaptor Studio", elem_id="title")

@@ -144,22 +144,27 @@ def write_outputs(folder: Path, cfg, comps, modules: dict, stats: dict) -> dict[
     tes = [modules.get(n, te) for n, te in zip(fam.text_encoder_names, comps.text_encoders)]
     pipe = fam.make_pipeline(comps, unet=modules["unet"], text_encoders=tes)
     pipe.scheduler = _sampling_scheduler(comps) or pipe.scheduler
-    final = Path(folder) / "diffusers"
-    tmp = atomic.temp_dir(final.parent, "diffusers")
     single = Path(folder) / f"{cfg.adaptor_name}.safetensors"
+    with _ema_weights(modules["unet"]):
+        return save_pipeline(pipe, fam, Path(folder) / "diffusers", single, {
+            "modelspec.sai_model_spec": "1.0.0", "modelspec.title": cfg.adaptor_name,
+            "modelspec.architecture": fam.modelspec_architecture(comps, "-").rsplit("/", 1)[0],
+            "modelspec.prediction_type": comps.noise_scheduler.config.prediction_type,
+            "ss_ema": str(bool(cfg.use_ema))})
+
+
+def save_pipeline(pipe, fam, final: Path, single: Path, metadata: dict[str, str]) -> dict[str, str]:
+    """`pipe` as a diffusers folder `final` (built in a temp folder and renamed into place, text encoders in the
+    classic layout) and as the single-file checkpoint `single` (also engine/tools' merge into a base)."""
+    tmp = atomic.temp_dir(final.parent, "diffusers")
     size = sum(p.numel() * p.element_size() for m in pipe.components.values() if isinstance(m, torch.nn.Module)
                for p in m.parameters())
     try:
-        with _ema_weights(modules["unet"]):
-            with atomic.disk_full_guard(final, size):
-                pipe.save_pretrained(tmp, safe_serialization=True)
-                _resave_text_encoders_classic(pipe, tmp, fam.text_encoder_names)
-            atomic.normal_modes(tmp)
-            single_file.write_single_file(pipe, fam.name, single, {
-                "modelspec.sai_model_spec": "1.0.0", "modelspec.title": cfg.adaptor_name,
-                "modelspec.architecture": fam.modelspec_architecture(comps, "-").rsplit("/", 1)[0],
-                "modelspec.prediction_type": comps.noise_scheduler.config.prediction_type,
-                "ss_ema": str(bool(cfg.use_ema))})
+        with atomic.disk_full_guard(final, size):
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            _resave_text_encoders_classic(pipe, tmp, fam.text_encoder_names)
+        atomic.normal_modes(tmp)
+        single_file.write_single_file(pipe, fam.name, single, metadata)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -149,13 +149,17 @@ def _network_metadata(cfg) -> dict[str, str]:
 
 def _write_peft_folders(root: Path, modules: dict, sds: dict) -> Path:
     for name, module in modules.items():
-        folder = root / name
-        atomic.save_safetensors(sds[name], folder / "adapter_model.safetensors")
-        config = adapter_metadata(module)
-        atomic.write_bytes(folder / "adapter_config.json",
-                           json.dumps(config, default=lambda v: sorted(v) if isinstance(v, set) else str(v),
-                                      indent=2).encode())
+        write_peft_folder(root / name, adapter_metadata(module), sds[name])
     return root
+
+
+def write_peft_folder(folder: Path, config: dict, state: dict[str, torch.Tensor]) -> Path:
+    """PEFT's adapter layout: adapter_model.safetensors + adapter_config.json (also engine/tools' writer)."""
+    atomic.save_safetensors(state, folder / "adapter_model.safetensors")
+    atomic.write_bytes(folder / "adapter_config.json",
+                       json.dumps(config, default=lambda v: sorted(v) if isinstance(v, set) else str(v),
+                                  indent=2).encode())
+    return folder
 
 
 def load_into_pipeline(pipe, run_dir: Path, cfg, scale: float = 1.0) -> None:
@@ -171,11 +175,16 @@ def load_into_pipeline(pipe, run_dir: Path, cfg, scale: float = 1.0) -> None:
         if scale != 1.0:
             pipe.set_adapters([adapter], adapter_weights=[scale])
         return
-    root = run_dir / PEFT_FOLDER
+    load_peft_folders(pipe, run_dir / PEFT_FOLDER, adapter, scale, f"is {run_dir} a finished {cfg.lora_type} run?")
+
+
+def load_peft_folders(pipe, root: Path, adapter: str, scale: float = 1.0, hint: str = "") -> None:
+    """PEFT adapter folders (`root/<component>/adapter_config.json` + `adapter_model.safetensors`, any kind:
+    LoRA, LoHa, LoKr) into the pipeline's components as adapter `adapter` at `scale` (also engine/tools')."""
+    root = Path(root)
     folders = sorted(p for p in root.iterdir() if (p / "adapter_config.json").is_file()) if root.is_dir() else []
     if not folders:
-        raise FileNotFoundError(f"{root} holds no PEFT adapter folders: is {run_dir} a finished "
-                                f"{cfg.lora_type} run?")
+        raise FileNotFoundError(f"{root} holds no PEFT adapter folders" + (f": {hint}" if hint else ""))
     for folder in folders:
         module = getattr(pipe, folder.name, None)
         if module is None:
