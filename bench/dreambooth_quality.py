@@ -1,7 +1,7 @@
 """DreamBooth on the toy world (bench.quality calls this for a dreambooth preset): train the preset with and
 without prior preservation and judge, over `samples` images each:
-- subject_rate: the instance prompt draws the subject (toy-subject: a red striped circle on white; all four
-  attributes as judged);
+- subject_rate: the instance prompt draws the subject (toy-subject: a red circle on white; all four attributes
+  as the classifier reads them); subject_rate_strict: and the pixel judge finds a circle in its colours;
 - class_subject_leak: plain class prompts that ask for another colour on another background ("a blue circle on
   a pink background") draw the subject's colour or background instead: how far the class drifted to the
   subject;
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+
+TARGETS = {"prior_subject_rate_strict": 0.9}
 
 
 def class_prompts(n: int) -> list[str]:
@@ -34,11 +36,12 @@ def drift(before: dict[str, float], after: dict[str, float]) -> float:
 
 def judge_pipe(pipe, judge, cfg, samples: int, steps: int | None) -> dict:
     from engine.builtin.toy import world
-    from engine.builtin.toy.build import sample
     from engine.builtin.toy.judge import predict
+    from engine.builtin.toy.scoring import read, sample
 
     subject = world.SUBJECT
-    got = predict(judge, sample(pipe, [cfg.instance_prompt] * samples, steps))
+    readings = read(judge, sample(pipe, [cfg.instance_prompt] * samples, steps), [subject] * samples)
+    got = [r.classifier for r in readings]
     prompts = class_prompts(samples)
     seen = predict(judge, sample(pipe, prompts, steps))
     plain = predict(judge, sample(pipe, [cfg.class_prompt or f"a {subject.shape}"] * samples, steps))
@@ -52,6 +55,9 @@ def judge_pipe(pipe, judge, cfg, samples: int, steps: int | None) -> dict:
         "class_looks": looks,
         "subject_rate": sum(all(g[k] == getattr(subject, k) for k in ("shape", "colour", "background", "fill"))
                             for g in got) / samples,
+        "subject_rate_strict": sum(r.sees("shape", subject.shape) and all(
+            r.classifier[k] == getattr(subject, k) for k in ("colour", "background", "fill"))
+            for r in readings) / samples,
         "class_subject_leak": sum(g["colour"] == subject.colour or g["background"] == subject.background
                                   for g in seen) / samples,
         "class_adherence": sum(g["shape"] == subject.shape and f" {g['colour']} " in f" {p} "
@@ -82,7 +88,9 @@ def measure(preset: Path, samples: int, steps: int | None, train, log=print) -> 
     result = {f"base_{k}": v for k, v in base.items()}
     with tempfile.TemporaryDirectory(prefix="bench-dreambooth-") as tmp:
         for prefix, prior in (("no_prior_", False), ("prior_", True)):
-            run, seconds = train(preset, Path(tmp) / prefix, [f"with_prior_preservation={str(prior).lower()}"])
+            # class images of this base, drawn afresh (the preset's class_data_dir may hold another base's)
+            run, seconds = train(preset, Path(tmp) / prefix, [f"with_prior_preservation={str(prior).lower()}",
+                                                              f"class_data_dir={Path(tmp) / 'class-images'}"])
             log(f"trained {preset} ({prefix[:-1]}) in {seconds:.1f} s")
             pipe = fresh_pipe()
             get_method(cfg.method).load_into_pipeline(pipe, run, cfg)
@@ -91,3 +99,11 @@ def measure(preset: Path, samples: int, steps: int | None, train, log=print) -> 
             result.update({prefix + k: v for k, v in judged.items()})
             result[prefix + "train_seconds"] = round(seconds, 1)
     return result
+
+
+def verdict(r: dict) -> list[str]:
+    missed = [f"{k} = {r[k]} (target >= {v})" for k, v in TARGETS.items() if r[k] < v]
+    if r["prior_class_drift"] >= r["no_prior_class_drift"]:
+        missed.append(f"class drift with prior preservation ({r['prior_class_drift']}) is not lower than without "
+                      f"({r['no_prior_class_drift']})")
+    return missed

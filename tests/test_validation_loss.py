@@ -62,3 +62,28 @@ def test_the_loss_reaches_tensorboard(runs):
     acc.Reload()
     assert "validation_loss" in acc.Tags()["scalars"]
     assert [e.step for e in acc.Scalars("validation_loss")] == [0, 2, 4, 6]
+
+
+@pytest.mark.slow
+def test_the_overfitting_bench_plots_the_loss_it_trained_with(tmp_path):
+    """bench.validation_overfit at a few steps: one point per validation_loss_steps from step 0, the figures
+    read from those points, and the plot written."""
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from conftest import ROOT
+
+    out = tmp_path / "plot.png"
+    proc = subprocess.run([sys.executable, "-m", "bench.validation_overfit", "--out", str(out), "--steps", "4",
+                           "--every", "2", "--train-images", "2", "--held-out", "2", "--json"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [s for s, _ in r["points"]] == [0, 2, 4]
+    losses = [v for _, v in r["points"]]
+    assert r["lowest"] == round(min(losses), 5) and r["first"] == round(losses[0], 5) and r["last_step"] == 4
+    assert r["lowest"] <= min(r["first"], r["last"]) and r["rise"] >= 0 and r["fall"] >= 0
+    assert Image.open(out).size == (720, 420)
