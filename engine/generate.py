@@ -17,138 +17,19 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
 from engine.sampling.autocast import pipeline_autocast
-from engine.config import FIELD_BY_NAME, ConfigError, atomic_write_bytes, flatten, read_toml
-from engine.export import DIFFUSERS_WEIGHT_NAME
+from engine.adaptor_ref import Adaptor, ModelRef, resolve_adaptor, run_settings  # noqa: F401 (engine.generate's API)
+from engine.config import ConfigError, atomic_write_bytes
 from engine.families import ModelError, get_family
 from engine.gen_worker import GenerationError
 from engine.lora_load import load_lora
 
 ADAPTER_NAME = "compare"
-_FULL_CHECKPOINT_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.")
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """What family.load needs to know about a model (the fields share the training config's names)."""
-    pretrained_model_name_or_path: str
-    pretrained_vae_model_name_or_path: str | None = None
-    revision: str | None = None
-    variant: str | None = None
-    model_family: str = "auto"
-    allow_pickle: bool = False
-
-
-@dataclass
-class Adaptor:
-    kind: str  # "lora" (path: a LoRA file), "full" (path: a whole diffusers pipeline folder) or "method"
-    # (path: a run folder whose method applies itself: textual inversion, LoHa/LoKr)
-    path: Path
-    base: ModelRef
-    trigger: str
-    resolution: int | None = None  # the run's training resolution, when known
-
-
-# ----------------------------------------------------------------------------- which adaptor, which base
-
-def run_settings(run_dir: Path) -> dict[str, Any]:
-    """A run's config.toml with schema defaults filled in (not re-validated: its dataset may be gone)."""
-    path = run_dir / "config.toml"
-    try:
-        raw = flatten(read_toml(path))
-    except ConfigError as e:
-        raise GenerationError(f"cannot read the run's settings {path}: {e}") from None
-    return {f.name: raw.get(f.name, f.default) for f in FIELD_BY_NAME.values()}
-
-
-def _model_ref(base: str, settings: dict | None, vae: str | None) -> ModelRef:
-    """The base as given; the run's VAE, revision, variant and family apply only to the run's own base."""
-    if settings is None or base != settings["pretrained_model_name_or_path"]:
-        return ModelRef(base, vae)
-    s = settings
-    return ModelRef(base, vae if vae is not None else s["pretrained_vae_model_name_or_path"], s["revision"],
-                    s["variant"], s["model_family"], bool(s["allow_pickle"]))
-
-
-def _owning_run(file: Path) -> dict | None:
-    """The settings of the run folder a LoRA file sits in (`<run>/x.safetensors`, `<run>/diffusers/...`)."""
-    for folder in (file.parent, file.parent.parent):
-        if (folder / "config.toml").is_file():
-            with contextlib.suppress(GenerationError):
-                return run_settings(folder)
-    return None
-
-
-def _check_lora_file(path: Path) -> dict[str, str]:
-    """The file's metadata, after making sure it is a safetensors LoRA."""
-    from engine.safetensors_files import NotSafetensors, read_lora_header
-    try:
-        keys, meta = read_lora_header(path)
-    except NotSafetensors as e:
-        raise GenerationError(str(e)) from None
-    if not any("lora" in k for k in keys):
-        what = ("a full model checkpoint: give it as the base model instead"
-                if any(k.startswith(_FULL_CHECKPOINT_PREFIXES) for k in keys) else "not a LoRA (no lora keys)")
-        raise GenerationError(f"{path} is {what}")
-    return meta
-
-
-def _run_trigger(s: dict) -> str:
-    """What turns the adaptor on in a prompt: the trigger word; a DreamBooth run's instance prompt; a textual
-    inversion's token."""
-    if s["method"] == "textual_inversion":
-        return s["placeholder_token"] or ""
-    if s["method"] == "dreambooth":
-        return s["instance_prompt"] or ""
-    return s["trigger_word"] or ""
-
-
-def resolve_adaptor(adaptor: str | Path, base: str | None = None, trigger: str | None = None,
-                    vae: str | None = None) -> Adaptor:
-    path = Path(adaptor).expanduser()
-    if not path.exists():
-        raise GenerationError(f"adaptor {path} not found: give a run folder (with config.toml) or a LoRA "
-                              ".safetensors file")
-    if path.is_dir() and not (path / "config.toml").is_file():
-        if not (path / DIFFUSERS_WEIGHT_NAME).is_file():
-            raise GenerationError(f"{path} is neither a run folder (no config.toml) nor a diffusers LoRA folder "
-                                  f"(no {DIFFUSERS_WEIGHT_NAME})")
-        path = path / DIFFUSERS_WEIGHT_NAME
-    if path.is_dir():
-        s = run_settings(path)
-        base = base or s["pretrained_model_name_or_path"]
-        trig = trigger if trigger is not None else _run_trigger(s)
-        if s["method"] == "textual_inversion" or s["lora_type"] != "lora":
-            if not (path / "diffusers").is_dir() and not (path / "peft").is_dir():
-                raise GenerationError(f"run {path} has no adaptor yet: training has not finished; see its train.log")
-            return Adaptor("method", path, _model_ref(base, s, vae), trig, s["resolution"])
-        if s["method"] == "full" or (s["method"] == "dreambooth" and s["dreambooth_full"]):
-            if not (path / "diffusers" / "model_index.json").is_file():
-                raise GenerationError(f"run {path} has no trained model yet (no diffusers/model_index.json): "
-                                      "wait for training to finish, or see its train.log")
-            return Adaptor("full", path / "diffusers", _model_ref(base, s, vae), trig, s["resolution"])
-        files = [path / "diffusers" / DIFFUSERS_WEIGHT_NAME, path / f"{s['adaptor_name']}.safetensors"]
-        lora = next((f for f in files if f.is_file()), None)
-        if lora is None:
-            raise GenerationError(f"run {path} has no adaptor yet (no {files[1].name} or diffusers/"
-                                  f"{DIFFUSERS_WEIGHT_NAME}): training has not finished; see its train.log")
-        _check_lora_file(lora)
-        return Adaptor("lora", lora, _model_ref(base, s, vae), trig, s["resolution"])
-    meta = _check_lora_file(path)
-    run = _owning_run(path)
-    if not base and not run:
-        hint = f" (the file says it was trained on {meta['ss_sd_model_name']!r})" if meta.get("ss_sd_model_name") else ""
-        raise GenerationError(f"{path} is a bare LoRA file: give the base model it was trained for{hint}")
-    if trigger is None:
-        trigger = meta.get("modelspec.trigger_phrase") or (run["trigger_word"] if run else "") or ""
-    base = base or run["pretrained_model_name_or_path"]
-    return Adaptor("lora", path, _model_ref(base, run, vae), trigger, run["resolution"] if run else None)
 
 
 # ----------------------------------------------------------------------------- loaded pipelines
@@ -250,7 +131,24 @@ def _apply_run(pipe, run_dir: Path, scale: float) -> None:
 
 
 @torch.no_grad()
-def _generate(pipe, prompt: str, seed: int, settings: dict, dtype, on_step=None) -> Image.Image:
+def _prompt_args(pipe, prompt: str, settings: dict, clip_skip: int) -> dict:
+    """The prompt and sampling arguments; with clip_skip > 1 the prompt embeddings are computed as training and
+    the validation samples compute them (engine.sampling.validation.prompt_kwargs)."""
+    if clip_skip <= 1:
+        return {"prompt": prompt, **settings}
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        raise GenerationError(f"clip_skip = {clip_skip} applies to SD 1.x/2.x; SDXL already uses the text "
+                              "encoders' layer before the last: use clip_skip 1")
+    from types import SimpleNamespace
+
+    from engine.families import FAMILIES
+    from engine.sampling.validation import prompt_kwargs
+    text = SimpleNamespace(prompt=prompt, negative_prompt=settings.get("negative_prompt"))
+    rest = {k: v for k, v in settings.items() if k != "negative_prompt"}
+    return {**prompt_kwargs(pipe, FAMILIES["sd1"], text, clip_skip), **rest}
+
+
+def _generate(pipe, prompt: str, seed: int, settings: dict, dtype, on_step=None, clip_skip: int = 1) -> Image.Image:
     """One image; on_step(n) after each of its denoising steps."""
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     if on_step is not None:
@@ -259,7 +157,7 @@ def _generate(pipe, prompt: str, seed: int, settings: dict, dtype, on_step=None)
             return kwargs
         settings = {**settings, "callback_on_step_end": step_end}
     with pipeline_autocast(pipe, dtype):
-        return pipe(prompt, generator=gen, **settings).images[0]
+        return pipe(generator=gen, **_prompt_args(pipe, prompt, settings, clip_skip)).images[0]
 
 
 def warm() -> None:
@@ -282,6 +180,11 @@ def _check(name: str, value, lo, hi):
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not lo <= value <= hi:
         raise GenerationError(f"{name} = {value!r} must be a number from {lo} to {hi}")
     return value
+
+
+def _clip_skip(value: int | None, ad: Adaptor) -> int:
+    """The one asked for, else the run's own."""
+    return ad.clip_skip if value is None else int(_check("clip_skip", value, 1, 12))
 
 
 def _check_size(name: str, value: int | None) -> int | None:
@@ -347,7 +250,7 @@ def compare_grid(base: str | None, adaptor: str | Path, prompts: list[str], *, t
                  negative_prompt: str = "", seed: int = 0, steps: int = 20, guidance: float = 7.5,
                  width: int | None = None, height: int | None = None, lora_scale: float = 1.0, out: Path,
                  pipe_cache: PipeCache | None = None, vae: str | None = None, dtype: str = "auto",
-                 progress=None) -> dict:
+                 progress=None, clip_skip: int | None = None) -> dict:
     """One PNG grid, a row per prompt: base | adaptor | adaptor + trigger word (no third column without a
     trigger word). Each cell is also saved, under `<out stem>-cells/`, as soon as it is drawn.
 
@@ -357,6 +260,7 @@ def compare_grid(base: str | None, adaptor: str | Path, prompts: list[str], *, t
     _check("seed", seed, 0, 2**63 - 1)
     _check("lora_scale", lora_scale, -10.0, 10.0)
     ad = resolve_adaptor(adaptor, base, trigger, vae)
+    skip = _clip_skip(clip_skip, ad)
     cache = pipe_cache or PipeCache()
     torch_dtype = resolve_dtype(dtype, cache.device)
     res = ad.resolution
@@ -372,7 +276,7 @@ def compare_grid(base: str | None, adaptor: str | Path, prompts: list[str], *, t
 
     def cell(pipe, r: int, prompt: str) -> None:
         c = len(rows[r])
-        img = _generate(pipe, prompt, seed, settings, torch_dtype,
+        img = _generate(pipe, prompt, seed, settings, torch_dtype, clip_skip=skip,
                         on_step=lambda n: report({"cell": [r, c], "step": n, "steps": settings["num_inference_steps"]}))
         rows[r].append(img)
         cells[r].append(str(save_png(img, cell_dir / f"r{r}-c{c}.png")))
@@ -388,7 +292,8 @@ def compare_grid(base: str | None, adaptor: str | Path, prompts: list[str], *, t
                 cell(pipe, r, with_trigger(p, ad.trigger))
     grid, header = draw_grid(rows, columns)
     params = {"base": ad.base.pretrained_model_name_or_path, "adaptor": str(adaptor), "prompts": prompts,
-              "columns": columns, "trigger": ad.trigger, "seed": seed, "lora_scale": lora_scale, **settings}
+              "columns": columns, "trigger": ad.trigger, "seed": seed, "lora_scale": lora_scale, "clip_skip": skip,
+              **settings}
     save_png(grid, out, params)
     return {"grid": str(out), "rows": len(prompts), "cols": len(columns), "columns": columns, "trigger": ad.trigger,
             "cells": cells, "header_height": header, "cell_size": list(rows[0][0].size),
@@ -406,7 +311,7 @@ def _open_image(path, mode: str, what: str) -> Image.Image:
 
 
 def _image_to_image(task: str, base, adaptor, prompt: str, image, mask, *, trigger, use_trigger, negative_prompt,
-                    seed, steps, guidance, strength, lora_scale, out, pipe_cache, vae, dtype) -> dict:
+                    seed, steps, guidance, strength, lora_scale, out, pipe_cache, vae, dtype, clip_skip=None) -> dict:
     from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 
     _check("strength", strength, 0.01, 1.0)
@@ -416,6 +321,7 @@ def _image_to_image(task: str, base, adaptor, prompt: str, image, mask, *, trigg
     size = source.size
     mask_img = None if mask is None else _open_image(mask, "L", "mask").resize(size, Image.NEAREST)
     ad = resolve_adaptor(adaptor, base, trigger, vae)
+    skip = _clip_skip(clip_skip, ad)
     cache = pipe_cache or PipeCache()
     torch_dtype = resolve_dtype(dtype, cache.device)
     # the model works on multiples of 8; the result is brought back to the input's own size
@@ -430,11 +336,12 @@ def _image_to_image(task: str, base, adaptor, prompt: str, image, mask, *, trigg
         else:
             task_pipe = AutoPipelineForImage2Image.from_pipe(pipe)
         task_pipe.set_progress_bar_config(disable=True)
-        result = _generate(task_pipe, full_prompt, seed, settings, torch_dtype).resize(size, Image.LANCZOS)
+        result = _generate(task_pipe, full_prompt, seed, settings, torch_dtype, clip_skip=skip).resize(size,
+                                                                                                        Image.LANCZOS)
     if mask_img is not None:  # pixels outside the mask stay exactly as uploaded
         result = Image.composite(result, source, mask_img)
     params = {"task": task, "base": ad.base.pretrained_model_name_or_path, "adaptor": str(adaptor),
-              "prompt": full_prompt, "seed": seed, "strength": strength, "lora_scale": lora_scale,
+              "prompt": full_prompt, "seed": seed, "strength": strength, "lora_scale": lora_scale, "clip_skip": skip,
               **{k: v for k, v in settings.items() if k not in ("image", "mask_image")}}
     save_png(result, Path(out), params)
     return {"image": str(out), "prompt": full_prompt, "trigger": ad.trigger, "size": list(size)}
@@ -443,23 +350,25 @@ def _image_to_image(task: str, base, adaptor, prompt: str, image, mask, *, trigg
 def img2img(base: str | None, adaptor: str | Path, prompt: str, image, *, trigger: str | None = None,
             use_trigger: bool = True, negative_prompt: str = "", seed: int = 0, steps: int = 20,
             guidance: float = 7.5, strength: float = 0.75, lora_scale: float = 1.0, out: Path,
-            pipe_cache: PipeCache | None = None, vae: str | None = None, dtype: str = "auto") -> dict:
+            pipe_cache: PipeCache | None = None, vae: str | None = None, dtype: str = "auto",
+            clip_skip: int | None = None) -> dict:
     """The image redrawn with the adaptor (trigger word in front of the prompt unless use_trigger=False)."""
     return _image_to_image("img2img", base, adaptor, prompt, image, None, trigger=trigger, use_trigger=use_trigger,
                            negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance,
                            strength=strength, lora_scale=lora_scale, out=out, pipe_cache=pipe_cache, vae=vae,
-                           dtype=dtype)
+                           dtype=dtype, clip_skip=clip_skip)
 
 
 def inpaint(base: str | None, adaptor: str | Path, prompt: str, image, mask, *, trigger: str | None = None,
             use_trigger: bool = True, negative_prompt: str = "", seed: int = 0, steps: int = 20,
             guidance: float = 7.5, strength: float = 1.0, lora_scale: float = 1.0, out: Path,
-            pipe_cache: PipeCache | None = None, vae: str | None = None, dtype: str = "auto") -> dict:
+            pipe_cache: PipeCache | None = None, vae: str | None = None, dtype: str = "auto",
+            clip_skip: int | None = None) -> dict:
     """The white part of the mask repainted with the adaptor; the rest of the image kept as it was."""
     return _image_to_image("inpaint", base, adaptor, prompt, image, mask, trigger=trigger, use_trigger=use_trigger,
                            negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance,
                            strength=strength, lora_scale=lora_scale, out=out, pipe_cache=pipe_cache, vae=vae,
-                           dtype=dtype)
+                           dtype=dtype, clip_skip=clip_skip)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -486,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--steps", type=int, default=20)
         s.add_argument("--guidance", type=float, default=7.5)
         s.add_argument("--lora-scale", type=float, default=1.0)
+        s.add_argument("--clip-skip", type=int, help="text-encoder layer from the end, as kohya counts (default: "
+                                                     "the run's clip_skip, else 1)")
         s.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
         s.add_argument("--out", required=True, type=Path, help="the PNG to write")
         if name == "compare":
@@ -513,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     from engine.train import _quiet_libraries
     _quiet_libraries()
     common = dict(trigger=args.trigger, negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps,
-                  guidance=args.guidance, lora_scale=args.lora_scale, out=args.out, vae=args.vae, dtype=args.dtype)
+                  guidance=args.guidance, lora_scale=args.lora_scale, out=args.out, vae=args.vae, dtype=args.dtype,
+                  clip_skip=args.clip_skip)
     try:
         if args.command == "compare":
             result = compare_grid(args.base, args.adaptor, args.prompt, width=args.width, height=args.height, **common)

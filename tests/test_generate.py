@@ -248,3 +248,37 @@ def test_cli_compare_img2img_inpaint_and_bad_input(runs, tmp_path, capsys):
     assert main(["inpaint", "--adaptor", str(runs["lora"]), "--image", str(src), "--mask", str(tmp_path / "nope.png"),
                  "--out", str(tmp_path / "z.png")]) == 2
     assert "nope.png" in capsys.readouterr().err
+
+
+def test_a_run_trained_with_clip_skip_is_compared_with_it(runs, tmp_path):
+    """kohya/AUTOMATIC1111's clip_skip: a run trained on the layer before the last is drawn from that layer too
+    (read from its config.toml), unless the request says otherwise; the grid's PNG records it."""
+    from diffusers import DPMSolverMultistepScheduler
+    run = tmp_path / "skip"
+    shutil.copytree(runs["lora"], run)
+    config = run / "config.toml"
+    config.write_text(config.read_text().replace("clip_skip = 1", "clip_skip = 2"))
+    assert "clip_skip = 2" in config.read_text()
+    cache = PipeCache()
+    own = compare_grid(None, run, ["a red square"], seed=1, out=tmp_path / "own.png", pipe_cache=cache, **STEPS)
+    one = compare_grid(None, run, ["a red square"], seed=1, out=tmp_path / "one.png", pipe_cache=cache, clip_skip=1,
+                       **STEPS)
+    assert json.loads(Image.open(own["grid"]).text["parameters"])["clip_skip"] == 2
+    base_own, base_one = _arr(own["cells"][0][0]), _arr(one["cells"][0][0])
+    assert np.abs(base_own - base_one).max() > 0  # the layer matters to the picture
+
+    # the base column equals diffusers given the penultimate layer's states through the final layer norm
+    pipe = load_base("builtin:tiny-sd", "sd1")
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    te = pipe.text_encoder
+    with torch.no_grad():
+        def states(text):
+            ids = pipe.tokenizer([text], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt").input_ids
+            hidden = te(ids, output_hidden_states=True).hidden_states[-2]
+            return getattr(te, "text_model", te).final_layer_norm(hidden)
+        img = pipe(prompt_embeds=states("a red square"), negative_prompt_embeds=states(""), num_inference_steps=4,
+                   guidance_scale=5.0, height=64, width=64, generator=torch.Generator().manual_seed(1)).images[0]
+    assert np.abs(base_own - np.asarray(img).astype(np.int16)).max() <= 2
+    with pytest.raises(GenerationError, match="clip_skip = 0 must be"):
+        compare_grid(None, run, ["a red square"], out=tmp_path / "bad.png", pipe_cache=cache, clip_skip=0, **STEPS)
