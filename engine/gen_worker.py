@@ -1,7 +1,8 @@
 """The generation worker: a process that keeps the base model loaded between requests, and its client.
 
 Protocol (`python -m engine.generate --serve`): one JSON request a line on stdin,
-`{"id": ..., "op": "compare" | "img2img" | "inpaint" | "ping", ...parameters of engine.generate's function}`,
+`{"id": ..., "op": "compare" | "img2img" | "inpaint" | "xy" | "ping", ...parameters of engine.generate's function
+(xy: engine.tools.grid.xy_grid's)}`,
 and one JSON response a line on stdout, `{"id": ..., "ok": true, ...result, "loads": n, "seconds": s}` or
 `{"id": ..., "ok": false, "error": "message"}`. `loads` counts model loads since the worker started, so a
 request served from the cache leaves it unchanged. Nothing else is written to stdout: library output is
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from engine.paths import PROJECT_ROOT
 
-OPS = ("compare", "img2img", "inpaint")
+OPS = ("compare", "img2img", "inpaint", "xy")
 
 
 class GenerationError(ValueError):
@@ -37,7 +38,9 @@ class GenerationError(ValueError):
 
 def _functions() -> dict:
     from engine import generate
-    return {"compare": generate.compare_grid, "img2img": generate.img2img, "inpaint": generate.inpaint}
+    from engine.tools.grid import xy_grid
+    return {"compare": generate.compare_grid, "img2img": generate.img2img, "inpaint": generate.inpaint,
+            "xy": xy_grid}
 
 
 def handle(request: dict, cache, emit=None) -> dict:
@@ -47,6 +50,7 @@ def handle(request: dict, cache, emit=None) -> dict:
     from engine import generate
     from engine.config import ConfigError
     from engine.families import ModelError
+    from engine.tools import ToolError
 
     rid = request.get("id")
     op = request.get("op")
@@ -65,7 +69,7 @@ def handle(request: dict, cache, emit=None) -> dict:
     started = time.perf_counter()
     try:
         result = fn(**params, pipe_cache=cache)
-    except (generate.GenerationError, ModelError, ConfigError, FileNotFoundError) as e:
+    except (generate.GenerationError, ModelError, ConfigError, ToolError, FileNotFoundError) as e:
         return {"id": rid, "ok": False, "error": str(e), "loads": cache.loads}
     except Exception as e:  # a bug or an out-of-memory: say what, keep serving
         traceback.print_exc(file=sys.stderr)

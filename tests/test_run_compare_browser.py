@@ -25,7 +25,7 @@ from PIL import Image
 from engine.config import save_config, validate
 from engine.jobs import signal_group, stop_group
 from engine.sampling.validation import file_name
-from ui.testing import StudioServer, chromium_path, open_page, open_tab, start_training
+from ui.testing import StudioServer, chromium_path, open_accordion, open_page, open_tab, start_training
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(chromium_path() is None, reason="no Chromium: ./launch.sh test installs it")]
@@ -339,6 +339,47 @@ def test_compare_grid_fills_in_cell_by_cell_at_a_readable_size(page, server, liv
     sizes = table.locator("img").evaluate_all("imgs => imgs.map(i => [i.complete, i.naturalWidth, i.clientWidth])")
     assert len(sizes) == 6 and all(ok and natural == 64 and shown >= 192 for ok, natural, shown in sizes), sizes
     assert near(page.locator("#compare-generate"), page.locator("#compare-status"))
+
+
+def test_compare_draws_an_xy_grid_of_two_scales_by_two_checkpoints(page, server, live):
+    """Issue #18: X = LoRA scales, Y = the run's checkpoints; the PNG keeps its settings in its text chunk."""
+    wait_finished(server, live)
+    open_tab(page, "Compare")
+    page.wait_for_function("() => document.querySelector('#compare-run input').value.includes('live-toy')")
+    open_accordion(page, "compare-xy-accordion")
+    scales, status = page.locator("#compare-xy-scales textarea, #compare-xy-scales input").first, \
+        page.locator("#compare-xy-status")
+    scales.fill("0.5, one")
+    page.locator("#compare-xy-generate").click()
+    expect(status).to_contain_text("'one' is not a number")  # said next to the button, nothing drawn
+    assert near(page.locator("#compare-xy-generate"), status)
+    scales.fill("0.5, 1")
+    page.locator("#compare-xy-steps input").fill("4")
+    for step in (40, 60):
+        page.locator("#compare-xy-adaptors input").click()
+        page.get_by_role("option", name=f"checkpoint step {step}", exact=True).click()
+    page.locator("#compare-xy-generate").click()
+    expect(status).to_contain_text("2 scales x 2 adaptors", timeout=300_000)
+    made = sorted((server.home / "runs" / ".compare").glob("xy-*.png"))
+    assert len(made) == 1
+    with Image.open(made[0]) as grid:
+        params, size = json.loads(grid.text["parameters"]), grid.size
+    run_dir = server.home / "runs" / live
+    assert params["x"] == {"axis": "lora_scale", "values": [0.5, 1.0]}
+    assert params["y"]["labels"] == ["checkpoint step 40", "checkpoint step 60"]
+    assert params["y"]["values"] == [str(run_dir / "checkpoints" / f"checkpoint-{s}" / f"{live}.safetensors")
+                                     for s in (40, 60)]
+    assert params["num_inference_steps"] == 4 and params["base"] == ["builtin:toy"] * 2
+    cells = sorted((made[0].parent / f"{made[0].stem}-cells").glob("*.png"))
+    assert [c.name for c in cells] == ["r0-c0.png", "r0-c1.png", "r1-c0.png", "r1-c1.png"]
+    w, h = Image.open(cells[0]).size
+    # 2 x 2 cells under a header strip, right of a label strip
+    assert 2 * h < size[1] < 3 * h and 2 * w < size[0] <= 2 * w + 240, (size, w, h)
+    shown = page.locator("#compare-xy-image img")
+    expect(shown).to_have_count(1)
+    page.wait_for_function("() => { const i = document.querySelector('#compare-xy-image img'); "
+                           "return i && i.complete && i.naturalWidth > 0; }")
+    assert shown.evaluate("i => [i.naturalWidth, i.naturalHeight]") == list(size)
 
 
 def paint_a_dot(page, editor, tries: int = 5) -> None:

@@ -25,7 +25,7 @@ CANARY = "CANARY-3b1f: a secret outside the studio's home"
 CLIMB = "./" + "../" * 12  # the issue's prefix: from any folder up to /
 PATH_INPUTS = {"dataset-caption-ext", "dataset-selected", "dataset-upload", "dataset-upload-name",
                "caption-caption-extension", "training-preset", "training-preset-name", "run-select",
-               "compare-run", "compare-lora-file", "compare-editor", "utilities-name",
+               "compare-run", "compare-lora-file", "compare-editor", "compare-xy-adaptors", "utilities-name",
                "utilities-extract-name"}
 # the folder an opened caption came from is any folder too: Save writes only an image's sidecar inside it;
 # a preset's data source is a folder or a dataset id the form and the Dataset tab then read
@@ -35,7 +35,7 @@ FOLDER_INPUTS = {"dataset-path", "caption-model", "compare-base", "dataset-selec
 TEXT_INPUTS = {"dataset-caption", "dataset-caption-stamp", "dataset-bulk-text", "dataset-bulk-replace",
                "dataset-status", "caption-status",
                "caption-trigger", "caption-undesired-tags", "caption-tag-separator", "training-import-text",
-               "compare-prompts", "compare-negative"}
+               "compare-prompts", "compare-negative", "compare-xy-scales", "compare-xy-prompt"}
 PATH_FIELDS = {"caption_extension", "output_dir", "class_data_dir", "resume_from_checkpoint", "adaptor_name"}
 FOLDER_FIELDS = {"train_data_dir", "dataset_name", "pretrained_model_name_or_path",
                  "pretrained_vae_model_name_or_path"}

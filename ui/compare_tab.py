@@ -6,7 +6,8 @@ requests.
 elem_ids: compare-run, compare-lora-accordion, compare-lora-file, compare-base, compare-prompts,
 compare-negative, compare-seed, compare-steps, compare-guidance, compare-width, compare-height, compare-scale,
 compare-generate, compare-status, compare-grid, compare-download, compare-editor, compare-strength,
-compare-use-trigger, compare-img2img, compare-inpaint, compare-edit-status, compare-edit-result.
+compare-use-trigger, compare-img2img, compare-inpaint, compare-edit-status, compare-edit-result; the X/Y grid's
+are in ui/compare_xy.py.
 """
 from __future__ import annotations
 
@@ -210,6 +211,8 @@ def build(studio: Studio) -> None:
         status = gr.Markdown("", elem_id="compare-status")
     grid = gr.HTML("", elem_id="compare-grid")
     download = gr.File(label="Grid PNG", elem_id="compare-download")
+    from ui import compare_xy  # here: it imports this module's helpers
+    compare_xy.build(studio, run_box, negative, guidance)
 
     with gr.Accordion("img2img and inpainting with the adaptor", open=False):
         editor = gr.ImageEditor(label="Upload an image; paint the area to repaint (inpainting)", type="numpy",

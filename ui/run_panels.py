@@ -31,8 +31,12 @@ COMPARABLE_METHODS = ("lora", "dreambooth")
 
 def run_settings(job) -> dict:
     """The job's config with schema defaults for what it leaves out (no validation: its dataset may be gone)."""
+    return settings_from(job.config_path)
+
+
+def settings_from(config_path: Path) -> dict:
     try:
-        raw = flatten(read_toml(job.config_path))
+        raw = flatten(read_toml(config_path))
     except (ConfigError, OSError):
         raw = {}
     return {f.name: raw.get(f.name, f.default) for f in FIELDS}
@@ -118,13 +122,17 @@ def intermediates(job, p: Progress, settings: dict) -> list[Intermediate]:
     """The adaptors saved before the end: the checkpoints the events name (pruned ones are gone) and the
     folders save_every_n_steps/epochs write, intermediate/<name>-stepNNNNNN/ with <name>-stepNNNNNN.safetensors
     and diffusers/ inside (engine/periodic.py; a folder appears whole, by a rename)."""
+    return intermediates_in(job.run_dir, p.checkpoint_steps, settings)
+
+
+def intermediates_in(run_dir: Path, checkpoint_steps: dict[Path, int], settings: dict) -> list[Intermediate]:
     found = []
-    name = settings.get("adaptor_name") or job.run_dir.name
-    for folder, step in p.checkpoint_steps.items():
+    name = settings.get("adaptor_name") or run_dir.name
+    for folder, step in checkpoint_steps.items():
         kohya, diffusers = folder / f"{name}.safetensors", folder / "diffusers" / DIFFUSERS_WEIGHTS
         found.append(Intermediate(step, "checkpoint", kohya if kohya.is_file() else None,
                                   diffusers if diffusers.is_file() else None))
-    saved = job.run_dir / "intermediate"
+    saved = run_dir / "intermediate"
     for folder in sorted(saved.iterdir()) if saved.is_dir() else []:
         if (m := _INTERMEDIATE.match(folder.name)) and folder.is_dir():
             kohya, diffusers = folder / f"{folder.name}.safetensors", folder / "diffusers" / DIFFUSERS_WEIGHTS

@@ -34,8 +34,9 @@ def _row_labels(grid: Image.Image, header: int, labels: list[str], cell_h: int) 
 def xy_grid(adaptors: list[str], scales: list[float], prompt: str, out: str | Path, *, base: str | None = None,
             seed: int = 0, steps: int = 20, guidance: float = 7.5, width: int | None = None,
             height: int | None = None, negative_prompt: str = "", use_trigger: bool = True,
-            pipe_cache=None, dtype: str = "auto") -> dict:
-    """The grid PNG at `out` (and each cell under `<out stem>-cells/`); returns what it drew."""
+            pipe_cache=None, dtype: str = "auto", labels: list[str] | None = None) -> dict:
+    """The grid PNG at `out` (and each cell under `<out stem>-cells/`); returns what it drew. labels name the
+    rows (default: each adaptor's file or folder name, the same for two checkpoints of one run)."""
     from engine import generate as g
 
     if not adaptors or not scales:
@@ -63,11 +64,12 @@ def xy_grid(adaptors: list[str], scales: list[float], prompt: str, out: str | Pa
     except (g.GenerationError, g.ModelError, ValueError) as e:
         raise ToolError(str(e)) from None
     grid, header = g.draw_grid(rows, [f"scale {s:g}" for s in scales])
-    labels = [Path(a).name or str(a) for a in adaptors]
+    named = labels is not None and len(labels) == len(adaptors)
+    labels = list(labels) if named else [Path(a).name or str(a) for a in adaptors]
     grid = _row_labels(grid, header, labels, rows[0][0].height)
     out = Path(out).expanduser()
-    params = {"grid": "xy", "x": {"axis": "lora_scale", "values": list(scales)},
-              "y": {"axis": "adaptor", "values": [str(a) for a in adaptors]}, "prompt": prompt,
+    y = {"axis": "adaptor", "values": [str(a) for a in adaptors], **({"labels": labels} if named else {})}
+    params = {"grid": "xy", "x": {"axis": "lora_scale", "values": list(scales)}, "y": y, "prompt": prompt,
               "triggers": [ad.trigger for ad in resolved] if use_trigger else [], "seed": seed,
               "base": [ad.base.pretrained_model_name_or_path for ad in resolved], **settings}
     cell_dir = out.parent / f"{out.stem}-cells"
