@@ -349,12 +349,21 @@ def test_compare_draws_an_xy_grid_of_two_scales_by_two_checkpoints(page, server,
     open_accordion(page, "compare-xy-accordion")
     scales, status = page.locator("#compare-xy-scales textarea, #compare-xy-scales input").first, \
         page.locator("#compare-xy-status")
+    # the accordion mounts its content when opened, and under load a value typed at once can be lost to that:
+    # type once it shows, commit it by leaving the box, and make sure it stayed
+    expect(scales).to_be_visible()
+    page.wait_for_timeout(500)
     scales.fill("0.5, one")
+    scales.press("Tab")
+    page.wait_for_timeout(300)
+    expect(scales).to_have_value("0.5, one")
     page.locator("#compare-xy-generate").click()
-    expect(status).to_contain_text("'one' is not a number")  # said next to the button, nothing drawn
+    expect(status).to_contain_text("'one' is not a number", timeout=30_000)  # said next to the button, nothing drawn
     assert near(page.locator("#compare-xy-generate"), status)
     scales.fill("0.5, 1")
+    scales.press("Tab")
     page.locator("#compare-xy-steps input").fill("4")
+    page.locator("#compare-xy-steps input").press("Tab")
     for step in (40, 60):
         page.locator("#compare-xy-adaptors input").click()
         page.get_by_role("option", name=f"checkpoint step {step}", exact=True).click()

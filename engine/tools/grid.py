@@ -59,7 +59,7 @@ def xy_grid(adaptors: list[str], scales: list[float], prompt: str, out: str | Pa
             row = []
             for s in scales:
                 with g.adaptor_pipeline(cache, ad, torch_dtype, s) as pipe:
-                    row.append(g._generate(pipe, text, seed, settings, torch_dtype))
+                    row.append(g._generate(pipe, text, seed, settings, torch_dtype, clip_skip=ad.clip_skip))
             rows.append(row)
     except (g.GenerationError, g.ModelError, ValueError) as e:
         raise ToolError(str(e)) from None
