@@ -87,6 +87,8 @@ def browser():
     """The system Chromium, headless, through Playwright: one per test module."""
     sync_api = pytest.importorskip("playwright.sync_api")
     from ui.testing import launch_chromium
+    # expect()'s 5 s default is shorter than a studio's answer on 2 busy cores (pages already wait 30 s)
+    sync_api.expect.set_options(timeout=30_000)
     with sync_api.sync_playwright() as pw:
         b = launch_chromium(pw)
         yield b
