@@ -24,8 +24,11 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench.gpu_check_report import markdown, write_report  # noqa: F401 (markdown: the tests')
+from bench.gpu_check_wheels import cmd_install_wheels, installed_version, select_wheels  # noqa: F401 (the tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 # What a run on a GPU machine has to import (the distributions, as pip names them); the env stage reports
@@ -33,89 +36,6 @@ ROOT = Path(__file__).resolve().parent.parent
 STACK = ["torch", "numpy", "pillow", "diffusers", "transformers", "peft", "accelerate", "safetensors", "tokenizers",
          "huggingface-hub", "bitsandbytes", "tomli-w", "httpx2", "pyyaml", "regex", "psutil", "typing-extensions"]
 MINMEM_TARGET_GB = 10.0
-
-
-# ---------------------------------------------------------------- wheels (stdlib and pip's vendored packaging)
-
-def _wheel_name_version(path: Path) -> tuple[str, str]:
-    name, version = path.name.split("-")[:2]
-    return name.replace("_", "-").lower(), version
-
-
-def _installed_version(name: str) -> str | None:
-    import importlib.metadata as md
-    try:
-        return md.version(name)
-    except md.PackageNotFoundError:
-        return None
-
-
-def select_wheels(folder: Path) -> list[dict]:
-    """What to do with each carried wheel on this machine. A wheel this interpreter cannot install is left out
-    (and said so). torch's own requirements and numpy are installed only where missing or older than ours (a
-    newer copy of something torch was built against is never shadowed by an older one); any other package is
-    installed unless this exact version is already here, since our stack is pinned."""
-    from pip._vendor.packaging.requirements import Requirement
-    from pip._vendor.packaging.tags import sys_tags
-    from pip._vendor.packaging.utils import canonicalize_name, parse_wheel_filename
-    from pip._vendor.packaging.version import Version
-    import importlib.metadata as md
-
-    supported = set(sys_tags())
-    try:
-        torch_reqs = {canonicalize_name(Requirement(r).name) for r in md.requires("torch") or []}
-    except md.PackageNotFoundError:
-        torch_reqs = set()
-    keep_newer = torch_reqs | {"numpy"}
-    out = []
-    for whl in sorted(folder.glob("*.whl")):
-        name, version, _, tags = parse_wheel_filename(whl.name)
-        name = canonicalize_name(name)
-        have = _installed_version(name)
-        row = {"package": name, "carried": str(version), "present": have, "wheel": str(whl)}
-        if not tags & supported:
-            row.update(action="skip", why=f"not installable here (tags {sorted(str(t) for t in tags)[0]}..., "
-                                          f"Python {sys.version_info.major}.{sys.version_info.minor})")
-        elif have is None:
-            row.update(action="install", why="missing here")
-        elif name in keep_newer:
-            newer = Version(have) < version
-            row.update(action="install" if newer else "skip",
-                       why=f"here {have} is older" if newer else f"here {have} (torch's or binary: newer or equal kept)")
-        elif Version(have) == version:
-            row.update(action="skip", why=f"here {have} already")
-        else:
-            row.update(action="install", why=f"here {have}, pinned {version}")
-        out.append(row)
-    return out
-
-
-def cmd_install_wheels(args) -> int:
-    folder = Path(args.dir)
-    rows = select_wheels(folder) if folder.is_dir() else []
-    chosen = [r["wheel"] for r in rows if r["action"] == "install"]
-    for r in rows:
-        print(f"  {r['action']:<8} {r['package']:<20} {r['carried']:<14} {r['why']}")
-    status = "ok"
-    if chosen:
-        pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-               "--no-cache-dir", "--disable-pip-version-check", "--upgrade", "--target", args.site]
-        proc = subprocess.run(pip + chosen, timeout=600)
-        if proc.returncode != 0:  # one wheel at a time, so one bad wheel costs only itself
-            status = "partial"
-            for r in rows:
-                if r["action"] == "install":
-                    ok = subprocess.run(pip + [r["wheel"]], timeout=300).returncode == 0
-                    r["action"] = "installed" if ok else "FAILED"
-        else:
-            for r in rows:
-                if r["action"] == "install":
-                    r["action"] = "installed"
-    print(f"install-wheels: {sum(r['action'] == 'installed' for r in rows)} installed into {args.site}, "
-          f"{sum(r['action'] == 'skip' for r in rows)} not needed, {sum(r['action'] == 'FAILED' for r in rows)} failed"
-          if rows else f"install-wheels: no wheels in {folder}")
-    Path(args.report).write_text(json.dumps({"status": status, "site": args.site, "wheels": rows}, indent=1))
-    return 0 if status == "ok" else 1
 
 
 # ---------------------------------------------------------------- environment
@@ -169,7 +89,7 @@ def cmd_env(args) -> int:
     print(env["nvidia_smi"])
     packages = {}
     for dist in STACK:
-        version = _installed_version(dist)
+        version = installed_version(dist)
         where = ""
         if version:
             try:
@@ -574,112 +494,12 @@ def cmd_paths(args) -> int:
 
 # ---------------------------------------------------------------- report
 
-def _fmt(v, spec: str) -> str:
-    return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    out = []
-    if path.is_file():
-        for line in path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
-    return out
-
-
-def _read_json(path: Path, default):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return default
-
-
 def cmd_report(args) -> int:
-    work, out = Path(args.work), Path(args.out)
-    stages = []
-    stages_file = work / "stages.tsv"
-    if stages_file.is_file():
-        for line in stages_file.read_text().splitlines():
-            name, status, rc, secs = (line.split("\t") + ["", "", "", ""])[:4]
-            tail = (work / f"stage-{name}.log")
-            err = (tail.read_text(errors="replace").splitlines()[-12:]
-                   if status.startswith("FAIL") and tail.is_file() else [])
-            stages.append({"stage": name, "result": status, "rc": rc, "seconds": secs, "error_tail": err})
-    env = _read_json(work / "env.json", {})
-    wheels = _read_json(work / "wheels.json", {})
-    build = _read_json(work / "build.json", [])
-    rows = {r["path"]: r for r in _read_jsonl(work / "paths.jsonl")}
     try:
         listed = check_paths()
     except Exception:  # noqa: BLE001 - bench.train_speed not importable: list what ran
         listed = []
-    paths = [rows.get(p.name) or {"path": p.name, "model": p.model, "what": p.what, "settings": p.settings,
-                                  "result": "not run (its stage stopped first)"} for p in listed]
-    paths += [r for name, r in rows.items() if name not in {p.name for p in listed}]
-    speed = _read_jsonl(work / "stage-train_speed.log")  # its stdout: one JSON object a line
-    started = float(os.environ.get("GPU_CHECK_START") or time.time())
-    summary = {"mode": args.mode, "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-               "elapsed_s": round(time.time() - started, 1), "stages": stages, "env": env, "wheels": wheels,
-               "build": build, "paths": paths, "train_speed": speed}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.json").write_text(json.dumps(summary, indent=1))
-    (out / "train_speed.json").write_text(json.dumps(speed, indent=1))
-    (out / "gpu_check.md").write_text(markdown(summary))
-    print((out / "gpu_check.md").read_text())
-    bad = [r for r in paths if not (r["result"] == "ok" or r["result"].startswith("skipped"))]
-    bad += [s for s in stages if not s["result"].startswith(("ok", "skipped", "stopped"))]
-    return 1 if bad else 0
-
-
-def markdown(s: dict) -> str:
-    env = s["env"]
-    gpu = (f"{env.get('gpu')} (sm_{env.get('capability')}, {env.get('gpu_memory_gb')} GB)"
-           if env.get("cuda_available") else "no CUDA device")
-    lines = [f"# GPU check ({s['mode']}), {s['started']}, {s['elapsed_s']:.0f} s", "",
-             f"- device: {gpu}; torch {env.get('torch')} (CUDA {env.get('torch_cuda')}), Python {env.get('python')}"]
-    installed = [f"{w['package']} {w['carried']}" for w in s["wheels"].get("wheels", [])
-                 if w.get("action") == "installed"]
-    if s["wheels"]:
-        lines.append(f"- from the carried wheels: {', '.join(installed) or 'none needed'}")
-    if env.get("bitsandbytes"):
-        lines.append(f"- bitsandbytes: {env['bitsandbytes']}")
-    if env.get("sdpa_kernels"):
-        lines.append("- SDPA kernels (fwd+bwd, bf16/fp16, head dims 40/64/80/160): "
-                     + ", ".join(f"{k}: {v}" for k, v in env["sdpa_kernels"].items()))
-    for b in s["build"]:
-        lines.append(f"- build {b['model']}: {b['result']}, {b.get('built', '')}, {b.get('seconds')} s, "
-                     f"{b.get('params_total', 0) / 1e6:.0f} M params ({', '.join(f'{k} {v / 1e6:.0f} M' for k, v in b.get('params', {}).items())})"
-                     + (f"; {b['error']}" if b.get("error") else "")
-                     + (f"; GPU build failed: {b['gpu_build_error']}" if b.get("gpu_build_error") else ""))
-    lines.append("- stages: " + ", ".join(f"{st['stage']} {st['result']} ({st['seconds']} s)" for st in s["stages"]))
-    lines += ["", "| path | result | loss | peak GB | it/s | note |", "| --- | --- | --- | --- | --- | --- |"]
-    for r in s["paths"]:
-        note = (r.get("note") or "").replace("|", "/")
-        lines.append(f"| {r['path']} ({r.get('what', '')}) | {r['result']} | {_fmt(r.get('loss'), '.4f')} | "
-                     f"{_fmt(r.get('peak_gb'), '.2f')} | {_fmt(r.get('it_per_s'), '.2f')} | {note} |")
-    lines.append("")
-    lines.append("peak GB: CUDA max allocated (on a CPU: the process's max RSS); it/s over the steps after the "
-                 "first two (one on a CPU).")
-    rows = [r for r in s["train_speed"] if "row" in r]
-    if rows:
-        lines += ["", "## bench/train_speed.py --json", "",
-                  "| row | setting | img/s | s/it | peak GB | MFU | verdict |", "| --- | --- | --- | --- | --- | --- | --- |"]
-        for r in rows:
-            verdict = r.get("verdict") or r.get("skipped") or r.get("error") or ""
-            lines.append(f"| {r['row']} | {r.get('feature', '')} | {_fmt(r.get('images_per_s'), '.2f')} | "
-                         f"{_fmt(r.get('s_per_it'), '.3f')} | {_fmt(r.get('peak_memory_gb'), '.2f')} | "
-                         f"{_fmt(r.get('mfu'), '.1%')} | {str(verdict).replace('|', '/')} |")
-        for v in (r for r in s["train_speed"] if "target" in r):
-            lines.append(f"\n- target {v['target']}: best {v['value']:g} ({v['best_row']}): {v['verdict']}")
-    failed = [r for r in s["paths"] if r.get("error_tail")] + [st for st in s["stages"] if st.get("error_tail")]
-    if failed:
-        lines += ["", "## Error tails", ""]
-        for r in failed:
-            lines += [f"### {r.get('path') or r.get('stage')}", "", "```", *r["error_tail"], "```", ""]
-    return "\n".join(lines) + "\n"
+    return write_report(args.mode, Path(args.work), Path(args.out), listed)
 
 
 def main(argv=None) -> int:
