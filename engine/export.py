@@ -91,12 +91,16 @@ def kohya_module(parts: dict[str, torch.Tensor], a: float, rank: int | None) -> 
 
 def kohya_state_dict(family, state_dicts: dict[str, dict[str, torch.Tensor]], alpha) -> dict:
     """alpha: one value for every module, or {component: {module path: alpha}}."""
-    prefixes = {"unet": "lora_unet", **family.kohya_te_prefixes}
+    prefixes = {"unet": family.kohya_denoiser_prefix, **family.kohya_te_prefixes}
     out: dict[str, torch.Tensor] = {}
     for component, sd in state_dicts.items():
         a = alpha[component] if isinstance(alpha, dict) else alpha
         if isinstance(a, dict):
             a = canonical_keys(component, a)
+        own = getattr(family, "single_file_keys", None)  # a DiT's own layout (Flux.1: BFL's fused modules)
+        if component == "unet" and own is not None:
+            out.update(own(sd, a))
+            continue
         out.update(peft_to_kohya(canonical_keys(component, sd), prefixes[component], a))
     return out
 
@@ -112,8 +116,9 @@ def write_diffusers_lora(out_dir: Path, family, state_dicts, adapter_metadata: d
     out_dir.mkdir(parents=True, exist_ok=True)
     kwargs = {}
     for component, sd in state_dicts.items():
-        kwargs[f"{component}_lora_layers"] = canonical_keys(component, sd)
-        kwargs[f"{component}_lora_adapter_metadata"] = adapter_metadata[component]
+        name = family.denoiser_name if component == "unet" else component  # "transformer" for the DiTs
+        kwargs[f"{name}_lora_layers"] = canonical_keys(component, sd)
+        kwargs[f"{name}_lora_adapter_metadata"] = adapter_metadata[component]
     tmp = atomic.temp_dir(out_dir, "lora")
     size = sum(v.numel() * v.element_size() for sd in state_dicts.values() for v in sd.values())
     try:
@@ -133,7 +138,7 @@ def _iso(ts: float | None) -> str:
 def kohya_metadata(cfg, comps, stats: dict) -> dict[str, str]:
     """ss_* keys as kohya's sd-scripts write them, and modelspec.* (all values are strings)."""
     family = comps.family
-    pred = comps.noise_scheduler.config.prediction_type
+    pred = family.prediction_type(comps)
     res = f"{cfg.resolution}x{cfg.resolution}"
     meta = {
         "ss_network_module": "networks.lora",

@@ -25,7 +25,7 @@ from PIL.PngImagePlugin import PngInfo
 from engine.sampling.autocast import pipeline_autocast
 from engine.adaptor_ref import Adaptor, ModelRef, resolve_adaptor, run_settings  # noqa: F401 (engine.generate's API)
 from engine.config import ConfigError, atomic_write_bytes
-from engine.families import ModelError, get_family
+from engine.families import ModelError, get_family, pipeline_call_kwargs
 from engine.gen_worker import GenerationError
 from engine.lora_load import load_lora
 
@@ -157,7 +157,8 @@ def _generate(pipe, prompt: str, seed: int, settings: dict, dtype, on_step=None,
             return kwargs
         settings = {**settings, "callback_on_step_end": step_end}
     with pipeline_autocast(pipe, dtype):
-        return pipe(generator=gen, **_prompt_args(pipe, prompt, settings, clip_skip)).images[0]
+        return pipe(generator=gen, **_prompt_args(pipe, prompt, settings, clip_skip),
+                    **pipeline_call_kwargs(pipe)).images[0]
 
 
 def warm() -> None:

@@ -24,6 +24,7 @@ from engine.events import EventLog
 from engine.families import ModelError, get_family
 from engine.methods import get_method
 from engine.objective import compute_loss, step_generator
+from engine.objective_flow import check_options
 from engine.optim import build_lr_scheduler, build_optimizer, optimizer_step_count
 from engine.paths import cache_root, safe_child
 from engine.periodic import Periodic, make_sampler
@@ -168,14 +169,15 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     # ---- model
     with accelerator.main_process_first():  # a built-in is built once, by the main process
         family, source = get_family(cfg)
+    check_options(cfg, family)
     comps = family.load(source, cfg, weight_dtype)
     if cfg.prediction_type:
         comps.noise_scheduler.register_to_config(prediction_type=cfg.prediction_type)
-    prediction_type = comps.noise_scheduler.config.prediction_type
+    prediction_type = family.prediction_type(comps)
     if cfg.clip_skip > 1 and family.name == "sdxl":
         raise ConfigError(f"clip_skip = {cfg.clip_skip} applies to SD 1.x/2.x; SDXL already uses the text encoders' "
                           "layer before the last: set clip_skip = 1")
-    if prediction_type not in ("epsilon", "v_prediction"):
+    if family.objective == "noise" and prediction_type not in ("epsilon", "v_prediction"):
         raise ConfigError(f"the model's scheduler predicts {prediction_type!r}; set prediction_type to epsilon "
                           "or v_prediction")
     method = get_method(cfg.method)
@@ -336,7 +338,8 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
 
     # ---- train
     noise_scheduler = comps.noise_scheduler
-    alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
+    alphas_cumprod = getattr(noise_scheduler, "alphas_cumprod", None)  # none in a flow-matching schedule
+    alphas_cumprod = alphas_cumprod.to(device) if alphas_cumprod is not None else None
     step_times: list[float] = []
     epoch = first_epoch
     micro_step = global_step * cfg.gradient_accumulation_steps

@@ -22,16 +22,33 @@ def posterior_generator(gen: torch.Generator) -> torch.Generator:
     return torch.Generator(device=gen.device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
-def compute_loss(batch, comps, unet, encode_text, cfg, device, weight_dtype, prediction_type, alphas_cumprod, gen):
-    """One micro-batch's loss. `encode_text(captions) -> (hidden states, pooled or None)`."""
-    family = comps.family
+def clean_latents(batch, comps, device, weight_dtype, gen) -> torch.Tensor:
+    """The batch's latents, normalised as the denoiser sees them: cached, or encoded now (the posterior's draw
+    on its own stream, so cached and uncached runs draw the same noise and timesteps)."""
     if "latents" in batch:
-        latents = batch["latents"].to(device, weight_dtype)
-    else:
-        px = batch["pixel_values"].to(device, comps.vae.dtype)
-        with torch.no_grad():
-            latents = comps.vae.encode(px).latent_dist.sample(generator=posterior_generator(gen))
-        latents = ((latents - comps.vae_shift_factor) * comps.vae_scaling_factor).to(weight_dtype)
+        return batch["latents"].to(device, weight_dtype)
+    px = batch["pixel_values"].to(device, comps.vae.dtype)
+    with torch.no_grad():
+        latents = comps.vae.encode(px).latent_dist.sample(generator=posterior_generator(gen))
+    return ((latents - comps.vae_shift_factor) * comps.vae_scaling_factor).to(weight_dtype)
+
+
+def drop_captions(cfg, captions: list[str], gen) -> list[str]:
+    """caption_dropout_rate: drawn on the host from the step's seed (a device draw would need a sync every step)."""
+    if not cfg.caption_dropout_rate:
+        return captions
+    pick = random.Random(gen.initial_seed())
+    return ["" if pick.random() < cfg.caption_dropout_rate else c for c in captions]
+
+
+def compute_loss(batch, comps, unet, encode_text, cfg, device, weight_dtype, prediction_type, alphas_cumprod, gen):
+    """One micro-batch's loss. `encode_text(captions) -> (hidden states, pooled or None)`. A family with its own
+    objective (flow matching) computes it there."""
+    family = comps.family
+    own = getattr(family, "compute_loss", None)
+    if own is not None:
+        return own(batch, comps, unet, encode_text, cfg, device, weight_dtype, gen)
+    latents = clean_latents(batch, comps, device, weight_dtype, gen)
     noise = torch.randn(latents.shape, generator=gen, device=device, dtype=latents.dtype)
     if cfg.noise_offset:
         noise = noise + cfg.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1, generator=gen,
@@ -48,12 +65,7 @@ def compute_loss(batch, comps, unet, encode_text, cfg, device, weight_dtype, pre
     else:
         timesteps_in = timesteps
         noisy = comps.noise_scheduler.add_noise(latents, noise, timesteps)
-    captions = batch["captions"]
-    if cfg.caption_dropout_rate:
-        # drawn on the host from the step's seed: a device draw would need a sync every step to read back
-        pick = random.Random(gen.initial_seed())
-        captions = ["" if pick.random() < cfg.caption_dropout_rate else c for c in captions]
-    hidden, pooled = encode_text(captions)
+    hidden, pooled = encode_text(drop_captions(cfg, batch["captions"], gen))
     if cfg.channels_last:
         noisy = noisy.contiguous(memory_format=torch.channels_last)
     added = family.added_cond(comps, batch, pooled, device, weight_dtype)

@@ -41,7 +41,7 @@ FIELDS: list[Field] = [
     _f("revision", str, None, "model", "Hub revision of the base model.", optional=True),
     _f("variant", str, None, "model", "Weight variant of the base model, e.g. fp16.", optional=True),
     _f("model_family", str, "auto", "model", "Model family; auto detects it from the model.",
-       choices=("auto", "sd1", "sd2", "sdxl")),
+       choices=("auto", "sd1", "sd2", "sdxl", "sd3", "flux1")),
     _f("method", str, "lora", "model", "What to train: lora (an adaptor file) or full (every UNet weight, and "
        "the text encoder's with train_text_encoder; writes a whole diffusers pipeline), dreambooth (a subject "
        "from instance_prompt, LoRA unless dreambooth_full) or textual_inversion (new token embeddings).",
@@ -150,6 +150,24 @@ FIELDS: list[Field] = [
     _f("do_edm_style_training", bool, False, "training",
        "EDM-style training (Karras et al. 2022) as in diffusers' SDXL DreamBooth script: Euler sigmas, "
        "preconditioned inputs and outputs, the clean latents as target. Not with snr_gamma."),
+    # --- flow matching (the DiT families: Flux.1, SD3/SD3.5), under diffusers' script names
+    _f("weighting_scheme", str, None, "training", "Flow matching: how timesteps are drawn (logit_normal, mode, "
+       "or uniform: none, sigma_sqrt, cosmap; the last two also weight the loss). Unset: the family's default "
+       "(SD3 logit_normal, Flux.1 none), as in diffusers' scripts.", optional=True,
+       choices=("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")),
+    _f("logit_mean", float, 0.0, "training", "Flow matching, logit_normal: mean of the normal.", min=-10.0, max=10.0),
+    _f("logit_std", float, 1.0, "training", "Flow matching, logit_normal: standard deviation.", min=0.01, max=10.0),
+    _f("mode_scale", float, 1.29, "training", "Flow matching, mode: the scale (SD3 paper).", min=-1.0, max=10.0),
+    _f("flow_shift", float, None, "training", "Flow matching: shift of the timestep schedule (3.0 for SD3 and "
+       "Flux.1; higher = more noise). Unset: the model's scheduler's.", optional=True, min=0.01, max=100.0,
+       aliases=("discrete_flow_shift", "flow_schedule_shift")),
+    _f("flow_dynamic_shift", bool, None, "training", "Flow matching: shift by image size (Flux.1 dev's "
+       "resolution-dependent shift, as its pipeline samples). Unset: the model's scheduler decides.",
+       optional=True, aliases=("flow_schedule_auto_shift",)),
+    _f("flux_guidance_value", float, 1.0, "training", "Flux.1 dev: the guidance value its guidance embedding is "
+       "trained at (1.0 as sd-scripts; diffusers' script uses 3.5).", min=0.0, max=30.0),
+    _f("max_sequence_length", int, None, "training", "T5 tokens per caption (Flux.1 512, SD3 256 when unset; "
+       "schnell takes at most 256).", optional=True, min=16, max=1024),
     _f("use_ema", bool, False, "training", "method = full: keep an exponential moving average of the UNet weights "
        "and save it as the result."),
     _f("ema_decay", float, 0.9999, "training", "EMA decay (warmed up as (1+step)/(10+step) until it reaches this).",
@@ -368,9 +386,9 @@ def label(f: Field) -> str:
     return text[0].upper() + text[1:]
 
 
-_DEFAULTS = {f.name: f.default for f in FIELDS}
+FIELD_DEFAULTS = {f.name: f.default for f in FIELDS}
 
 
 def applies(f: Field, values: dict[str, Any]) -> bool:
     """Whether f matters with these values (missing controllers count at their default)."""
-    return all(values.get(k, _DEFAULTS[k]) in allowed for k, allowed in APPLIES.get(f.name, {}).items())
+    return all(values.get(k, FIELD_DEFAULTS[k]) in allowed for k, allowed in APPLIES.get(f.name, {}).items())

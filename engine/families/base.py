@@ -108,6 +108,9 @@ class Family:
 
     name = "?"
     label = "?"
+    objective = "noise"  # noise prediction (epsilon / v); the DiT families' is "flow"
+    denoiser_name = "unet"  # the pipeline's name for the denoiser (Components.unet holds it either way)
+    kohya_denoiser_prefix = "lora_unet"
     pipeline_class: Any = None
     text_encoder_names: tuple[str, ...] = ("text_encoder",)
     kohya_te_prefixes: dict[str, str] = {"text_encoder": "lora_te"}
@@ -126,6 +129,13 @@ class Family:
 
     def added_cond(self, comps: Components, batch: dict, pooled, device, dtype) -> dict | None:
         return None
+
+    def prediction_type(self, comps: Components) -> str:
+        return comps.noise_scheduler.config.prediction_type
+
+    def call_kwargs(self, pipe) -> dict:
+        """Arguments every call of this family's pipeline adds (the DiTs: the T5 length training used)."""
+        return {}
 
     # ---- metadata for kohya/modelspec
     def base_model_version(self, comps: Components) -> str:

@@ -51,16 +51,33 @@ def prepare(comps, cfg) -> list[dict]:
     for te in comps.text_encoders:
         te.requires_grad_(False)
     try:
-        comps.unet.add_adapter(_config(cfg, cfg.lora_target_modules, with_conv=True))
+        comps.unet.add_adapter(_config(cfg, denoiser_targets(cfg, comps.family), with_conv=True))
     except ValueError as e:  # PEFT: "Target modules {...} not found in the base model"
         raise ValueError(f"lora_target_modules = {cfg.lora_target_modules}: {e}") from None
     groups = [{"params": trainable_params(comps.unet), "lr": cfg.learning_rate, "name": "unet"}]
     if cfg.train_text_encoder:
         te_lr = cfg.text_encoder_lr if cfg.text_encoder_lr is not None else cfg.learning_rate
-        for name, te in zip(comps.family.text_encoder_names, comps.text_encoders):
+        for name, te in lora_text_encoders(comps).items():
             te.add_adapter(_config(cfg, TEXT_ENCODER_TARGETS))
             groups.append({"params": trainable_params(te), "lr": te_lr, "name": name})
     return groups
+
+
+def lora_text_encoders(comps) -> dict[str, torch.nn.Module]:
+    """The text encoders a LoRA trains with train_text_encoder: the CLIPs (the DiTs' T5 stays frozen, as in
+    sd-scripts and diffusers' scripts)."""
+    fam = comps.family
+    return {n: te for n, te in zip(fam.text_encoder_names, comps.text_encoders) if n in fam.kohya_te_prefixes}
+
+
+def denoiser_targets(cfg, family) -> list[str]:
+    """lora_target_modules; left at the UNet default, a DiT family's own default (diffusers' script's)."""
+    from engine.schema import FIELD_DEFAULTS
+
+    own = getattr(family, "lora_default_targets", ())
+    if own and list(cfg.lora_target_modules) == list(FIELD_DEFAULTS["lora_target_modules"]):
+        return list(own)
+    return list(cfg.lora_target_modules)
 
 
 def trainable_params(module) -> list[torch.nn.Parameter]:
@@ -75,7 +92,7 @@ def trained_modules(comps, cfg) -> dict[str, torch.nn.Module]:
     """component name -> module whose weights (or LoRA layers) are trained."""
     out = {"unet": comps.unet}
     if cfg.train_text_encoder:
-        out.update(zip(comps.family.text_encoder_names, comps.text_encoders))
+        out.update(lora_text_encoders(comps))
     return out
 
 

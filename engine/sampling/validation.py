@@ -53,7 +53,7 @@ def validation_images(comps, unet, text_encoders, cfg, device, dtype, out_dir: P
                 with pipeline_autocast(pipe, dtype):
                     image = pipe(**prompt_kwargs(pipe, comps.family, p, cfg.clip_skip), num_inference_steps=p.steps,
                                  guidance_scale=p.guidance_scale, height=p.height, width=p.width,
-                                 generator=gen).images[0]
+                                 generator=gen, **comps.family.call_kwargs(pipe)).images[0]
                 drawn = prompts.SamplePrompt(**{**p.__dict__, "seed": p.seed + i})
                 s = metadata.settings(drawn, pipe.scheduler, clip_skip=cfg.clip_skip, model=comps.source.name,
                                       step=step)

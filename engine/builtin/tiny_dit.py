@@ -1,0 +1,100 @@
+"""Tiny random DiT pipelines (Flux.1, SD3), built offline from configs in seconds, for tests.
+
+The shapes follow the real models where the code paths depend on them: a 16-channel VAE without quant convs,
+CLIP (pooled) + T5 (sequence) text encoders, Flux's 2x2 latent packing and guidance embedding, SD3's two CLIPs
+with projections, the flow-matching scheduler with its shift. Every width is tiny.
+
+The T5 tokenizer is a Unigram model (a WordLevel one does not reload in transformers 5), wrapped in
+T5TokenizerFast, over the same word list as the tiny CLIP tokenizer plus single characters, so any text still
+tokenizes.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from engine.builtin.tiny import _WORDS, HIDDEN, _seeded, _text_config, build_tokenizer
+
+T5_DIM = 2 * HIDDEN  # SD3 pads the two CLIPs' concatenated states (2 x HIDDEN) to T5's width
+T5_MAX_LENGTH = 32  # the tiny models' max_sequence_length (the real ones use 256 / 512)
+# Flux.1 dev's scheduler: static shift 3, resolution-dependent shift between 0.5 and 1.15
+FLUX_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                      max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+SD3_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)
+
+
+def build_t5_tokenizer():
+    """A small Unigram T5 tokenizer: pad 0, eos 1, unk 2, "▁word" pieces and single characters."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    chars = sorted({c for w in _WORDS for c in w} | set("0123456789,.;:!?'\"-()"))
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [("▁" + w, -1.0) for w in dict.fromkeys(_WORDS)]
+    pieces += [(c, -5.0) for c in chars] + [("▁" + c, -4.0) for c in chars]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Strip()])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    from tokenizers.processors import TemplateProcessing
+    tok.post_processor = TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                            special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                           extra_ids=0, model_max_length=T5_MAX_LENGTH)
+
+
+def _t5(tokenizer):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=T5_DIM, d_kv=16, d_ff=64, num_layers=2,
+                                   num_heads=4, relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
+                                   pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+
+
+def _vae16(scaling_factor: float, shift_factor: float):
+    """8x downsampling, 16 latent channels, no quant convs: the Flux / SD3 VAE layout."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(16, 16, 32, 32),
+                         layers_per_block=1, latent_channels=16, norm_num_groups=8, sample_size=64,
+                         scaling_factor=scaling_factor, shift_factor=shift_factor, use_quant_conv=False,
+                         use_post_quant_conv=False)
+
+
+def build_tiny_flux(path: str | os.PathLike) -> None:
+    """Tiny Flux.1-dev-like pipeline: CLIP pooled + T5 sequence, packed latents, guidance embedding."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    with _seeded():
+        tokenizer, tokenizer_2 = build_tokenizer(), build_t5_tokenizer()
+        transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                             attention_head_dim=16, num_attention_heads=2,
+                                             joint_attention_dim=T5_DIM, pooled_projection_dim=HIDDEN,
+                                             guidance_embeds=True, axes_dims_rope=(4, 6, 6))
+        pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER),
+                            vae=_vae16(0.3611, 0.1159), text_encoder=CLIPTextModel(_text_config(tokenizer, "quick_gelu")),
+                            tokenizer=tokenizer, text_encoder_2=_t5(tokenizer_2), tokenizer_2=tokenizer_2,
+                            transformer=transformer)
+        pipe.save_pretrained(Path(path), safe_serialization=True)
+
+
+def build_tiny_sd3(path: str | os.PathLike) -> None:
+    """Tiny SD3-like pipeline: MMDiT, two CLIPs with projections (pooled concatenated) and T5."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    with _seeded():
+        tokenizer, tokenizer_2, tokenizer_3 = build_tokenizer(), build_tokenizer(pad_token="!"), build_t5_tokenizer()
+        transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, num_layers=2,
+                                            attention_head_dim=8, num_attention_heads=4,
+                                            joint_attention_dim=T5_DIM, caption_projection_dim=32,
+                                            pooled_projection_dim=2 * HIDDEN, out_channels=16,
+                                            pos_embed_max_size=32)
+        pipe = StableDiffusion3Pipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER), vae=_vae16(1.5305, 0.0609),
+            text_encoder=CLIPTextModelWithProjection(_text_config(tokenizer, "quick_gelu")), tokenizer=tokenizer,
+            text_encoder_2=CLIPTextModelWithProjection(_text_config(tokenizer_2, "gelu")), tokenizer_2=tokenizer_2,
+            text_encoder_3=_t5(tokenizer_3), tokenizer_3=tokenizer_3, transformer=transformer)
+        pipe.save_pretrained(Path(path), safe_serialization=True)

@@ -1,0 +1,101 @@
+"""What the flow-matching DiT families (Flux.1, SD3/SD3.5) share: a transformer denoiser, CLIP + T5 text
+encoders, a 16-channel VAE, FlowMatchEulerDiscreteScheduler, and LoRA files under `transformer.` names.
+
+Components.unet holds the denoiser whatever its kind (the name the UNet families gave the slot); the family's
+`denoiser_name` ("transformer") is what the pipeline and the diffusers LoRA file call it.
+"""
+from __future__ import annotations
+
+import torch
+
+from engine.objective_flow import flow_loss
+
+from .base import Components, Family, ModelError, hub_error, load_pretrained, load_vae, tokenize
+
+
+class FlowFamily(Family):
+    objective = "flow"
+    denoiser_name = "transformer"
+    kohya_denoiser_prefix = "lora_unet"
+    transformer_class = "?"  # a diffusers class name
+    default_weighting = "none"  # weighting_scheme when the config leaves it unset
+    default_max_sequence_length = 512
+    t5_name = "text_encoder_2"  # the T5's component name
+    lora_default_targets: tuple[str, ...] = ()
+    default_resolution = 1024
+
+    def text_encoder_classes(self) -> list:
+        raise NotImplementedError
+
+    # ---- loading
+    def load(self, source, cfg, weight_dtype) -> Components:
+        import diffusers
+        from transformers import CLIPTokenizer, T5TokenizerFast
+
+        if source.kind == "single_file":
+            raise ModelError(f"{source.location}: a single-file {self.label} checkpoint holds the transformer "
+                             "only; give the model's diffusers folder or hub id (its text encoders and VAE are "
+                             "needed too)")
+        try:
+            tokenizers, encoders = [], []
+            for name, cls in zip(self.text_encoder_names, self.text_encoder_classes()):
+                tok_cls = T5TokenizerFast if name == self.t5_name else CLIPTokenizer
+                tokenizers.append(load_pretrained(tok_cls, source, cfg, name.replace("text_encoder", "tokenizer")))
+                encoders.append(load_pretrained(cls, source, cfg, name, weight_dtype))
+            transformer = load_pretrained(getattr(diffusers, self.transformer_class), source, cfg, "transformer",
+                                          weight_dtype)
+            scheduler = load_pretrained(diffusers.FlowMatchEulerDiscreteScheduler, source, cfg, "scheduler")
+            vae = load_vae(cfg, source, weight_dtype)
+        except ModelError:
+            raise
+        except OSError as e:
+            if source.kind == "hub":
+                raise hub_error(source, e) from None
+            raise ModelError(f"could not load the model in {source.location}: {str(e).splitlines()[0][:300]}") \
+                from None
+        wanted = getattr(cfg, "max_sequence_length", None) or self.default_max_sequence_length
+        for name, tok in zip(self.text_encoder_names, tokenizers):
+            if name == self.t5_name:  # training, caching and sampling all read the length from here
+                tok.model_max_length = min(wanted, tok.model_max_length or wanted)
+            elif not tok.model_max_length or tok.model_max_length > 10_000:
+                tok.model_max_length = 77
+        return Components(self, source, tokenizers, encoders, vae, transformer, scheduler)
+
+    # ---- text
+    def t5_embeds(self, tokenizer, encoder, captions, device) -> torch.Tensor:
+        ids = tokenize(tokenizer, captions).to(device)
+        return encoder(ids, output_hidden_states=False)[0]
+
+    def max_sequence_length(self, comps) -> int:
+        return comps.tokenizers[self.text_encoder_names.index(self.t5_name)].model_max_length
+
+    # ---- the denoiser's forward: latents [B, C, H, W] in, the flow prediction (noise - x0) in the same layout
+    def predict(self, comps, model, noisy, sigmas, hidden, pooled, cfg, dtype) -> torch.Tensor:
+        raise NotImplementedError
+
+    def image_tokens(self, latent_h: int, latent_w: int) -> int:
+        """Tokens the transformer sees for one image: what the resolution-dependent shift is a function of."""
+        raise NotImplementedError
+
+    def prediction_type(self, comps) -> str:
+        return "flow"
+
+    # ---- sampling
+    def make_pipeline(self, comps, unet=None, text_encoders=None):
+        import diffusers
+
+        kwargs = {"vae": comps.vae, "transformer": unet or comps.unet,
+                  "scheduler": diffusers.FlowMatchEulerDiscreteScheduler.from_config(comps.noise_scheduler.config)}
+        for name, te, tok in zip(self.text_encoder_names, text_encoders or comps.text_encoders, comps.tokenizers):
+            kwargs[name] = te
+            kwargs[name.replace("text_encoder", "tokenizer")] = tok
+        return self.pipeline_class(**kwargs)
+
+    def call_kwargs(self, pipe) -> dict:
+        """What every pipeline call adds: the T5 length training used."""
+        tok = getattr(pipe, self.t5_name.replace("text_encoder", "tokenizer"))
+        return {"max_sequence_length": tok.model_max_length}
+
+
+    def compute_loss(self, batch, comps, model, encode_text, cfg, device, weight_dtype, gen):
+        return flow_loss(batch, comps, model, encode_text, cfg, device, weight_dtype, gen)

@@ -1,0 +1,72 @@
+"""Flux.1 (dev, schnell; Chroma-like derivatives load as their own pipelines): a rectified-flow MMDiT with CLIP
+pooled + T5 sequence conditioning, 2x2-packed latents with position ids, and (dev) a guidance embedding.
+
+Training follows diffusers' train_dreambooth_lora_flux.py: x_t = (1 - s) x0 + s noise, the transformer sees
+t = s (the pipeline's timestep / 1000), the target is noise - x0; dev is trained at a fixed guidance value.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import tokenize
+from .dit import FlowFamily
+
+
+class Flux1Family(FlowFamily):
+    name = "flux1"
+    label = "Flux.1"
+    text_encoder_names = ("text_encoder", "text_encoder_2")
+    kohya_te_prefixes = {"text_encoder": "lora_te1"}  # the CLIP; sd-scripts trains no T5 LoRA for Flux
+    transformer_class = "FluxTransformer2DModel"
+    pipeline_prefix = "Flux"  # FluxPipeline, FluxImg2ImgPipeline, FluxInpaintPipeline
+    default_weighting = "none"  # diffusers' flux script default: uniform timesteps
+    default_max_sequence_length = 512
+    t5_name = "text_encoder_2"
+    # diffusers' train_dreambooth_lora_flux.py default targets (attention, context attention, feed-forwards of
+    # the double blocks, and the single blocks' fused projections)
+    lora_default_targets = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj",
+                            "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2",
+                            "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp", "proj_out")
+
+    @property
+    def pipeline_class(self):
+        from diffusers import FluxPipeline
+        return FluxPipeline
+
+    def text_encoder_classes(self):
+        from transformers import CLIPTextModel, T5EncoderModel
+        return [CLIPTextModel, T5EncoderModel]
+
+    def encode_prompt(self, tokenizers, text_encoders, captions, device, clip_skip=1):
+        """(T5 sequence [B, L, D], CLIP pooled [B, P]), as FluxPipeline.encode_prompt computes them."""
+        pooled = text_encoders[0](tokenize(tokenizers[0], captions).to(device), output_hidden_states=False)
+        return self.t5_embeds(tokenizers[1], text_encoders[1], captions, device), pooled.pooler_output
+
+    def predict(self, comps, model, noisy, sigmas, hidden, pooled, cfg, dtype):
+        from diffusers import FluxPipeline
+
+        b, c, h, w = noisy.shape
+        packed = FluxPipeline._pack_latents(noisy, b, c, h, w)
+        img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, noisy.device, dtype)
+        txt_ids = torch.zeros(hidden.shape[1], 3, device=noisy.device, dtype=dtype)
+        config = getattr(model, "module", model).config  # under DDP
+        guidance = (torch.full((b,), float(cfg.flux_guidance_value), device=noisy.device, dtype=torch.float32)
+                    if config.guidance_embeds else None)
+        out = model(hidden_states=packed, timestep=sigmas.to(dtype), guidance=guidance,
+                    pooled_projections=pooled.to(dtype), encoder_hidden_states=hidden.to(dtype), txt_ids=txt_ids,
+                    img_ids=img_ids, return_dict=False)[0]
+        # unpack: [B, (h/2)(w/2), 4c] -> [B, c, h, w]
+        return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+    def image_tokens(self, latent_h, latent_w) -> int:
+        return (latent_h // 2) * (latent_w // 2)
+
+    def base_model_version(self, comps):
+        return "flux1"
+
+    def is_schnell(self, comps) -> bool:
+        return not comps.unet.config.guidance_embeds
+
+    def modelspec_architecture(self, comps, kind="lora"):
+        # sd-scripts' sai_model_spec ids
+        return f"flux-1-{'schnell' if self.is_schnell(comps) else 'dev'}/{kind}"
