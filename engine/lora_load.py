@@ -19,7 +19,9 @@ MAGNITUDE = ".lora_magnitude_vector"
 def load_lora(pipe, path: str | Path, adapter_name: str) -> None:
     """`pipe.load_lora_weights(path, adapter_name=...)` with every text-encoder DoRA magnitude as trained."""
     pipe.load_lora_weights(str(path), adapter_name=adapter_name)
-    state, _ = pipe.lora_state_dict(str(path))  # the file as diffusers read it (kohya keys converted)
+    state = pipe.lora_state_dict(str(path))  # the file as diffusers read it (kohya keys converted)
+    if isinstance(state, tuple):  # (state, alphas[, metadata]) for the UNet pipelines; Flux's returns the dict
+        state = state[0]
     restore_text_encoder_magnitudes(pipe, state, adapter_name)
 
 

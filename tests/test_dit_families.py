@@ -1,0 +1,153 @@
+"""The DiT families (Flux.1, SD3) on their tiny built-ins: a LoRA trains through `accelerate launch`, both files
+load in diffusers and give the same image, the trained alpha is the scale, resume is exact, a text-encoder
+cache changes nothing, Flux runs in two processes, Compare draws, and options of the other objective are
+refused."""
+import numpy as np
+import pytest
+import torch
+from peft import LoraConfig
+from peft.utils import set_peft_model_state_dict
+from safetensors.torch import load_file
+
+from conftest import make_images, run_training, sets
+from engine.builtin import resolve_builtin
+from engine.events import read_events
+
+pytestmark = pytest.mark.slow
+
+MODELS = {"flux1": "builtin:tiny-flux", "sd3": "builtin:tiny-sd3"}
+BASE = dict(resolution=64, rank=4, lora_alpha=2, learning_rate=2e-3, lr_warmup_steps=0, seed=3,
+            train_batch_size=2, max_train_steps=4, report_to="none")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_images(tmp_path_factory.mktemp("dit") / "data", n=4)
+
+
+def train(data, out, name, family, launch=False, expect_rc=0, **kw):
+    cfg = {**BASE, "pretrained_model_name_or_path": MODELS[family], "train_data_dir": data, **kw}
+    return run_training(sets(**cfg, output_dir=out, adaptor_name=name), launch=launch, expect_rc=expect_rc)
+
+
+def pipeline(family):
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(resolve_builtin(MODELS[family]))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def image(pipe) -> np.ndarray:
+    return pipe("a red square", num_inference_steps=3, height=64, width=64, guidance_scale=3.0, output_type="np",
+                generator=torch.Generator().manual_seed(0), max_sequence_length=32).images[0]
+
+
+def _losses(run) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in read_events(run / "events.jsonl") if e["type"] == "step"}
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    """One LoRA per family through accelerate launch (Flux with its CLIP's LoRA too), alpha 2 != rank 4."""
+    out = tmp_path_factory.mktemp("runs")
+    for family in MODELS:
+        train(data, out, family, family, launch=True, train_text_encoder=family == "flux1")
+    return out
+
+
+@pytest.mark.parametrize("family", list(MODELS))
+def test_lora_files_load_in_diffusers_and_give_the_same_image(family, trained):
+    run = trained / family
+    base = image(pipeline(family))
+    pipe = pipeline(family)
+    pipe.load_lora_weights(str(run / "diffusers"))
+    from_diffusers = image(pipe)
+    assert np.abs(from_diffusers - base).max() > 1e-3  # the adaptor changes the image
+    pipe = pipeline(family)
+    pipe.load_lora_weights(str(run / f"{family}.safetensors"))
+    assert np.abs(image(pipe) - from_diffusers).max() < 1e-3  # the single file is the same adaptor
+
+    # the scale is the trained alpha / rank: the weights put back with training's LoraConfig give the same image
+    from engine.families import FAMILIES
+    from engine.methods.lora import TEXT_ENCODER_TARGETS
+    sd = load_file(str(run / "diffusers" / "pytorch_lora_weights.safetensors"))
+    pipe = pipeline(family)
+    for component, targets in (("transformer", FAMILIES[family].lora_default_targets),
+                               ("text_encoder", TEXT_ENCODER_TARGETS)):
+        part = {k[len(component) + 1:]: v for k, v in sd.items() if k.startswith(component + ".")}
+        if part:
+            module = getattr(pipe, component)
+            module.add_adapter(LoraConfig(r=4, lora_alpha=2, target_modules=list(targets)))
+            set_peft_model_state_dict(module, {k.removeprefix("text_model."): v for k, v in part.items()})
+    assert np.abs(image(pipe) - from_diffusers).max() < 1e-4
+    meta = read_events(run / "events.jsonl")
+    assert next(e for e in meta if e["type"] == "start")["model_family"] == family
+
+
+def test_resume_is_exact(data, tmp_path):
+    args = dict(checkpointing_steps=2, max_train_steps=4)
+    train(data, tmp_path, "r", "flux1", **args)
+    full = load_file(str(tmp_path / "r" / "diffusers" / "pytorch_lora_weights.safetensors"))
+    train(data, tmp_path, "r", "flux1", resume_from_checkpoint=tmp_path / "r" / "checkpoints" / "checkpoint-2", **args)
+    events = read_events(tmp_path / "r" / "events.jsonl")
+    assert [e for e in events if e["type"] == "start"][-1]["first_step"] == 2
+    resumed = load_file(str(tmp_path / "r" / "diffusers" / "pytorch_lora_weights.safetensors"))
+    assert max((full[k] - resumed[k]).abs().max().item() for k in full) < 1e-6
+
+
+def test_text_encoder_cache_gives_the_same_losses(data, tmp_path):
+    train(data, tmp_path, "plain", "sd3")
+    proc = train(data, tmp_path, "cached", "sd3", cache_text_encoder_outputs=True)
+    assert "text-encoder cache: 4 captions encoded" in proc.stdout
+    plain, cached = _losses(tmp_path / "plain"), _losses(tmp_path / "cached")
+    assert plain.keys() == cached.keys() and len(plain) == 4
+    assert np.allclose(list(plain.values()), list(cached.values()), rtol=1e-5), (plain, cached)
+
+
+def test_flux_trains_in_two_processes(data, tmp_path):
+    proc = run_training(sets(**{**BASE, "train_batch_size": 1}, pretrained_model_name_or_path=MODELS["flux1"],
+                             train_data_dir=data, output_dir=tmp_path, adaptor_name="ddp"), num_processes=2)
+    events = read_events(tmp_path / "ddp" / "events.jsonl")
+    assert next(e for e in events if e["type"] == "start")["num_processes"] == 2
+    assert sum(e["type"] == "done" for e in events) == 1, proc.stdout  # only the main process writes
+    assert (tmp_path / "ddp" / "ddp.safetensors").is_file()
+
+
+def test_compare_grid_draws_a_flux_run(trained, tmp_path):
+    from PIL import Image
+
+    from engine.generate import compare_grid
+
+    result = compare_grid(None, trained / "flux1", ["a red square"], trigger="sks", steps=2, seed=1, guidance=3.0,
+                          out=tmp_path / "grid.png")
+    assert result["cols"] == 3 and result["base"] == "builtin:tiny-flux"
+    base, adaptor = (np.asarray(Image.open(c), dtype=float) for c in result["cells"][0][:2])
+    assert np.abs(base - adaptor).max() > 0  # the adaptor column is drawn with the LoRA
+
+
+@pytest.mark.parametrize("family,key,value,says", [
+    ("sd3", "snr_gamma", 5.0, "flow matching"),
+    ("flux1", "prediction_type", "v_prediction", "flow matching"),
+    ("flux1", "noise_offset", 0.1, "flow matching"),
+])
+def test_options_of_the_other_objective_are_refused(data, tmp_path, family, key, value, says):
+    proc = train(data, tmp_path, "x", family, expect_rc=2, **{key: value})
+    err = proc.stdout + proc.stderr
+    assert key in err and says in err and "Traceback" not in err
+
+
+def test_flow_options_are_refused_for_a_unet_family(data, tmp_path):
+    cfg = {**BASE, "pretrained_model_name_or_path": "builtin:tiny-sd", "train_data_dir": data,
+           "weighting_scheme": "logit_normal"}
+    proc = run_training(sets(**cfg, output_dir=tmp_path, adaptor_name="x"), launch=False, expect_rc=2)
+    err = proc.stdout + proc.stderr
+    assert "weighting_scheme" in err and "noise prediction" in err and "Traceback" not in err
+
+
+def test_cuda_only_switch_fails_clearly_on_cpu(data, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = train(data, tmp_path, "x", "flux1", expect_rc=2, optimizer="adamw8bit")
+    err = proc.stdout + proc.stderr
+    assert "needs a CUDA GPU" in err and "Traceback" not in err
