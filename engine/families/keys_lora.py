@@ -1,0 +1,47 @@
+"""PEFT LoRA state dicts read module by module, for the DiT single-file writers (keys_flux1, keys_sd3)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.export import group_modules
+
+
+@dataclass
+class LoraModule:
+    path: str  # diffusers module path, e.g. "transformer_blocks.0.attn.to_q"
+    down: torch.Tensor  # PEFT lora_A: [rank, in, ...]
+    up: torch.Tensor  # PEFT lora_B: [out, rank, ...]
+    alpha: float
+    rank: int
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+def lora_modules(state_dict: dict[str, torch.Tensor], alphas: dict[str, tuple[float, int]]) -> list[LoraModule]:
+    """Every module of a PEFT LoRA state dict with its (alpha, rank); ValueError for anything but plain LoRA.
+
+    LoHa, LoKr and DoRA have no fused-weight layout ComfyUI and diffusers agree on for DiTs, so their files
+    keep diffusers/PEFT names (written elsewhere); these writers refuse them rather than drop a part."""
+    out = []
+    for path, parts in group_modules(state_dict).items():
+        if set(parts) != {"lora_A.weight", "lora_B.weight"}:
+            raise ValueError(f"{path}: only LoRA (lora_A / lora_B) has a single-file key map for this family, "
+                             f"got {sorted(parts)}; LoHa / LoKr / DoRA are written in diffusers/PEFT names")
+        if path not in alphas:
+            raise ValueError(f"{path}: no (alpha, rank) given for this module")
+        alpha, rank = alphas[path]
+        down, up = parts["lora_A.weight"], parts["lora_B.weight"]
+        if down.shape[0] != rank or up.shape[1] != rank:
+            raise ValueError(f"{path}: rank {rank} does not match lora_A {tuple(down.shape)} / lora_B "
+                             f"{tuple(up.shape)}")
+        out.append(LoraModule(path, down, up, float(alpha), int(rank)))
+    return out
+
+
+def alpha_tensor(alpha: float) -> torch.Tensor:
+    """kohya's `.alpha`: a float32 scalar (an int64 one, as diffusers' own helper writes, loses fractions)."""
+    return torch.tensor(float(alpha), dtype=torch.float32)

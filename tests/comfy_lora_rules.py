@@ -1,0 +1,229 @@
+"""ComfyUI's LoRA key rules for Flux.1 and SD3, ported small so tests can ask "would ComfyUI load this key, into
+which weight, and what delta would it add?" without ComfyUI installed.
+
+Ported from Comfy-Org/ComfyUI (GPL-3.0), as stored at:
+- comfy/lora.py @ 17358c8f73b581a0d22facc3c385822f09b8bfb1: model_lora_keys_unet (the generic
+  `lora_unet_<weight with _>` / bare-key map, the SD3 and Flux branches) and load_lora ("lora key not loaded").
+- comfy/utils.py @ 09708eae709a992a5684bed3595ce4d07e705b4e: flux_to_diffusers, mmdit_to_diffusers,
+  swap_scale_shift (weight entries only: LoRA keys come from `.weight`).
+- comfy/weight_adapter/lora.py @ 6f98b150e065f1ffc788558574a887835068bd40: the LoRA name variants and the
+  scale alpha / down.shape[0] (1 without alpha).
+- comfy/model_patcher.py add_patches: a target is a key, (key, (dim, start, length)) or (key, None, function).
+The BFL / SAI weight shapes follow comfy/ldm/flux/layers.py and comfy/ldm/modules/diffusionmodules/mmdit.py.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def swap_scale_shift(weight):
+    shift, scale = weight.chunk(2, dim=0)
+    return torch.cat([scale, shift], dim=0)
+
+
+# ---- the models ComfyUI holds (BFL Flux, SAI MMDiT): weight key -> shape -------------------------------------
+
+def flux_config(cfg) -> dict:
+    """ComfyUI's Flux unet_config for a diffusers FluxTransformer2DModel config."""
+    hidden = cfg.num_attention_heads * cfg.attention_head_dim
+    return dict(hidden_size=hidden, mlp_ratio=4, depth=cfg.num_layers, depth_single_blocks=cfg.num_single_layers,
+                in_channels=cfg.in_channels, out=cfg.patch_size ** 2 * (cfg.out_channels or cfg.in_channels),
+                context_in_dim=cfg.joint_attention_dim, vec_in_dim=cfg.pooled_projection_dim,
+                guidance_embed=cfg.guidance_embeds)
+
+
+def flux_weights(c: dict) -> dict[str, tuple]:
+    h = c["hidden_size"]
+    m = h * c["mlp_ratio"]
+    w = {"img_in.weight": (h, c["in_channels"]), "txt_in.weight": (h, c["context_in_dim"]),
+         "time_in.in_layer.weight": (h, 256), "time_in.out_layer.weight": (h, h),
+         "vector_in.in_layer.weight": (h, c["vec_in_dim"]), "vector_in.out_layer.weight": (h, h),
+         "final_layer.linear.weight": (c["out"], h), "final_layer.adaLN_modulation.1.weight": (2 * h, h)}
+    if c["guidance_embed"]:
+        w.update({"guidance_in.in_layer.weight": (h, 256), "guidance_in.out_layer.weight": (h, h)})
+    for i in range(c["depth"]):
+        for s in ("img", "txt"):
+            b = f"double_blocks.{i}.{s}"
+            w.update({f"{b}_mod.lin.weight": (6 * h, h), f"{b}_attn.qkv.weight": (3 * h, h),
+                      f"{b}_attn.proj.weight": (h, h), f"{b}_mlp.0.weight": (m, h), f"{b}_mlp.2.weight": (h, m)})
+    for i in range(c["depth_single_blocks"]):
+        b = f"single_blocks.{i}"
+        w.update({f"{b}.linear1.weight": (3 * h + m, h), f"{b}.linear2.weight": (h, h + m),
+                  f"{b}.modulation.lin.weight": (3 * h, h)})
+    return w
+
+
+def mmdit_config(cfg) -> dict:
+    """ComfyUI's SD3 unet_config (depth = hidden / 64, as its model detection reads it) for a diffusers config."""
+    hidden = cfg.num_attention_heads * cfg.attention_head_dim
+    return dict(depth=hidden // 64, num_blocks=cfg.num_layers, patch_size=cfg.patch_size,
+                in_channels=cfg.in_channels, out_channels=cfg.out_channels, adm_in_channels=cfg.pooled_projection_dim,
+                context_in=cfg.joint_attention_dim, x_block_self_attn_layers=list(cfg.dual_attention_layers))
+
+
+def mmdit_weights(c: dict) -> dict[str, tuple]:
+    h, p, n = c["depth"] * 64, c["patch_size"], c["num_blocks"]
+    w = {"x_embedder.proj.weight": (h, c["in_channels"], p, p), "t_embedder.mlp.0.weight": (h, 256),
+         "t_embedder.mlp.2.weight": (h, h), "y_embedder.mlp.0.weight": (h, c["adm_in_channels"]),
+         "y_embedder.mlp.2.weight": (h, h), "context_embedder.weight": (h, c["context_in"]),
+         "final_layer.linear.weight": (p * p * c["out_channels"], h),
+         "final_layer.adaLN_modulation.1.weight": (2 * h, h)}
+    for i in range(n):
+        last, dual = i == n - 1, i in c["x_block_self_attn_layers"]
+        x, ctx = f"joint_blocks.{i}.x_block", f"joint_blocks.{i}.context_block"
+        w.update({f"{x}.adaLN_modulation.1.weight": ((9 if dual else 6) * h, h), f"{x}.attn.qkv.weight": (3 * h, h),
+                  f"{x}.attn.proj.weight": (h, h), f"{x}.mlp.fc1.weight": (4 * h, h), f"{x}.mlp.fc2.weight": (h, 4 * h),
+                  f"{ctx}.adaLN_modulation.1.weight": ((2 if last else 6) * h, h), f"{ctx}.attn.qkv.weight": (3 * h, h)})
+        if dual:
+            w.update({f"{x}.attn2.qkv.weight": (3 * h, h), f"{x}.attn2.proj.weight": (h, h)})
+        if not last:
+            w.update({f"{ctx}.attn.proj.weight": (h, h), f"{ctx}.mlp.fc1.weight": (4 * h, h),
+                      f"{ctx}.mlp.fc2.weight": (h, 4 * h)})
+    return w
+
+
+# ---- comfy.utils: diffusers weight -> ComfyUI target ---------------------------------------------------------
+
+def flux_to_diffusers(c: dict, prefix: str = "diffusion_model.") -> dict:
+    h = c["hidden_size"]
+    out = {}
+    for i in range(c["depth"]):
+        frm, to = f"transformer_blocks.{i}", f"{prefix}double_blocks.{i}"
+        for j, (img, txt) in enumerate([("to_q", "add_q_proj"), ("to_k", "add_k_proj"), ("to_v", "add_v_proj")]):
+            out[f"{frm}.attn.{img}.weight"] = (f"{to}.img_attn.qkv.weight", (0, h * j, h))
+            out[f"{frm}.attn.{txt}.weight"] = (f"{to}.txt_attn.qkv.weight", (0, h * j, h))
+        for d, b in {"attn.to_out.0": "img_attn.proj", "norm1.linear": "img_mod.lin", "norm1_context.linear":
+                     "txt_mod.lin", "attn.to_add_out": "txt_attn.proj", "ff.net.0.proj": "img_mlp.0", "ff.net.2":
+                     "img_mlp.2", "ff_context.net.0.proj": "txt_mlp.0", "ff_context.net.2": "txt_mlp.2"}.items():
+            out[f"{frm}.{d}.weight"] = f"{to}.{b}.weight"
+    for i in range(c["depth_single_blocks"]):
+        frm, to = f"single_transformer_blocks.{i}", f"{prefix}single_blocks.{i}"
+        for j, q in enumerate(("to_q", "to_k", "to_v")):
+            out[f"{frm}.attn.{q}.weight"] = (f"{to}.linear1.weight", (0, h * j, h))
+        out[f"{frm}.proj_mlp.weight"] = (f"{to}.linear1.weight", (0, h * 3, h * 4))
+        out[f"{frm}.norm.linear.weight"] = f"{to}.modulation.lin.weight"
+        out[f"{frm}.proj_out.weight"] = f"{to}.linear2.weight"
+    for b, d in [("final_layer.linear", "proj_out"), ("img_in", "x_embedder"), ("txt_in", "context_embedder"),
+                 ("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1"),
+                 ("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2"),
+                 ("vector_in.in_layer", "time_text_embed.text_embedder.linear_1"),
+                 ("vector_in.out_layer", "time_text_embed.text_embedder.linear_2"),
+                 ("guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1"),
+                 ("guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2")]:
+        out[f"{d}.weight"] = f"{prefix}{b}.weight"
+    out["norm_out.linear.weight"] = (f"{prefix}final_layer.adaLN_modulation.1.weight", None, swap_scale_shift)
+    return out
+
+
+_MMDIT_BLOCK = {"norm1_context.linear": "context_block.adaLN_modulation.1", "attn.to_add_out": "context_block.attn.proj",
+                "ff_context.net.0.proj": "context_block.mlp.fc1", "ff_context.net.2": "context_block.mlp.fc2",
+                "norm1.linear": "x_block.adaLN_modulation.1", "attn.to_out.0": "x_block.attn.proj",
+                "attn2.to_out.0": "x_block.attn2.proj", "ff.net.0.proj": "x_block.mlp.fc1", "ff.net.2": "x_block.mlp.fc2"}
+_MMDIT_BASIC = {"context_embedder": "context_embedder", "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
+                "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2", "pos_embed.proj": "x_embedder.proj",
+                "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
+                "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2", "proj_out": "final_layer.linear"}
+
+
+def mmdit_to_diffusers(c: dict, prefix: str = "diffusion_model.") -> dict:
+    depth = c["depth"]
+    offset = depth * 64
+    out = {}
+    for i in range(c.get("num_blocks", depth)):
+        frm, to = f"transformer_blocks.{i}", f"{prefix}joint_blocks.{i}"
+        for j, (q, add, q2) in enumerate([("to_q", "add_q_proj", "to_q"), ("to_k", "add_k_proj", "to_k"),
+                                          ("to_v", "add_v_proj", "to_v")]):
+            out[f"{frm}.attn.{q}.weight"] = (f"{to}.x_block.attn.qkv.weight", (0, offset * j, offset))
+            out[f"{frm}.attn.{add}.weight"] = (f"{to}.context_block.attn.qkv.weight", (0, offset * j, offset))
+            out[f"{frm}.attn2.{q2}.weight"] = (f"{to}.x_block.attn2.qkv.weight", (0, offset * j, offset))
+        for d, s in _MMDIT_BLOCK.items():
+            out[f"{frm}.{d}.weight"] = f"{to}.{s}.weight"
+    for d, s in _MMDIT_BASIC.items():
+        out[f"{d}.weight"] = f"{prefix}{s}.weight"
+    out["norm_out.linear.weight"] = (f"{prefix}final_layer.adaLN_modulation.1.weight", None, swap_scale_shift)
+    # ComfyUI uses depth - 1 here, not num_blocks - 1 (equal for every released SD3 / SD3.5)
+    out[f"transformer_blocks.{depth - 1}.norm1_context.linear.weight"] = (
+        f"{prefix}joint_blocks.{depth - 1}.context_block.adaLN_modulation.1.weight", None, swap_scale_shift)
+    return out
+
+
+# ---- comfy/lora.py model_lora_keys_unet: LoRA stem -> target -------------------------------------------------
+
+def lora_key_map(arch: str, c: dict) -> dict:
+    weights = flux_weights(c) if arch == "flux" else mmdit_weights(c)
+    key_map = {}
+    for k in weights:  # generic: every model weight, kohya-style and bare
+        key_map["lora_unet_" + k[:-len(".weight")].replace(".", "_")] = "diffusion_model." + k
+        key_map["diffusion_model." + k[:-len(".weight")]] = "diffusion_model." + k
+    if arch == "sd3":
+        for k, to in mmdit_to_diffusers(c).items():
+            stem = k[:-len(".weight")]
+            for name in (f"transformer.{stem}", f"base_model.model.{stem}", "lora_transformer_" + stem.replace(".", "_"),
+                         "lycoris_" + stem.replace(".", "_")):
+                key_map[name] = to
+    else:
+        for k, to in flux_to_diffusers(c).items():
+            stem = k[:-len(".weight")]
+            for name in (f"transformer.{stem}", "lycoris_" + stem.replace(".", "_"),
+                         "lora_transformer_" + stem.replace(".", "_"), stem):
+                key_map[name] = to
+    return key_map
+
+
+def model_weights(arch: str, c: dict) -> dict[str, tuple]:
+    weights = flux_weights(c) if arch == "flux" else mmdit_weights(c)
+    return {"diffusion_model." + k: v for k, v in weights.items()}
+
+
+def split_target(target) -> tuple[str, tuple | None, object]:
+    if isinstance(target, str):
+        return target, None, None
+    return target[0], target[1], target[2] if len(target) > 2 else None
+
+
+_NAMES = [("{}.lora_up.weight", "{}.lora_down.weight"), ("{}.lora_B.weight", "{}.lora_A.weight")]
+
+
+def load_lora(lora: dict, key_map: dict) -> tuple[dict, list[str]]:
+    """{stem: (target, up, down, alpha or None)} and the file keys ComfyUI would log as "lora key not loaded"."""
+    patches, loaded = {}, set()
+    for stem, target in key_map.items():
+        alpha = lora.get(f"{stem}.alpha")
+        for up_name, down_name in _NAMES:
+            if up_name.format(stem) in lora:
+                patches[stem] = (target, lora[up_name.format(stem)], lora[down_name.format(stem)],
+                                 None if alpha is None else float(alpha.item()))
+                loaded |= {up_name.format(stem), down_name.format(stem), f"{stem}.alpha"}
+                break
+    return patches, sorted(k for k in lora if k not in loaded)
+
+
+def lora_shape(up_shape, down_shape) -> tuple[int, int]:
+    """(rows, input numel) of the delta up @ down that ComfyUI reshapes onto the target."""
+    return up_shape[0], math.prod(down_shape[1:])
+
+
+def deltas(patches: dict, weights: dict) -> dict[str, torch.Tensor]:
+    """The weight deltas ComfyUI adds (strength 1): alpha / rank * up @ down, into its slice, through function."""
+    out = {}
+    for target, up, down, alpha in patches.values():
+        key, offset, function = split_target(target)
+        full = out.setdefault(key, torch.zeros(weights[key]))
+        view = full if offset is None else full.narrow(*offset)
+        scale = 1.0 if alpha is None else alpha / down.shape[0]
+        diff = (scale * (up.flatten(1).double() @ down.flatten(1).double())).float().reshape(view.shape)
+        view += diff if function is None else function(diff)
+    return out
+
+
+def expected_deltas(module_deltas: dict[str, torch.Tensor], diffusers_map: dict, weights: dict) -> dict:
+    """The trained diffusers modules' deltas placed where ComfyUI's diffusers map says they belong."""
+    out = {}
+    for module, delta in module_deltas.items():
+        key, offset, function = split_target(diffusers_map[f"{module}.weight"])
+        full = out.setdefault(key, torch.zeros(weights[key]))
+        view = full if offset is None else full.narrow(*offset)
+        view += (delta if function is None else function(delta)).reshape(view.shape)
+    return out
