@@ -90,17 +90,17 @@ def kohya_module(parts: dict[str, torch.Tensor], a: float, rank: int | None) -> 
 
 
 def kohya_state_dict(family, state_dicts: dict[str, dict[str, torch.Tensor]], alpha) -> dict:
-    """alpha: one value for every module, or {component: {module path: alpha}}."""
-    prefixes = {"unet": family.kohya_denoiser_prefix, **family.kohya_te_prefixes}
+    """alpha: one value for every module, or {component: {module path: (alpha, rank)}}. A DiT family writes its
+    own layout (Flux.1: BFL's fused modules; SD3: diffusers' names)."""
+    own = getattr(family, "single_file_state_dict", None)
+    if own is not None:
+        return own(state_dicts, alpha)
+    prefixes = {"unet": "lora_unet", **family.kohya_te_prefixes}
     out: dict[str, torch.Tensor] = {}
     for component, sd in state_dicts.items():
         a = alpha[component] if isinstance(alpha, dict) else alpha
         if isinstance(a, dict):
             a = canonical_keys(component, a)
-        own = getattr(family, "single_file_keys", None)  # a DiT's own layout (Flux.1: BFL's fused modules)
-        if component == "unet" and own is not None:
-            out.update(own(sd, a))
-            continue
         out.update(peft_to_kohya(canonical_keys(component, sd), prefixes[component], a))
     return out
 

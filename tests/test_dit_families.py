@@ -16,6 +16,12 @@ from engine.events import read_events
 pytestmark = pytest.mark.slow
 
 MODELS = {"flux1": "builtin:tiny-flux", "sd3": "builtin:tiny-sd3"}
+# diffusers splits a Flux single file's single-block linear1 only at Flux.1's full size (keys_flux1): the files'
+# image check trains the double blocks' fused q/k/v and a single block's linear2 (ComfyUI's rules for the default
+# targets of the full-size models: tests/test_keys_dit.py)
+FLUX_CHECKED_TARGETS = ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_k",
+                        "transformer_blocks.0.attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+                        "attn.add_v_proj", "attn.to_add_out", "ff.net.2", "single_transformer_blocks.0.proj_out"]
 BASE = dict(resolution=64, rank=4, lora_alpha=2, learning_rate=2e-3, lr_warmup_steps=0, seed=3,
             train_batch_size=2, max_train_steps=4, report_to="none")
 
@@ -52,7 +58,8 @@ def trained(data, tmp_path_factory):
     """One LoRA per family through accelerate launch (Flux with its CLIP's LoRA too), alpha 2 != rank 4."""
     out = tmp_path_factory.mktemp("runs")
     for family in MODELS:
-        train(data, out, family, family, launch=True, train_text_encoder=family == "flux1")
+        extra = dict(train_text_encoder=True, lora_target_modules=FLUX_CHECKED_TARGETS) if family == "flux1" else {}
+        train(data, out, family, family, launch=True, **extra)
     return out
 
 
@@ -72,8 +79,10 @@ def test_lora_files_load_in_diffusers_and_give_the_same_image(family, trained):
     from engine.families import FAMILIES
     from engine.methods.lora import TEXT_ENCODER_TARGETS
     sd = load_file(str(run / "diffusers" / "pytorch_lora_weights.safetensors"))
+    assert any(k.startswith("text_encoder.") for k in sd) == (family == "flux1")
     pipe = pipeline(family)
-    for component, targets in (("transformer", FAMILIES[family].lora_default_targets),
+    for component, targets in (("transformer", FLUX_CHECKED_TARGETS if family == "flux1"
+                                else FAMILIES[family].lora_default_targets),
                                ("text_encoder", TEXT_ENCODER_TARGETS)):
         part = {k[len(component) + 1:]: v for k, v in sd.items() if k.startswith(component + ".")}
         if part:

@@ -110,7 +110,6 @@ class Family:
     label = "?"
     objective = "noise"  # noise prediction (epsilon / v); the DiT families' is "flow"
     denoiser_name = "unet"  # the pipeline's name for the denoiser (Components.unet holds it either way)
-    kohya_denoiser_prefix = "lora_unet"
     pipeline_class: Any = None
     text_encoder_names: tuple[str, ...] = ("text_encoder",)
     kohya_te_prefixes: dict[str, str] = {"text_encoder": "lora_te"}

@@ -16,7 +16,6 @@ from .base import Components, Family, ModelError, hub_error, load_pretrained, lo
 class FlowFamily(Family):
     objective = "flow"
     denoiser_name = "transformer"
-    kohya_denoiser_prefix = "lora_unet"
     transformer_class = "?"  # a diffusers class name
     default_weighting = "none"  # weighting_scheme when the config leaves it unset
     default_max_sequence_length = 512

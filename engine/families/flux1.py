@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import torch
 
+from engine.export import canonical_keys, peft_to_kohya
+
+from . import keys_flux1
 from .base import tokenize
 from .dit import FlowFamily
 
@@ -22,11 +25,7 @@ class Flux1Family(FlowFamily):
     default_weighting = "none"  # diffusers' flux script default: uniform timesteps
     default_max_sequence_length = 512
     t5_name = "text_encoder_2"
-    # diffusers' train_dreambooth_lora_flux.py default targets (attention, context attention, feed-forwards of
-    # the double blocks, and the single blocks' fused projections)
-    lora_default_targets = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj",
-                            "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2",
-                            "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp", "proj_out")
+    lora_default_targets = tuple(keys_flux1.DEFAULT_TARGETS)  # diffusers' train_dreambooth_lora_flux.py
 
     @property
     def pipeline_class(self):
@@ -57,6 +56,17 @@ class Flux1Family(FlowFamily):
                     img_ids=img_ids, return_dict=False)[0]
         # unpack: [B, (h/2)(w/2), 4c] -> [B, c, h, w]
         return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+    def single_file_state_dict(self, state_dicts, alphas) -> dict:
+        """The transformer in sd-scripts' kohya/BFL layout (keys_flux1), the CLIP as `lora_te1_` (sd-scripts)."""
+        out = {}
+        for component, sd in state_dicts.items():
+            if component == "unet":
+                out.update(keys_flux1.to_single_file(sd, alphas[component]))
+            else:
+                out.update(peft_to_kohya(canonical_keys(component, sd), self.kohya_te_prefixes[component],
+                                         canonical_keys(component, alphas[component])))
+        return out
 
     def image_tokens(self, latent_h, latent_w) -> int:
         return (latent_h // 2) * (latent_w // 2)

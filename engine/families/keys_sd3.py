@@ -40,13 +40,13 @@ _MAPPABLE = re.compile(
     r"|proj_out")
 
 
-def to_single_file(state_dict: dict[str, torch.Tensor], alphas: dict[str, tuple[float, int]]
+def to_single_file(state_dict: dict[str, torch.Tensor], alphas: dict[str, tuple[float, int]], check: bool = True
                    ) -> dict[str, torch.Tensor]:
     """PEFT keys without the `transformer.` prefix and {module path: (alpha, rank)} -> the file's tensors.
-    Works on meta tensors (shapes only)."""
+    Works on meta tensors (shapes only). check=False: a text encoder's modules (same folding, no SD3 map)."""
     out: dict[str, torch.Tensor] = {}
     for mod in lora_modules(state_dict, alphas):
-        if not _MAPPABLE.fullmatch(mod.path):
+        if check and not _MAPPABLE.fullmatch(mod.path):
             raise ValueError(f"{mod.path}: no SD3 single-file key for this module")
         out[f"transformer.{mod.path}.lora_A.weight"] = mod.down.contiguous()
         out[f"transformer.{mod.path}.lora_B.weight"] = (mod.up * mod.scale).contiguous()

@@ -9,6 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from engine.export import canonical_keys
+
+from . import keys_sd3
 from .base import tokenize
 from .dit import FlowFamily
 
@@ -23,9 +26,7 @@ class SD3Family(FlowFamily):
     default_weighting = "logit_normal"  # diffusers' sd3 script default
     default_max_sequence_length = 256  # StableDiffusion3Pipeline's default
     t5_name = "text_encoder_3"
-    # diffusers' train_dreambooth_lora_sd3.py default targets
-    lora_default_targets = ("attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out",
-                            "attn.to_k", "attn.to_out.0", "attn.to_q", "attn.to_v")
+    lora_default_targets = tuple(keys_sd3.DEFAULT_TARGETS)  # diffusers' train_dreambooth_lora_sd3.py
 
     @property
     def pipeline_class(self):
@@ -52,6 +53,17 @@ class SD3Family(FlowFamily):
     def predict(self, comps, model, noisy, sigmas, hidden, pooled, cfg, dtype):
         return model(hidden_states=noisy, timestep=(sigmas * 1000).to(dtype), encoder_hidden_states=hidden.to(dtype),
                      pooled_projections=pooled.to(dtype), return_dict=False)[0]
+
+    def single_file_state_dict(self, state_dicts, alphas) -> dict:
+        """diffusers' names with each scale folded into lora_B (keys_sd3: the one layout both ComfyUI and
+        StableDiffusion3Pipeline read), the CLIPs' as `text_encoder(_2).text_model...` likewise."""
+        out = {}
+        for component, sd in state_dicts.items():
+            sd, a = canonical_keys(component, sd), canonical_keys(component, alphas[component])
+            keys = keys_sd3.to_single_file(sd, a, check=component == "unet")
+            prefix = "transformer." if component == "unet" else f"{component}."
+            out.update({prefix + k.removeprefix("transformer."): v for k, v in keys.items()})
+        return out
 
     def image_tokens(self, latent_h, latent_w) -> int:
         return (latent_h // 2) * (latent_w // 2)
