@@ -134,6 +134,16 @@ def test_compare_grid_draws_a_flux_run(trained, tmp_path):
     base, adaptor = (np.asarray(Image.open(c), dtype=float) for c in result["cells"][0][:2])
     assert np.abs(base - adaptor).max() > 0  # the adaptor column is drawn with the LoRA
 
+    # img2img and inpainting through diffusers' Flux pipelines for those tasks, with the run's LoRA
+    from engine.generate import img2img, inpaint
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "src.png")
+    Image.new("L", (64, 64), 255).save(tmp_path / "mask.png")
+    for task, extra in ((img2img, ()), (inpaint, (tmp_path / "mask.png",))):
+        out = tmp_path / f"{task.__name__}.png"
+        result = task(None, trained / "flux1", "a red square", tmp_path / "src.png", *extra, steps=2, strength=0.8,
+                      out=out)
+        assert result["size"] == [64, 64] and Image.open(out).size == (64, 64)
+
 
 @pytest.mark.parametrize("family,key,value,says", [
     ("sd3", "snr_gamma", 5.0, "flow matching"),
@@ -152,6 +162,20 @@ def test_flow_options_are_refused_for_a_unet_family(data, tmp_path):
     proc = run_training(sets(**cfg, output_dir=tmp_path, adaptor_name="x"), launch=False, expect_rc=2)
     err = proc.stdout + proc.stderr
     assert "weighting_scheme" in err and "noise prediction" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("preset,family", [("flux1-dev-lora", "flux1"), ("sd35-large-lora", "sd3")])
+def test_dit_presets_train_on_the_tiny_builtin(preset, family, data, tmp_path):
+    """Every setting a DiT preset makes (bf16, cached text encoders and latents, gradient checkpointing, the
+    flow options) is one its family trains with: the preset on the family's tiny built-in, two steps."""
+    from engine.presets import find_preset
+
+    proc = run_training([str(find_preset(preset).path)] + sets(
+        pretrained_model_name_or_path=MODELS[family], train_data_dir=data, output_dir=tmp_path, resolution=64,
+        max_train_steps=2, gradient_accumulation_steps=1, validation_prompt="", report_to="none"), launch=False)
+    name = {"flux1-dev-lora": "flux1-dev-sks-dog", "sd35-large-lora": "sd35-large-sks-dog"}[preset]
+    assert read_events(tmp_path / name / "events.jsonl")[-1]["type"] == "done"
+    assert "text-encoder cache: 4 captions encoded" in proc.stdout and "latent cache" in proc.stdout, proc.stdout
 
 
 def test_cuda_only_switch_fails_clearly_on_cpu(data, tmp_path):

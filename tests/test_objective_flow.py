@@ -1,0 +1,81 @@
+"""The flow-matching objective against diffusers' own training scripts and pipelines: the same timestep draws
+for the same generator, the same loss weighting, the pipeline's resolution-dependent shift, and the Flux loss
+computed as train_dreambooth_lora_flux.py computes it."""
+import math
+
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+
+from engine.config import validate
+from engine.families import FAMILIES
+from engine.objective_flow import draw_sigmas, loss_weighting, shift_sigmas
+
+
+def cfg(**kw):
+    return validate({"pretrained_model_name_or_path": "builtin:tiny-flux", "train_data_dir": "unused", **kw})
+
+
+@pytest.mark.parametrize("scheme", ["logit_normal", "mode", "none", "cosmap"])
+def test_static_shift_draws_what_the_sd3_script_draws(scheme):
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    c = cfg(weighting_scheme=scheme, logit_mean=0.3, logit_std=1.2, flow_dynamic_shift=False)
+    ours = draw_sigmas(c, FAMILIES["sd3"], dict(scheduler.config), 64, 4096, torch.Generator().manual_seed(7), "cpu")
+    # diffusers' script: u from the density, an index into the scheduler's (shifted, descending) timesteps
+    u = compute_density_for_timestep_sampling(scheme, 64, 0.3, 1.2, 1.29, generator=torch.Generator().manual_seed(7))
+    theirs = scheduler.sigmas[(u * 1000).long()]
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert torch.allclose(loss_weighting(scheme, ours), compute_loss_weighting_for_sd3(scheme, ours))
+
+
+def test_resolution_dependent_shift_is_the_pipelines():
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    config = dict(FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0).config)
+    sigmas = torch.linspace(0.99, 0.01, 9)
+    for tokens in (256, 1024, 4096):
+        mu = calculate_shift(tokens, config["base_image_seq_len"], config["max_image_seq_len"],
+                             config["base_shift"], config["max_shift"])
+        expected = math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))
+        assert torch.allclose(shift_sigmas(sigmas, cfg(), config, tokens), expected)
+    # flow_shift overrides a static shift; unset, the scheduler's own
+    static = dict(FlowMatchEulerDiscreteScheduler(shift=3.0).config)
+    assert torch.allclose(shift_sigmas(sigmas, cfg(), static, 0), 3 * sigmas / (1 + 2 * sigmas))
+    assert torch.allclose(shift_sigmas(sigmas, cfg(flow_shift=1.0), static, 0), sigmas)
+
+
+def test_flux_loss_is_the_scripts(tmp_path):
+    from diffusers import FluxPipeline
+
+    from engine.builtin import resolve_builtin
+    from engine.families.base import resolve_source
+    from engine.objective_flow import flow_loss
+
+    c = cfg(flux_guidance_value=3.5, weighting_scheme="logit_normal")
+    family = FAMILIES["flux1"]
+    comps = family.load(resolve_source("builtin:tiny-flux"), c, torch.float32)
+    latents = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    encode = lambda caps: family.encode_prompt(comps.tokenizers, comps.text_encoders, caps, "cpu")  # noqa: E731
+    with torch.no_grad():
+        ours = flow_loss({"latents": latents, "captions": ["a red square", "a blue circle"]}, comps, comps.unet,
+                         encode, c, "cpu", torch.float32, torch.Generator().manual_seed(5))
+        # the script, step by step, with the same draws
+        gen = torch.Generator().manual_seed(5)
+        noise = torch.randn(latents.shape, generator=gen)
+        sigmas = draw_sigmas(c, family, dict(comps.noise_scheduler.config), 2, 16, gen, "cpu")
+        s = sigmas.view(2, 1, 1, 1)
+        noisy = (1 - s) * latents + s * noise
+        pipe = FluxPipeline(**{**dict(zip(("text_encoder", "text_encoder_2"), comps.text_encoders)),
+                               "tokenizer": comps.tokenizers[0], "tokenizer_2": comps.tokenizers[1],
+                               "transformer": comps.unet, "vae": comps.vae, "scheduler": comps.noise_scheduler})
+        prompt_embeds, pooled, text_ids = pipe.encode_prompt(["a red square", "a blue circle"], None,
+                                                             max_sequence_length=32)
+        packed = FluxPipeline._pack_latents(noisy, 2, 16, 8, 8)
+        ids = FluxPipeline._prepare_latent_image_ids(2, 4, 4, "cpu", torch.float32)
+        pred = comps.unet(hidden_states=packed, timestep=sigmas, guidance=torch.full((2,), 3.5),
+                          pooled_projections=pooled, encoder_hidden_states=prompt_embeds, txt_ids=text_ids,
+                          img_ids=ids, return_dict=False)[0]
+        pred = FluxPipeline._unpack_latents(pred, 64, 64, pipe.vae_scale_factor)
+        theirs = ((pred - (noise - latents)) ** 2).mean()
+    assert torch.allclose(ours, theirs, rtol=1e-5), (ours, theirs)
