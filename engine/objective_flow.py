@@ -86,35 +86,50 @@ def check_options(cfg, family) -> None:
     """Options that belong to one objective are refused for the other, naming both."""
     from engine.config import ConfigError
 
+    problems = option_problems(cfg, family)
+    if problems:
+        raise ConfigError(problems[0][1])
+
+
+def option_problems(cfg, family) -> list[tuple[str, str]]:
+    """(key, message) for each setting this family's objective or transformer cannot take."""
+    out: list[tuple[str, str]] = []
     flow = getattr(family, "objective", "noise") == "flow"
-    wrong = UNET_ONLY if flow else FLOW_ONLY
-    for key, unset in wrong.items():
+    for key, unset in (UNET_ONLY if flow else FLOW_ONLY).items():
         value = getattr(cfg, key)
-        if value != unset and not (key == "snr_gamma" and value == 0):
-            if flow:
-                raise ConfigError(f"{key} = {value!r} belongs to the noise-prediction objective of the UNet families "
-                                  f"(SD 1.x/2.x, SDXL); {family.label} trains by flow matching: remove {key} (flow "
-                                  "matching has weighting_scheme, logit_mean, logit_std, mode_scale and flow_shift)")
-            raise ConfigError(f"{key} = {value!r} belongs to the flow-matching objective of the DiT families (Flux.1, "
-                              f"SD3); {family.label} trains by noise prediction: remove {key}")
-    if flow and cfg.loss_type != "l2" and cfg.huber_schedule != "constant":
-        raise ConfigError(f"huber_schedule = {cfg.huber_schedule!r} follows the UNet's noise schedule; {family.label} "
-                          "trains by flow matching: use huber_schedule = \"constant\"")
-    if flow and cfg.clip_skip > 1:
-        raise ConfigError(f"clip_skip = {cfg.clip_skip} applies to SD 1.x/2.x; {family.label} uses its text encoders "
-                          "as its pipeline does: set clip_skip = 1")
-    if flow and cfg.attention == "eager":
-        raise ConfigError(f"attention = \"eager\" swaps the UNet's attention processor; {family.label}'s transformer "
-                          "keeps its own: use attention = \"sdpa\"")
-    if flow and cfg.conv_rank and cfg.method in ("lora", "dreambooth"):
-        raise ConfigError(f"conv_rank = {cfg.conv_rank} trains the UNet's convolutions; {family.label}'s transformer "
-                          "has none: remove conv_rank")
-    if flow and cfg.method in ("lora", "dreambooth") and (cfg.lora_type != "lora" or cfg.use_dora):
+        if value == unset or (key == "snr_gamma" and value == 0):
+            continue
+        if flow:
+            out.append((key, f"{key} = {value!r} belongs to the noise-prediction objective of the UNet families (SD "
+                             f"1.x/2.x, SDXL); {family.label} trains by flow matching: remove {key} (flow matching "
+                             "has weighting_scheme, logit_mean, logit_std, mode_scale and flow_shift)"))
+        else:
+            out.append((key, f"{key} = {value!r} belongs to the flow-matching objective of the DiT families (Flux.1, "
+                             f"SD3); {family.label} trains by noise prediction: remove {key}"))
+    if not flow:
+        return out
+    if cfg.loss_type != "l2" and cfg.huber_schedule != "constant":
+        out.append(("huber_schedule", f"huber_schedule = {cfg.huber_schedule!r} follows the UNet's noise schedule; "
+                                      f"{family.label} trains by flow matching: use huber_schedule = \"constant\""))
+    if cfg.clip_skip > 1:
+        out.append(("clip_skip", f"clip_skip = {cfg.clip_skip} applies to SD 1.x/2.x; {family.label} uses its text "
+                                 "encoders as its pipeline does: set clip_skip = 1"))
+    if cfg.attention == "eager":
+        out.append(("attention", f"attention = \"eager\" swaps the UNet's attention processor; {family.label}'s "
+                                 "transformer keeps its own: use attention = \"sdpa\""))
+    adaptor = cfg.method in ("lora", "dreambooth")
+    if adaptor and cfg.conv_rank:
+        out.append(("conv_rank", f"conv_rank = {cfg.conv_rank} trains the UNet's convolutions; {family.label}'s "
+                                 "transformer has none: remove conv_rank"))
+    if adaptor and (cfg.lora_type != "lora" or cfg.use_dora):
         kind = "DoRA" if cfg.use_dora else cfg.lora_type
-        raise ConfigError(f"{kind} is not yet written for {family.label} (its single file fuses layers that "
-                          f"{kind} cannot be fused in): use lora_type = \"lora\" without use_dora")
-    if flow and cfg.method == "textual_inversion":
-        raise ConfigError(f"method = \"textual_inversion\" is not yet available for {family.label}: train a LoRA "
-                          "(method = \"lora\") instead")
-    if flow and cfg.flux_guidance_value != 1.0 and family.name != "flux1":
-        raise ConfigError(f"flux_guidance_value is Flux.1 dev's guidance embedding; {family.label} has none")
+        out.append(("use_dora" if cfg.use_dora else "lora_type",
+                    f"{kind} is not yet written for {family.label} (its single file fuses layers that {kind} cannot "
+                    "be fused in): use lora_type = \"lora\" without use_dora"))
+    if cfg.method == "textual_inversion":
+        out.append(("method", f"method = \"textual_inversion\" is not yet available for {family.label}: train a "
+                              "LoRA (method = \"lora\") instead"))
+    if cfg.flux_guidance_value != 1.0 and family.name != "flux1":
+        out.append(("flux_guidance_value", f"flux_guidance_value is Flux.1 dev's guidance embedding; {family.label} "
+                                           "has none"))
+    return out

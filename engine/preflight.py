@@ -136,6 +136,7 @@ def check_sources(cfg, out: list[Problem]) -> None:
         else:
             if source.kind == "hub":
                 _hub(base, "pretrained_model_name_or_path", out)
+    _check_objective(cfg, out)
     vae = cfg.pretrained_vae_model_name_or_path
     if vae and not Path(vae).expanduser().exists():
         if vae.startswith((".", "/", "~")) or vae.count("/") != 1:
@@ -149,6 +150,24 @@ def check_sources(cfg, out: list[Problem]) -> None:
     if resume and resume != "latest" and not Path(resume).expanduser().is_dir():
         out.append(Problem("resume_from_checkpoint", f"resume_from_checkpoint {resume!r} is not a folder; give a "
                                                      "checkpoint folder (runs/NAME/checkpoints/checkpoint-N) or latest"))
+
+
+def _check_objective(cfg, out: list[Problem]) -> None:
+    """Options of the other objective (flow matching vs noise prediction), for a family known without loading
+    the model: set by model_family, or read from a local folder's model_index.json."""
+    from engine.families import FAMILIES, ModelError, detect_family
+    from engine.families.base import resolve_source
+    from engine.objective_flow import option_problems
+
+    name = None if cfg.model_family == "auto" else cfg.model_family
+    if name is None and not cfg.pretrained_model_name_or_path.startswith("builtin:random-"):  # GBs to build
+        try:
+            source = resolve_source(cfg.pretrained_model_name_or_path, cfg.allow_pickle)
+            name = detect_family(source) if source.kind == "dir" else None
+        except (ModelError, OSError, ValueError):
+            return  # check_sources reports the model itself
+    if name in FAMILIES:
+        out.extend(Problem(key, message) for key, message in option_problems(cfg, FAMILIES[name]))
 
 
 def _existing_parent(path: Path) -> Path:
