@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
+from engine import importers_dit
 from engine.config import FIELD_BY_NAME, ConfigError, canonical_key, check_value, validate
 
 
@@ -30,6 +31,7 @@ class _Collector:
         self.values: dict[str, Any] = {}
         self.unmapped: list[str] = []
         self.notes: list[str] = []
+        self.sources: dict[str, str] = {}  # key -> the flag or key it came from
 
     def set(self, key: str, value: Any, source: str) -> None:
         try:
@@ -37,6 +39,7 @@ class _Collector:
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
         self.values[key] = v
+        self.sources[key] = source
 
     def default(self, key: str, value: Any, filled: list[str]) -> None:
         """The other tool's default for a setting it was not given, where ours differs."""
@@ -199,21 +202,25 @@ def import_diffusers_command(text: str) -> ImportResult:
     c = _Collector()
     stem = PurePath(script).stem if script.endswith(".py") else script.rsplit(".", 1)[-1]
     given = {name for name, _, _ in args if name}
+    dit = importers_dit.DIFFUSERS_SCRIPTS.get(stem)
     for name, value, written in args:
-        _map_diffusers_flag(c, name, value, written)
+        source = written if value is True else f"--{name}={value}"
+        if not (dit and importers_dit.diffusers_flag(c, dit, name, value, source)):
+            _map_diffusers_flag(c, name, value, written, source)
     _map_launcher(c, launcher, given)
-    _script_hints(c, stem, given)
+    _script_hints(c, stem, given, {name: value for name, value, _ in args if name}, dit)
     return c.result("the command")
 
 
-def _map_diffusers_flag(c: _Collector, name, value, written: str) -> None:
-    source = written if value is True else f"--{name}={value}"
+def _map_diffusers_flag(c: _Collector, name, value, written: str, source: str) -> None:
     if name is None:
         c.unmapped.append(f"{written} (a bare word, not a --flag)")
     elif name == "output_dir":
         _output_folder(c, value, source)
     elif name == "use_8bit_adam":
         c.set("optimizer", "adamw8bit", source)
+    elif name == "optimizer":  # the scripts compare args.optimizer.lower(): AdamW, Prodigy
+        c.set("optimizer", str(value).lower(), source)
     elif name == "enable_xformers_memory_efficient_attention":
         c.notes.append(f"{source}: {_SDPA}")
     elif name == "report_to" and value in ("all", "comet_ml"):
@@ -249,7 +256,10 @@ def _map_launcher(c: _Collector, launcher, given: set[str]) -> None:
                            "the config (headless: accelerate launch --num_processes N -m engine.train CONFIG)")
 
 
-def _script_hints(c: _Collector, stem: str, given: set[str]) -> None:
+def _script_hints(c: _Collector, stem: str, given: set[str], args: dict, dit: str | None) -> None:
+    filled: list[str] = []
+    if dit:
+        importers_dit.diffusers_hints(c, dit, args, filled)
     if "sdxl" in stem:
         c.values.setdefault("model_family", "sdxl")
     if "dreambooth" in stem:
@@ -258,21 +268,22 @@ def _script_hints(c: _Collector, stem: str, given: set[str]) -> None:
     elif stem.startswith("train_text_to_image") and "lora" not in stem:
         c.values.setdefault("method", "full")
         c.notes.append(f"{stem} fine-tunes every UNet weight: method = 'full'")
-    defaults = _SCRIPT_DEFAULTS.get(stem)
+    defaults = _SCRIPT_DEFAULTS.get(stem) or importers_dit.DIFFUSERS_DEFAULTS.get(stem)
     if defaults is None:
         if not stem.startswith("train_"):
             c.notes.append(f"'{stem}' is not a diffusers training script known here: flags were mapped by name, "
                            "and its defaults were not filled in")
         return
-    filled: list[str] = []
     for key, value in defaults.items():
         c.default(key, value, filled)
-    if "lora_alpha" not in given:  # the scripts build LoraConfig(r=rank, lora_alpha=rank)
+    if "lora_alpha" not in given and "lora_alpha" not in defaults:  # LoraConfig(r=rank, lora_alpha=rank)
         c.values["lora_alpha"] = float(c.values.get("rank", FIELD_BY_NAME["rank"].default))
         filled.append(f"lora_alpha = {c.values['lora_alpha']!r} (= rank, as the script sets it)")
     if filled:
         c.notes.append(f"{stem}.py defaults for flags the command leaves out, where ours differ: "
                        + ", ".join(filled))
+    if dit:
+        importers_dit.drop_unet_only(c, dit)
 
 
 # ============================================================================= kohya sd-scripts TOML

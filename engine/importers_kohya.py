@@ -8,6 +8,7 @@ from typing import Any
 
 from engine.config import FIELD_BY_NAME, ConfigError
 from engine.sampling import prompts
+from engine import importers_dit
 from engine.importers import _SDPA, ImportResult, _Collector
 
 # kohya keys with a field of the same name here
@@ -117,11 +118,15 @@ def _kohya_data_dir(c: _Collector, value) -> None:
 
 
 def import_kohya_toml(text: str) -> ImportResult:
-    """A kohya sd-scripts config (train_network.py / sdxl_train_network.py --config_file)."""
+    """A kohya sd-scripts config (train_network.py / sdxl_train_network.py / flux_train_network.py
+    --config_file)."""
     flat = _kohya_flat(text)
     c = _Collector()
+    flux = importers_dit.kohya_is_flux(flat)
     for key, value in flat.items():
         source = f"{key} = {value!r}"
+        if flux and key in importers_dit.KOHYA_FLUX_KEYS:
+            continue  # importers_dit.kohya_flux, below
         if key == "lr_scheduler" and value not in _KOHYA_SCHEDULERS:  # e.g. adafactor, cosine_with_min_lr
             c.unmapped.append(source)
             c.notes.append(f"{source}: schedules here are {', '.join(sorted(_KOHYA_SCHEDULERS))}; constant is used")
@@ -152,7 +157,11 @@ def import_kohya_toml(text: str) -> ImportResult:
     _kohya_network(c, flat)
     _kohya_optimizer(c, flat)
     _kohya_misc(c, flat)
-    _kohya_defaults(c, flat)
+    if flux:
+        importers_dit.kohya_flux(c, flat)
+    _kohya_defaults(c, flat, flux)
+    if flux and c.values.get("model_family") == "flux1":
+        importers_dit.drop_unet_only(c, "flux1")
     return c.result("the kohya config")
 
 
@@ -174,7 +183,7 @@ def _kohya_network(c: _Collector, flat: dict) -> None:
             c.notes.append(f"LyCORIS algo={algo}: lora, locon, loha and lokr are trained here")
         if str(args.pop("dora_wd", "false")).strip().lower() == "true":
             c.set("use_dora", True, "network_args dora_wd=True")
-    elif module not in (None, "networks.lora"):
+    elif module not in (None, "networks.lora", "networks.lora_flux"):
         c.unmapped.append(f"network_module = {module!r}")
         c.notes.append(f"network_module = {module!r}: networks.lora and lycoris.kohya (lora, locon, loha, lokr) "
                        "are trained here")
@@ -263,7 +272,7 @@ def _kohya_misc(c: _Collector, flat: dict) -> None:
             c.notes.append(f"{source}: a ratio of the total steps in kohya; set lr_warmup_steps in steps")
 
 
-def _kohya_defaults(c: _Collector, flat: dict) -> None:
+def _kohya_defaults(c: _Collector, flat: dict, flux: bool) -> None:
     """kohya's defaults for what the file leaves out, where ours differ (train_network.py, train_util.py)."""
     filled: list[str] = []
     c.default("rank", 4, filled)
@@ -280,8 +289,12 @@ def _kohya_defaults(c: _Collector, flat: dict) -> None:
     c.default("center_crop", not flat.get("random_crop", False), filled)
     if not flat.get("network_train_unet_only"):  # kohya trains the text encoder(s) unless told not to
         c.default("train_text_encoder", not c.values.get("cache_text_encoder_outputs", False), filled)
-    c.default("lora_target_modules", ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"], filled)
+    if flux:  # networks.lora_flux: every Linear of the blocks, bar what diffusers' names cannot single out
+        c.default("lora_target_modules", importers_dit.KOHYA_FLUX_TARGETS, filled)
+        missing = "the single blocks' linear2 (proj_out), which a module suffix cannot tell from the final layer's"
+    else:
+        c.default("lora_target_modules", ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"], filled)
+        missing = "each transformer block's proj_in/proj_out; add them to lora_target_modules to match it exactly"
     if filled:
         c.notes.append("kohya's defaults for keys the file leaves out, where ours differ: " + ", ".join(filled)
-                       + " (kohya's LoRA also trains each transformer block's proj_in/proj_out; add them to "
-                       "lora_target_modules to match it exactly)")
+                       + f" (kohya's LoRA also trains {missing})")
