@@ -54,7 +54,7 @@ def diffusers_hints(c, family: str, args: dict[str, Any], filled: list[str]) -> 
     blocks = args.get("lora_blocks")
     if family == "sd3" and blocks not in (None, True):
         source = f"--lora_blocks={blocks}"
-        from engine.families.keys_sd3 import DEFAULT_TARGETS  # lazily: engine.families loads diffusers
+        from engine.families.keys.sd3 import DEFAULT_TARGETS  # lazily: engine.families loads diffusers
 
         layers = c.values.get("lora_target_modules") or DEFAULT_TARGETS  # the sd3 script's, in its order
         try:  # the script: transformer_blocks.{block}.{module}; PEFT matches these as suffixes, as there

@@ -4,7 +4,8 @@ a --config_file TOML) map onto the flow-matching fields, list what has no field,
 import pytest
 
 from engine.config import ConfigError, validate
-from engine.families import FAMILIES, keys_sd3
+from engine.families import FAMILIES
+from engine.families.keys import sd3 as keys_sd3
 from engine.importers import import_diffusers_command, import_kohya_toml
 from engine.objective_flow import check_options
 from engine.presets import import_pasted
@@ -248,7 +249,7 @@ def test_flux_toml_targets_are_lora_fluxs_layers_bar_linear2():
     from diffusers import FluxTransformer2DModel
     from peft import LoraConfig, inject_adapter_in_model
 
-    from engine.families import keys_flux1
+    from engine.families.keys import flux1 as keys_flux1
 
     model = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
                                    attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,

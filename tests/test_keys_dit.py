@@ -9,7 +9,8 @@ from diffusers import (FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransf
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from safetensors.torch import save_file
 
-from engine.families import keys_flux1, keys_sd3
+from engine.families.keys import flux1 as keys_flux1
+from engine.families.keys import sd3 as keys_sd3
 from engine.methods.lora import module_alphas
 from tests import comfy_lora_rules as comfy
 

@@ -10,7 +10,7 @@ import torch
 
 from engine.export import canonical_keys, peft_to_kohya
 
-from . import keys_flux1
+from .keys import flux1 as keys_flux1
 from .base import tokenize
 from .dit import FlowFamily
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from engine.export import canonical_keys
 
-from . import keys_sd3
+from .keys import sd3 as keys_sd3
 from .base import tokenize
 from .dit import FlowFamily
 

@@ -32,7 +32,7 @@ import re
 
 import torch
 
-from .keys_lora import LoraModule, alpha_tensor, lora_modules
+from .lora import LoraModule, alpha_tensor, lora_modules
 
 # diffusers' train_dreambooth_lora_flux.py default (`--lora_layers` unset): attention and MLPs of the double
 # blocks; in single blocks this matches only attn.to_q/k/v (part of linear1).

@@ -23,7 +23,7 @@ import re
 
 import torch
 
-from .keys_lora import lora_modules
+from .lora import lora_modules
 
 # diffusers' train_dreambooth_lora_sd3.py default (`--lora_layers` unset): the joint attention. It does not
 # match SD3.5 Medium's attn2 (`attn2.to_q` does not end in `.attn.to_q`).
