@@ -23,9 +23,26 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def _lacks_bytecode(module: str) -> bool:
+    import importlib.util
+    spec = importlib.util.find_spec(module)
+    return bool(spec and spec.origin) and not os.path.exists(importlib.util.cache_from_source(spec.origin))
+
+
+# Each test subprocess (training, studio, worker) imports torch, diffusers and transformers. uv installs no
+# bytecode, and with PYTHONDONTWRITEBYTECODE set every process compiled ~10k files again (~5 s of CPU each):
+# the subprocesses share one bytecode cache for the session instead.
+_OWN_PYCACHE = None
+if not os.environ.get("PYTHONPYCACHEPREFIX") and _lacks_bytecode("diffusers"):
+    _OWN_PYCACHE = tempfile.mkdtemp(prefix="adaptor-studio-test-pycache-")
+    os.environ["PYTHONPYCACHEPREFIX"] = _OWN_PYCACHE
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
+
 def pytest_sessionfinish(session, exitstatus):
-    if _OWN_CACHE:
-        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+    for own in (_OWN_CACHE, _OWN_PYCACHE):
+        if own:
+            shutil.rmtree(own, ignore_errors=True)
 
 
 def make_images(folder: Path, n: int = 4, size=(64, 64), captions=True, seed=0):

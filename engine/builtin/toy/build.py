@@ -68,7 +68,7 @@ def second_stage_config(data_dir: Path, base: Path, runs: Path, steps: int):
 
 # (vae steps, judge steps, training images, stage 1 steps, stage 2 steps, judged images): the real recipe,
 # and a smoke test of every stage
-RECIPE = {"full": (1500, 700, NUM_TRAIN_IMAGES, DEFAULT_STEPS, STAGE2_STEPS, 192), "smoke": (10, 10, 64, 3, 2, 4)}
+RECIPE = {"full": (1500, 700, NUM_TRAIN_IMAGES, DEFAULT_STEPS, STAGE2_STEPS, 192), "smoke": (4, 4, 32, 3, 2, 2)}
 
 
 class _Stages:
@@ -129,7 +129,7 @@ def build(out: Path = SHIPPED, work: Path | None = None, recipe: str = "full", r
     def judge_stage():
         judge = train_judge(steps=judge_steps, vae=vae, log=log)
         save_judge(judge, work / JUDGE_FILE)
-        held_out = 2000 if recipe == "full" else 50
+        held_out = 2000 if recipe == "full" else 20
         return {"judge_accuracy": accuracy(judge, n=held_out),
                 "judge_accuracy_vae_round_trip": accuracy(judge, n=held_out, vae=vae)}
 
