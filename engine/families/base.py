@@ -63,6 +63,13 @@ def hub_error(source: ModelSource, err: Exception) -> ModelError:
                       "its local folder, or use a builtin: model")
 
 
+def load_error(source: ModelSource, err: OSError) -> ModelError:
+    """A model folder or hub id whose parts would not load, named as such."""
+    if source.kind == "hub":
+        return hub_error(source, err)
+    return ModelError(f"could not load the model in {source.location}: {str(err).splitlines()[0][:300]}")
+
+
 def single_file_error(source: ModelSource, err: Exception) -> ModelError:
     """What stopped diffusers loading a single-file checkpoint, named as it is: the Hub config it fetches, a pickle
     its torch.load(weights_only=True) refuses, or the error itself."""

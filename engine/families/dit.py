@@ -10,7 +10,7 @@ import torch
 
 from engine.objective_flow import flow_loss
 
-from .base import Components, Family, ModelError, hub_error, load_pretrained, load_vae, tokenize
+from .base import Components, Family, ModelError, load_error, load_pretrained, load_vae, tokenize
 
 
 class FlowFamily(Family):
@@ -48,10 +48,7 @@ class FlowFamily(Family):
         except ModelError:
             raise
         except OSError as e:
-            if source.kind == "hub":
-                raise hub_error(source, e) from None
-            raise ModelError(f"could not load the model in {source.location}: {str(e).splitlines()[0][:300]}") \
-                from None
+            raise load_error(source, e) from None
         wanted = getattr(cfg, "max_sequence_length", None) or self.default_max_sequence_length
         for name, tok in zip(self.text_encoder_names, tokenizers):
             if name == self.t5_name:  # training, caching and sampling all read the length from here

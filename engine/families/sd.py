@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 
-from .base import (Components, Family, ModelError, ModelSource, hub_error, load_pretrained, load_vae,
+from .base import (Components, Family, ModelError, ModelSource, load_error, load_pretrained, load_vae,
                    single_file_error, tokenize)
 
 
@@ -33,9 +33,7 @@ def _load_parts(family: Family, source: ModelSource, cfg, weight_dtype, vae_dtyp
     except ModelError:
         raise
     except OSError as e:
-        if source.kind == "hub":
-            raise hub_error(source, e) from None
-        raise ModelError(f"could not load the model in {source.location}: {str(e).splitlines()[0][:300]}") from None
+        raise load_error(source, e) from None
     for tok in tokenizers:  # transformers 5 may not restore it from tokenizer.json alone
         if not tok.model_max_length or tok.model_max_length > 10_000:
             tok.model_max_length = 77
