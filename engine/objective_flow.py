@@ -126,10 +126,9 @@ def option_problems(cfg, family) -> list[tuple[str, str]]:
         out.append(("use_dora" if cfg.use_dora else "lora_type",
                     f"{kind} is not yet written for {family.label} (its single file fuses layers that {kind} cannot "
                     "be fused in): use lora_type = \"lora\" without use_dora"))
-    if cfg.method in ("textual_inversion", "full") or (cfg.method == "dreambooth" and cfg.dreambooth_full):
-        what = "dreambooth_full = true" if cfg.method == "dreambooth" else f"method = \"{cfg.method}\""
-        out.append(("method", f"{what} is not yet available for {family.label} (its single-file checkpoint is not "
-                              "written yet): train a LoRA (method = \"lora\" or \"dreambooth\") instead"))
+    if cfg.method == "textual_inversion":
+        out.append(("method", f"method = \"textual_inversion\" is not yet available for {family.label}: train a "
+                              "LoRA (method = \"lora\") instead"))
     if cfg.flux_guidance_value != 1.0 and family.name != "flux1":
         out.append(("flux_guidance_value", f"flux_guidance_value is Flux.1 dev's guidance embedding; {family.label} "
                                            "has none"))

@@ -11,6 +11,7 @@ import torch
 from engine.export import canonical_keys, peft_to_kohya
 
 from .keys import flux1 as keys_flux1
+from .keys.checkpoints import flux1_checkpoint
 from .base import tokenize
 from .dit import FlowFamily
 
@@ -67,6 +68,10 @@ class Flux1Family(FlowFamily):
                 out.update(peft_to_kohya(canonical_keys(component, sd), self.kohya_te_prefixes[component],
                                          canonical_keys(component, alphas[component])))
         return out
+
+    def checkpoint_state_dict(self, transformer) -> dict:
+        """A full fine-tune's single file: BFL's names, as Flux.1's own release (keys/checkpoints.py)."""
+        return flux1_checkpoint(transformer.state_dict())
 
     def image_tokens(self, latent_h, latent_w) -> int:
         return (latent_h // 2) * (latent_w // 2)

@@ -65,6 +65,11 @@ class SD3Family(FlowFamily):
             out.update({prefix + k.removeprefix("transformer."): v for k, v in keys.items()})
         return out
 
+    def checkpoint_state_dict(self, transformer) -> dict:
+        """A full fine-tune's single file: the transformer in diffusers' names (no SAI-layout writer yet; ComfyUI's
+        diffusion-model loader converts diffusers MMDiT state dicts)."""
+        return {k: v.contiguous() for k, v in transformer.state_dict().items()}
+
     def image_tokens(self, latent_h, latent_w) -> int:
         return (latent_h // 2) * (latent_w // 2)
 

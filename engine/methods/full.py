@@ -30,9 +30,10 @@ def prepare(comps, cfg) -> list[dict]:
     if cfg.use_ema:
         _attach_ema(comps.unet, cfg)
     te_lr = cfg.text_encoder_lr if cfg.text_encoder_lr is not None else cfg.learning_rate
+    trainable = lora.lora_text_encoders(comps)  # the CLIPs: a DiT's T5 stays frozen
     for name, te in zip(comps.family.text_encoder_names, comps.text_encoders):
-        te.requires_grad_(bool(cfg.train_text_encoder))
-        if cfg.train_text_encoder:
+        te.requires_grad_(bool(cfg.train_text_encoder) and name in trainable)
+        if cfg.train_text_encoder and name in trainable:
             groups.append({"params": _trainable(te), "lr": te_lr, "name": name})
     return groups
 
@@ -125,7 +126,8 @@ def load_into_pipeline(pipe, run_dir: Path, cfg, scale: float = 1.0) -> None:
     """The trained UNet (and text encoders, if trained) in place of a loaded base pipeline's; `scale` blends
     the weights: base + scale x (trained - base)."""
     folder = Path(run_dir) / "diffusers"
-    names = ["unet"] + [n for n in ("text_encoder", "text_encoder_2")
+    denoiser = "transformer" if getattr(pipe, "transformer", None) is not None else "unet"
+    names = [denoiser] + [n for n in ("text_encoder", "text_encoder_2")
                         if cfg.train_text_encoder and getattr(pipe, n, None) is not None]
     for name in names:
         base = getattr(pipe, name)
@@ -149,7 +151,7 @@ def write_outputs(folder: Path, cfg, comps, modules: dict, stats: dict) -> dict[
         return save_pipeline(pipe, fam, Path(folder) / "diffusers", single, {
             "modelspec.sai_model_spec": "1.0.0", "modelspec.title": cfg.adaptor_name,
             "modelspec.architecture": fam.modelspec_architecture(comps, "-").rsplit("/", 1)[0],
-            "modelspec.prediction_type": comps.noise_scheduler.config.prediction_type,
+            "modelspec.prediction_type": fam.prediction_type(comps),
             "ss_ema": str(bool(cfg.use_ema))})
 
 
@@ -162,9 +164,13 @@ def save_pipeline(pipe, fam, final: Path, single: Path, metadata: dict[str, str]
     try:
         with atomic.disk_full_guard(final, size):
             pipe.save_pretrained(tmp, safe_serialization=True)
-            _resave_text_encoders_classic(pipe, tmp, fam.text_encoder_names)
+            _resave_text_encoders_classic(pipe, tmp, list(fam.kohya_te_prefixes))  # the CLIPs
         atomic.normal_modes(tmp)
-        single_file.write_single_file(pipe, fam.name, single, metadata)
+        own = getattr(fam, "checkpoint_state_dict", None)  # a DiT: its transformer under the original names
+        if own is not None:
+            atomic.save_safetensors(own(pipe.transformer), single, metadata)
+        else:
+            single_file.write_single_file(pipe, fam.name, single, metadata)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

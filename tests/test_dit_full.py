@@ -1,0 +1,63 @@
+"""A full fine-tune of a DiT: the whole pipeline folder loads in diffusers and draws differently from the base,
+the frozen T5 is written unchanged, Compare draws the run, and the single file holds the transformer under
+the names ComfyUI and diffusers' converter read (checked against ComfyUI's Flux mapping on the tiny model and
+against diffusers' own converter on the full-size architecture, on the meta device)."""
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import comfy_lora_rules as comfy
+from conftest import make_images, run_training, sets
+from engine.builtin import resolve_builtin
+from engine.families.keys.checkpoints import flux1_checkpoint
+
+
+def _image(pipe) -> np.ndarray:
+    return pipe("a red square", num_inference_steps=2, height=64, width=64, guidance_scale=3.0, output_type="np",
+                generator=torch.Generator().manual_seed(0), max_sequence_length=32).images[0]
+
+
+@pytest.mark.slow
+def test_flux_full_fine_tune_writes_a_pipeline_and_a_bfl_file(tmp_path):
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    data = make_images(tmp_path / "data", n=2)
+    run_training(sets(pretrained_model_name_or_path="builtin:tiny-flux", train_data_dir=data, output_dir=tmp_path,
+                      adaptor_name="full", method="full", train_text_encoder=True, resolution=64, max_train_steps=2,
+                      train_batch_size=2, learning_rate=1e-3, seed=1, report_to="none"), launch=False)
+    run = tmp_path / "full"
+    base_dir = resolve_builtin("builtin:tiny-flux")
+    trained = FluxPipeline.from_pretrained(run / "diffusers")
+    assert np.abs(_image(trained) - _image(FluxPipeline.from_pretrained(base_dir))).max() > 1e-3
+    # the T5 is frozen in every method (only the CLIP trains with train_text_encoder)
+    t5 = load_file(str(run / "diffusers" / "text_encoder_2" / "model.safetensors"))
+    t5_base = load_file(str(base_dir / "text_encoder_2" / "model.safetensors"))
+    assert all(torch.equal(t5[k], t5_base[k]) for k in t5_base)
+
+    # the single file against ComfyUI's Flux mapping (diffusers weight -> BFL weight, row slice, function)
+    single = load_file(str(run / "full.safetensors"))
+    transformer = FluxTransformer2DModel.from_pretrained(run / "diffusers", subfolder="transformer")
+    c = comfy.flux_config(transformer.config)
+    assert set(single) >= set(comfy.flux_weights(c))
+    state = transformer.state_dict()
+    for diffusers_key, target in comfy.flux_to_diffusers(c, prefix="").items():
+        name, rows, fn = comfy.split_target(target)
+        for suffix in ("weight", "bias"):  # a bias follows its weight's rows
+            key, value = name.replace(".weight", f".{suffix}"), state[diffusers_key.replace(".weight", f".{suffix}")]
+            stored = single[key] if rows is None else single[key].narrow(0, rows[1], rows[2])
+            assert torch.equal(fn(stored) if fn else stored, value), key
+
+
+def test_flux_single_file_round_trips_through_diffusers_converter_at_full_size():
+    """Flux.1 dev's architecture on the meta device: diffusers' own BFL converter (what from_single_file uses)
+    reads our file back to the model's every key and shape."""
+    from diffusers import FluxTransformer2DModel
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    with torch.device("meta"):
+        model = FluxTransformer2DModel(num_layers=19, num_single_layers=38, guidance_embeds=True)
+    state = model.state_dict()
+    back = convert_flux_transformer_checkpoint_to_diffusers(dict(flux1_checkpoint(state)))
+    assert back.keys() == state.keys()
+    assert all(back[k].shape == state[k].shape for k in state)
