@@ -62,7 +62,7 @@ class ZImageFamily(FlowFamily):
     def predict(self, comps, model, noisy, sigmas, hidden, mask, cfg, dtype):
         features = [h[m.bool()].to(dtype) for h, m in zip(hidden, mask)]
         latents = list(noisy.to(dtype).unsqueeze(2).unbind(0))  # [C, 1, H, W] each: one frame
-        out = model(latents, (1 - sigmas).to(dtype), features, return_dict=False)[0]
+        out = model(latents, (1 - sigmas).float(), features, return_dict=False)[0]  # float32 t, as the script
         return -torch.stack(out).squeeze(2)
 
     def single_file_state_dict(self, state_dicts, alphas) -> dict:
