@@ -129,6 +129,14 @@ def option_problems(cfg, family) -> list[tuple[str, str]]:
     if cfg.method == "textual_inversion":
         out.append(("method", f"method = \"textual_inversion\" is not yet available for {family.label}: train a "
                               "LoRA (method = \"lora\") instead"))
+    full = cfg.method == "full" or (cfg.method == "dreambooth" and cfg.dreambooth_full)
+    if full and not hasattr(family, "checkpoint_state_dict"):
+        what = "dreambooth_full = true" if cfg.method == "dreambooth" else "method = \"full\""
+        out.append(("method", f"{what} is not yet available for {family.label} (its single-file checkpoint is not "
+                              "written yet): train a LoRA (method = \"lora\" or \"dreambooth\") instead"))
+    if (adaptor or full) and cfg.train_text_encoder and not family.kohya_te_prefixes:
+        out.append(("train_text_encoder", f"train_text_encoder: {family.label}'s text encoder is an LLM, which is "
+                                          "not trained here: set train_text_encoder = false"))
     if cfg.flux_guidance_value != 1.0 and family.name != "flux1":
         out.append(("flux_guidance_value", f"flux_guidance_value is Flux.1 dev's guidance embedding; {family.label} "
                                            "has none"))

@@ -1,4 +1,4 @@
-"""ComfyUI's LoRA key rules for Flux.1 and SD3, ported small so tests can ask "would ComfyUI load this key, into
+"""ComfyUI's LoRA key rules for Flux.1, SD3 and Z-Image, ported small so tests can ask "would ComfyUI load this key, into
 which weight, and what delta would it add?" without ComfyUI installed.
 
 Ported from Comfy-Org/ComfyUI (GPL-3.0), as stored at:
@@ -9,7 +9,9 @@ Ported from Comfy-Org/ComfyUI (GPL-3.0), as stored at:
 - comfy/weight_adapter/lora.py @ 6f98b150e065f1ffc788558574a887835068bd40: the LoRA name variants and the
   scale alpha / down.shape[0] (1 without alpha).
 - comfy/model_patcher.py add_patches: a target is a key, (key, (dim, start, length)) or (key, None, function).
-The BFL / SAI weight shapes follow comfy/ldm/flux/layers.py and comfy/ldm/modules/diffusionmodules/mmdit.py.
+The BFL / SAI weight shapes follow comfy/ldm/flux/layers.py and comfy/ldm/modules/diffusionmodules/mmdit.py; Z-Image's
+are the released checkpoint's (ComfyUI loads it as is; diffusers' convert_z_image_transformer_checkpoint_to_diffusers
+only renames it and splits attention.qkv).
 """
 from __future__ import annotations
 
@@ -84,6 +86,29 @@ def mmdit_weights(c: dict) -> dict[str, tuple]:
     return w
 
 
+def zimage_config(cfg) -> dict:
+    """What ComfyUI's Lumina2 unet_config holds for a Z-Image diffusers config (the entries used here)."""
+    return dict(dim=cfg.dim, n_layers=cfg.n_layers, n_refiner_layers=cfg.n_refiner_layers,
+                in_channels=cfg.in_channels, patch_size=2, cap_feat_dim=cfg.cap_feat_dim)
+
+
+def zimage_weights(c: dict) -> dict[str, tuple]:
+    d, p, cin = c["dim"], c["patch_size"], c["in_channels"]
+    ffn, ada = int(d / 3 * 8), min(d, 256)  # feed_forward width; the adaLN conditioning width
+    w = {"x_embedder.weight": (d, p * p * cin), "final_layer.linear.weight": (p * p * cin, d),
+         "final_layer.adaLN_modulation.1.weight": (d, ada), "cap_embedder.1.weight": (d, c["cap_feat_dim"]),
+         "t_embedder.mlp.0.weight": (1024, 256), "t_embedder.mlp.2.weight": (ada, 1024)}
+    blocks = [f"layers.{i}" for i in range(c["n_layers"])]
+    blocks += [f"{kind}.{i}" for kind in ("noise_refiner", "context_refiner") for i in range(c["n_refiner_layers"])]
+    for b in blocks:
+        w.update({f"{b}.attention.qkv.weight": (3 * d, d), f"{b}.attention.out.weight": (d, d),
+                  f"{b}.feed_forward.w1.weight": (ffn, d), f"{b}.feed_forward.w2.weight": (d, ffn),
+                  f"{b}.feed_forward.w3.weight": (ffn, d)})
+        if not b.startswith("context_refiner"):  # the caption refiner has no modulation
+            w[f"{b}.adaLN_modulation.0.weight"] = (4 * d, ada)
+    return w
+
+
 # ---- comfy.utils: diffusers weight -> ComfyUI target ---------------------------------------------------------
 
 def flux_to_diffusers(c: dict, prefix: str = "diffusion_model.") -> dict:
@@ -149,10 +174,38 @@ def mmdit_to_diffusers(c: dict, prefix: str = "diffusion_model.") -> dict:
     return out
 
 
+def z_image_to_diffusers(c: dict, prefix: str = "diffusion_model.") -> dict:
+    d = c["dim"]
+    out = {}
+    blocks = [f"layers.{i}" for i in range(c["n_layers"])]
+    blocks += [f"{kind}.{i}" for kind in ("context_refiner", "noise_refiner") for i in range(c["n_refiner_layers"])]
+    for b in blocks:
+        for j, q in enumerate(("to_q", "to_k", "to_v")):
+            out[f"{b}.attention.{q}.weight"] = (f"{prefix}{b}.attention.qkv.weight", (0, d * j, d))
+        out[f"{b}.attention.to_out.0.weight"] = f"{prefix}{b}.attention.out.weight"
+        for same in ("feed_forward.w1", "feed_forward.w2", "feed_forward.w3", "adaLN_modulation.0"):
+            out[f"{b}.{same}.weight"] = f"{prefix}{b}.{same}.weight"  # ComfyUI maps it for every block kind
+    for comfy, diffusers in [("final_layer.linear", "all_final_layer.2-1.linear"),
+                             ("final_layer.adaLN_modulation.1", "all_final_layer.2-1.adaLN_modulation.1"),
+                             ("x_embedder", "all_x_embedder.2-1"), ("cap_embedder.1", "cap_embedder.1"),
+                             ("t_embedder.mlp.0", "t_embedder.mlp.0"), ("t_embedder.mlp.2", "t_embedder.mlp.2")]:
+        out[f"{diffusers}.weight"] = f"{prefix}{comfy}.weight"
+    return out
+
+
 # ---- comfy/lora.py model_lora_keys_unet: LoRA stem -> target -------------------------------------------------
 
+def _weights(arch: str, c: dict) -> dict[str, tuple]:
+    return {"flux": flux_weights, "sd3": mmdit_weights, "zimage": zimage_weights}[arch](c)
+
+
+def diffusers_map(arch: str, c: dict) -> dict:
+    """comfy.utils' diffusers weight -> ComfyUI target table for the architecture."""
+    return {"flux": flux_to_diffusers, "sd3": mmdit_to_diffusers, "zimage": z_image_to_diffusers}[arch](c)
+
+
 def lora_key_map(arch: str, c: dict) -> dict:
-    weights = flux_weights(c) if arch == "flux" else mmdit_weights(c)
+    weights = _weights(arch, c)
     key_map = {}
     for k in weights:  # generic: every model weight, kohya-style and bare
         key_map["lora_unet_" + k[:-len(".weight")].replace(".", "_")] = "diffusion_model." + k
@@ -162,6 +215,11 @@ def lora_key_map(arch: str, c: dict) -> dict:
             stem = k[:-len(".weight")]
             for name in (f"transformer.{stem}", f"base_model.model.{stem}", "lora_transformer_" + stem.replace(".", "_"),
                          "lycoris_" + stem.replace(".", "_")):
+                key_map[name] = to
+    elif arch == "zimage":  # the Lumina2 branch
+        for k, to in z_image_to_diffusers(c).items():
+            stem = k[:-len(".weight")]
+            for name in (f"diffusion_model.{stem}", f"transformer.{stem}", "lycoris_" + stem.replace(".", "_"), stem):
                 key_map[name] = to
     else:
         for k, to in flux_to_diffusers(c).items():
@@ -173,7 +231,7 @@ def lora_key_map(arch: str, c: dict) -> dict:
 
 
 def model_weights(arch: str, c: dict) -> dict[str, tuple]:
-    weights = flux_weights(c) if arch == "flux" else mmdit_weights(c)
+    weights = _weights(arch, c)
     return {"diffusion_model." + k: v for k, v in weights.items()}
 
 

@@ -15,7 +15,7 @@ from engine.events import read_events
 
 pytestmark = pytest.mark.slow
 
-MODELS = {"flux1": "builtin:tiny-flux", "sd3": "builtin:tiny-sd3"}
+MODELS = {"flux1": "builtin:tiny-flux", "sd3": "builtin:tiny-sd3", "zimage": "builtin:tiny-zimage"}
 # diffusers splits a Flux single file's single-block linear1 only at Flux.1's full size (keys_flux1): the files'
 # image check trains the double blocks' fused q/k/v and a single block's linear2 (ComfyUI's rules for the default
 # targets of the full-size models: tests/test_keys_dit.py)
@@ -105,9 +105,10 @@ def test_resume_is_exact(data, tmp_path):
     assert max((full[k] - resumed[k]).abs().max().item() for k in full) < 1e-6
 
 
-def test_text_encoder_cache_gives_the_same_losses(data, tmp_path):
-    train(data, tmp_path, "plain", "sd3")
-    proc = train(data, tmp_path, "cached", "sd3", cache_text_encoder_outputs=True)
+@pytest.mark.parametrize("family", ["sd3", "zimage"])  # zimage: captions of different token counts, padded
+def test_text_encoder_cache_gives_the_same_losses(data, tmp_path, family):
+    train(data, tmp_path, "plain", family)
+    proc = train(data, tmp_path, "cached", family, cache_text_encoder_outputs=True)
     assert "text-encoder cache: 4 captions encoded" in proc.stdout
     plain, cached = _losses(tmp_path / "plain"), _losses(tmp_path / "cached")
     assert plain.keys() == cached.keys() and len(plain) == 4
@@ -123,24 +124,25 @@ def test_flux_trains_in_two_processes(data, tmp_path):
     assert (tmp_path / "ddp" / "ddp.safetensors").is_file()
 
 
-def test_compare_grid_draws_a_flux_run(trained, tmp_path):
+@pytest.mark.parametrize("family", ["flux1", "zimage"])
+def test_compare_grid_draws_a_run(trained, tmp_path, family):
     from PIL import Image
 
     from engine.generate import compare_grid
 
-    result = compare_grid(None, trained / "flux1", ["a red square"], trigger="sks", steps=2, seed=1, guidance=3.0,
+    result = compare_grid(None, trained / family, ["a red square"], trigger="sks", steps=2, seed=1, guidance=3.0,
                           out=tmp_path / "grid.png")
-    assert result["cols"] == 3 and result["base"] == "builtin:tiny-flux"
+    assert result["cols"] == 3 and result["base"] == MODELS[family]
     base, adaptor = (np.asarray(Image.open(c), dtype=float) for c in result["cells"][0][:2])
     assert np.abs(base - adaptor).max() > 0  # the adaptor column is drawn with the LoRA
 
-    # img2img and inpainting through diffusers' Flux pipelines for those tasks, with the run's LoRA
+    # img2img and inpainting through diffusers' pipelines of the family for those tasks, with the run's LoRA
     from engine.generate import img2img, inpaint
     Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "src.png")
     Image.new("L", (64, 64), 255).save(tmp_path / "mask.png")
     for task, extra in ((img2img, ()), (inpaint, (tmp_path / "mask.png",))):
         out = tmp_path / f"{task.__name__}.png"
-        result = task(None, trained / "flux1", "a red square", tmp_path / "src.png", *extra, steps=2, strength=0.8,
+        result = task(None, trained / family, "a red square", tmp_path / "src.png", *extra, steps=2, strength=0.8,
                       out=out)
         assert result["size"] == [64, 64] and Image.open(out).size == (64, 64)
 
@@ -150,6 +152,8 @@ def test_compare_grid_draws_a_flux_run(trained, tmp_path):
     ("flux1", "prediction_type", "v_prediction", "flow matching"),
     ("flux1", "noise_offset", 0.1, "flow matching"),
     ("flux1", "method", "textual_inversion", "not yet available"),
+    ("zimage", "method", "full", "not yet available"),
+    ("zimage", "train_text_encoder", True, "LLM"),
 ])
 def test_options_of_the_other_objective_are_refused(data, tmp_path, family, key, value, says):
     proc = train(data, tmp_path, "x", family, expect_rc=2, **{key: value})
@@ -165,7 +169,8 @@ def test_flow_options_are_refused_for_a_unet_family(data, tmp_path):
     assert "weighting_scheme" in err and "noise prediction" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("preset,family", [("flux1-dev-lora", "flux1"), ("sd35-large-lora", "sd3")])
+@pytest.mark.parametrize("preset,family", [("flux1-dev-lora", "flux1"), ("sd35-large-lora", "sd3"),
+                                           ("zimage-lora", "zimage")])
 def test_dit_presets_train_on_the_tiny_builtin(preset, family, data, tmp_path):
     """Every setting a DiT preset makes (bf16, cached text encoders and latents, gradient checkpointing, the
     flow options) is one its family trains with: the preset on the family's tiny built-in, two steps."""
@@ -174,7 +179,8 @@ def test_dit_presets_train_on_the_tiny_builtin(preset, family, data, tmp_path):
     proc = run_training([str(find_preset(preset).path)] + sets(
         pretrained_model_name_or_path=MODELS[family], train_data_dir=data, output_dir=tmp_path, resolution=64,
         max_train_steps=2, gradient_accumulation_steps=1, validation_prompt="", report_to="none"), launch=False)
-    name = {"flux1-dev-lora": "flux1-dev-sks-dog", "sd35-large-lora": "sd35-large-sks-dog"}[preset]
+    name = {"flux1-dev-lora": "flux1-dev-sks-dog", "sd35-large-lora": "sd35-large-sks-dog",
+            "zimage-lora": "zimage-sks-dog"}[preset]
     assert read_events(tmp_path / name / "events.jsonl")[-1]["type"] == "done"
     assert "text-encoder cache: 4 captions encoded" in proc.stdout and "latent cache" in proc.stdout, proc.stdout
 

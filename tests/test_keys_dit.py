@@ -1,21 +1,22 @@
-"""The Flux.1 and SD3 single-file LoRA key maps, checked against ComfyUI's rules (ported in comfy_lora_rules) and
+"""The Flux.1, SD3 and Z-Image single-file LoRA key maps, checked against ComfyUI's rules (ported in comfy_lora_rules) and
 diffusers' own loaders: full-size models on the meta device for every key and shape, tiny ones for the numbers."""
 import copy
 
 import pytest
 import torch
 from diffusers import (FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel,
-                       StableDiffusion3Pipeline)
+                       StableDiffusion3Pipeline, ZImagePipeline, ZImageTransformer2DModel)
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from safetensors.torch import save_file
 
 from engine.families.keys import flux1 as keys_flux1
 from engine.families.keys import sd3 as keys_sd3
+from engine.families.keys import zimage as keys_zimage
 from engine.methods.lora import module_alphas
 from tests import comfy_lora_rules as comfy
 
 # Published transformer configs (black-forest-labs/FLUX.1-dev, stabilityai/stable-diffusion-3.5-large,
-# -3.5-medium, -3-medium-diffusers), written here so nothing is downloaded.
+# -3.5-medium, -3-medium-diffusers, Tongyi-MAI/Z-Image-Turbo), written here so nothing is downloaded.
 FLUX1_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
                  num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
                  axes_dims_rope=(16, 56, 56))
@@ -29,6 +30,11 @@ SD35_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24,
 SD3_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
                   num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
                   pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192)
+Z_IMAGE = dict(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=3840, n_layers=30, n_refiner_layers=2,
+               n_heads=30, n_kv_heads=30, norm_eps=1e-5, qk_norm=True, cap_feat_dim=2560, rope_theta=256.0,
+               t_scale=1000.0, axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512])
+TINY_ZIMAGE = dict(in_channels=16, dim=32, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=24,
+                   axes_dims=[8, 4, 4], axes_lens=[64, 32, 32])
 TINY_FLUX = dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
                  num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6),
                  guidance_embeds=True)
@@ -38,6 +44,7 @@ TINY_SD3 = dict(sample_size=16, patch_size=2, in_channels=16, num_layers=2, atte
                 out_channels=16, pos_embed_max_size=32, qk_norm="rms_norm", dual_attention_layers=(0,))
 # a part of a fused qkv trained at another rank and scale: the fused file must still give each its own scale
 PATTERNS = dict(rank_pattern={"attn.to_k": 2}, alpha_pattern={"attn.to_k": 3.0})
+ZIMAGE_PATTERNS = dict(rank_pattern={"attention.to_k": 2}, alpha_pattern={"attention.to_k": 3.0})
 
 
 def adapted_layers(model, conv=False) -> list[str]:
@@ -114,6 +121,22 @@ def test_sd3_every_key_loads_in_comfyui(config, targets):
         assert "transformer.transformer_blocks.12.attn2.to_q.lora_A.weight" in out
 
 
+@pytest.mark.parametrize("targets", ["default", "all"])
+def test_zimage_every_key_loads_in_comfyui(targets):
+    chosen = keys_zimage.DEFAULT_TARGETS if targets == "default" else "all"
+    model, sd, alphas = meta_lora(ZImageTransformer2DModel, Z_IMAGE, chosen, **ZIMAGE_PATTERNS)
+    out = keys_zimage.to_single_file(sd, alphas)
+    assert all(k.startswith("diffusion_model.") for k in out)
+    assert_comfy_loads_all(out, "zimage", comfy.zimage_config(model.config))
+    assert out["diffusion_model.layers.29.attention.to_k.alpha"].item() == 3.0  # its own alpha, rank 2
+    assert out["diffusion_model.noise_refiner.1.attention.to_q.alpha"].dtype == torch.float32
+    blocks = 30 + 2 + 2  # layers, noise_refiner, context_refiner
+    if targets == "default":  # diffusers' script: q, k, v, out of every attention
+        assert len(stems(out)) == blocks * 4
+    else:  # + the feed-forwards, the modulations (not in context_refiner) and the 6 top-level Linears
+        assert len(stems(out)) == blocks * 7 + 32 + 6
+
+
 # ---- tiny models, real numbers ----------------------------------------------------------------------------------
 
 def randomise_lora(model, seed=0):
@@ -139,8 +162,7 @@ def assert_comfy_deltas_match(file_sd, model, arch, cfg):
     patches, not_loaded = comfy.load_lora(file_sd, comfy.lora_key_map(arch, cfg))
     assert not_loaded == []
     got = comfy.deltas(patches, weights)
-    mapping = comfy.flux_to_diffusers(cfg) if arch == "flux" else comfy.mmdit_to_diffusers(cfg)
-    want = comfy.expected_deltas(peft_deltas(model), mapping, weights)
+    want = comfy.expected_deltas(peft_deltas(model), comfy.diffusers_map(arch, cfg), weights)
     assert set(got) == set(want)
     for key in want:
         assert want[key].abs().max() > 1e-3, key  # lora_B is not zero: the check is not vacuous
@@ -175,9 +197,12 @@ def sd3_inputs():
 
 
 def assert_same_output(base, trained, loaded_pipe_model, inputs):
+    def run(model):  # Z-Image's transformer returns a list of per-image outputs
+        out = model(**inputs)[0]
+        return torch.stack(out) if isinstance(out, list) else out
+
     with torch.no_grad():
-        before, want = base(**inputs)[0], trained(**inputs)[0]
-        got = loaded_pipe_model(**inputs)[0]
+        before, want, got = run(base), run(trained), run(loaded_pipe_model)
     assert (want - before).abs().max() > 1e-2  # the LoRA changes the output
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
 
@@ -250,18 +275,39 @@ def test_sd3_tiny_comfyui_and_diffusers_match_peft(tmp_path):
     assert_same_output(base, trained, pipe.transformer, sd3_inputs())
 
 
+def zimage_inputs():
+    gen = torch.Generator().manual_seed(1)
+    return dict(x=[torch.randn(16, 1, 8, 8, generator=gen)], t=torch.tensor([0.4]),
+                cap_feats=[torch.randn(5, 24, generator=gen)], return_dict=False)
+
+
+def test_zimage_tiny_comfyui_and_diffusers_match_peft(tmp_path):
+    """Every Linear, a part of the fused qkv at another rank and alpha: ComfyUI's deltas are PEFT's, and
+    ZImagePipeline.load_lora_weights (its converter folds alpha / rank) gives the trained model's output."""
+    model = ZImageTransformer2DModel(**TINY_ZIMAGE)
+    base, trained, sd, alphas = tiny(ZImageTransformer2DModel, TINY_ZIMAGE, adapted_layers(model), **ZIMAGE_PATTERNS)
+    out = keys_zimage.to_single_file(sd, alphas)
+    assert_comfy_deltas_match(out, trained, "zimage", comfy.zimage_config(trained.config))
+    save_file(out, tmp_path / "lora.safetensors")
+    pipe = ZImagePipeline(transformer=copy.deepcopy(base), scheduler=FlowMatchEulerDiscreteScheduler(), vae=None,
+                          text_encoder=None, tokenizer=None)
+    pipe.load_lora_weights(str(tmp_path / "lora.safetensors"))
+    assert_same_output(base, trained, pipe.transformer, zimage_inputs())
+
+
 # ---- refusals ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("writer, module", [
     (keys_flux1, "transformer_blocks.0.attn.norm_q"), (keys_flux1, "single_transformer_blocks.0.attn.to_out.0"),
-    (keys_flux1, "pos_embed.proj"), (keys_sd3, "transformer_blocks.0.attn.norm_q"), (keys_sd3, "x_embedder")])
+    (keys_flux1, "pos_embed.proj"), (keys_sd3, "transformer_blocks.0.attn.norm_q"), (keys_sd3, "x_embedder"),
+    (keys_zimage, "layers.0.attention.norm_q"), (keys_zimage, "all_x_embedder.4-1")])
 def test_unmappable_module_is_named(writer, module):
     sd = {f"{module}.lora_A.weight": torch.zeros(4, 8), f"{module}.lora_B.weight": torch.zeros(8, 4)}
     with pytest.raises(ValueError, match=module.replace(".", r"\.")):
         writer.to_single_file(sd, {module: (2.0, 4)})
 
 
-@pytest.mark.parametrize("writer", [keys_flux1, keys_sd3])
+@pytest.mark.parametrize("writer", [keys_flux1, keys_sd3, keys_zimage])
 def test_lycoris_and_dora_are_refused(writer):
     module = "transformer_blocks.0.attn.to_q"
     loha = {f"{module}.hada_w1_a": torch.zeros(8, 4), f"{module}.hada_w1_b": torch.zeros(4, 8)}

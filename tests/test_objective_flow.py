@@ -79,3 +79,39 @@ def test_flux_loss_is_the_scripts(tmp_path):
         pred = FluxPipeline._unpack_latents(pred, 64, 64, pipe.vae_scale_factor)
         theirs = ((pred - (noise - latents)) ** 2).mean()
     assert torch.allclose(ours, theirs, rtol=1e-5), (ours, theirs)
+
+
+def test_zimage_loss_is_the_scripts():
+    """train_dreambooth_lora_z_image.py's loss: the pipeline's own prompt encoding (chat template, padding dropped
+    per caption, here of different lengths), t = (1000 - timestep) / 1000, latents as a list of single frames,
+    the output negated."""
+    from diffusers import ZImagePipeline
+
+    from engine.families.base import resolve_source
+    from engine.objective_flow import flow_loss
+
+    c = cfg(pretrained_model_name_or_path="builtin:tiny-zimage", weighting_scheme="logit_normal")
+    family = FAMILIES["zimage"]
+    comps = family.load(resolve_source("builtin:tiny-zimage"), c, torch.float32)
+    captions = ["a red square", "a blue circle on a wooden table"]
+    latents = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    encode = lambda caps: family.encode_prompt(comps.tokenizers, comps.text_encoders, caps, "cpu")  # noqa: E731
+    with torch.no_grad():
+        ours = flow_loss({"latents": latents, "captions": captions}, comps, comps.unet, encode, c, "cpu",
+                         torch.float32, torch.Generator().manual_seed(5))
+        gen = torch.Generator().manual_seed(5)
+        noise = torch.randn(latents.shape, generator=gen)
+        sigmas = draw_sigmas(c, family, dict(comps.noise_scheduler.config), 2, 16, gen, "cpu")
+        s = sigmas.view(2, 1, 1, 1)
+        noisy = (1 - s) * latents + s * noise
+        pipe = ZImagePipeline(text_encoder=comps.text_encoders[0], tokenizer=comps.tokenizers[0],
+                              transformer=comps.unet, vae=comps.vae, scheduler=comps.noise_scheduler)
+        prompt_embeds, _ = pipe.encode_prompt(list(captions), "cpu", do_classifier_free_guidance=False,
+                                              max_sequence_length=32)
+        assert prompt_embeds[0].shape[0] < prompt_embeds[1].shape[0]
+        timesteps = sigmas * 1000
+        pred = comps.unet(list(noisy.unsqueeze(2).unbind(0)), (1000 - timesteps) / 1000, prompt_embeds,
+                          return_dict=False)[0]
+        pred = -torch.stack(pred).squeeze(2)
+        theirs = ((pred - (noise - latents)) ** 2).mean()
+    assert torch.allclose(ours, theirs, rtol=1e-5), (ours, theirs)

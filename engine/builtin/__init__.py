@@ -17,7 +17,7 @@ from engine.atomic import normal_modes, temp_dir
 from engine.builtin import toy
 from engine.builtin.fullsize import build_random_sd15, build_random_sdxl
 from engine.builtin.tiny import build_tiny_sd, build_tiny_sdxl
-from engine.builtin.tiny_dit import build_tiny_flux, build_tiny_sd3
+from engine.builtin.tiny_dit import build_tiny_flux, build_tiny_sd3, build_tiny_zimage
 from engine.paths import cache_root
 
 BUILTIN_PREFIX = "builtin:"
@@ -27,6 +27,7 @@ BUILTINS: dict[str, Callable[[Path], None]] = {
     "tiny-sdxl": build_tiny_sdxl,
     "tiny-flux": build_tiny_flux,
     "tiny-sd3": build_tiny_sd3,
+    "tiny-zimage": build_tiny_zimage,
     # full-size shapes with random weights, for benchmarks (GBs: built only when asked for)
     "random-sd15": build_random_sd15,
     "random-sdxl": build_random_sdxl,

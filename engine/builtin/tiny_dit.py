@@ -1,4 +1,4 @@
-"""Tiny random DiT pipelines (Flux.1, SD3), built offline from configs in seconds, for tests.
+"""Tiny random DiT pipelines (Flux.1, SD3, Z-Image), built offline from configs in seconds, for tests.
 
 The shapes follow the real models where the code paths depend on them: a 16-channel VAE without quant convs,
 CLIP (pooled) + T5 (sequence) text encoders, Flux's 2x2 latent packing and guidance embedding, SD3's two CLIPs
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from engine.builtin.tiny import _WORDS, HIDDEN, _seeded, _text_config, build_tokenizer
+from engine.builtin.tiny import _WORDS, HIDDEN, _bytes_to_unicode, _seeded, _text_config, build_tokenizer
 
 T5_DIM = 2 * HIDDEN  # SD3 pads the two CLIPs' concatenated states (2 x HIDDEN) to T5's width
 T5_MAX_LENGTH = 32  # the tiny models' max_sequence_length (the real ones use 256 / 512)
@@ -97,4 +97,60 @@ def build_tiny_sd3(path: str | os.PathLike) -> None:
             text_encoder=CLIPTextModelWithProjection(_text_config(tokenizer, "quick_gelu")), tokenizer=tokenizer,
             text_encoder_2=CLIPTextModelWithProjection(_text_config(tokenizer_2, "gelu")), tokenizer_2=tokenizer_2,
             text_encoder_3=_t5(tokenizer_3), tokenizer_3=tokenizer_3, transformer=transformer)
+        pipe.save_pretrained(Path(path), safe_serialization=True)
+
+
+# ---- Z-Image: a Qwen3 LLM text encoder behind a chat template, a single-stream DiT, the Flux VAE
+# Z-Image-Turbo's scheduler: a static shift of 3 (the pipeline passes mu, which a static scheduler ignores)
+ZIMAGE_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
+# Qwen3's chat template, reduced to what ZImagePipeline renders: one user turn, the assistant's header, and the
+# empty think block only when thinking is switched off (the pipeline passes enable_thinking=True: none)
+QWEN3_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}")
+
+
+def build_qwen_tokenizer():
+    """A small byte-level BPE in Qwen2Tokenizer's layout: the 256 byte characters, each built-in word as one token
+    (with and without its leading space, "Ġ"), and Qwen's special tokens; any text still tokenizes."""
+    from transformers import Qwen2Tokenizer
+
+    byte_chars = _bytes_to_unicode()
+    vocab = {c: i for i, c in enumerate(byte_chars.values())}
+    merges: list[tuple[str, str]] = []
+    # the spaced words' merges first: their chains then never lose a pair to a merge from inside another word
+    for spelled in [" " + w for w in dict.fromkeys(_WORDS)] + list(dict.fromkeys(_WORDS)):
+        chars = [byte_chars[b] for b in spelled.encode("utf-8")]
+        for i in range(1, len(chars)):  # left to right: each merge extends the word's first token
+            left, token = "".join(chars[:i]), "".join(chars[:i + 1])
+            if token not in vocab:
+                merges.append((left, chars[i]))
+                vocab[token] = len(vocab)
+    for special in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):
+        vocab[special] = len(vocab)
+    return Qwen2Tokenizer(vocab=vocab, merges=merges, model_max_length=T5_MAX_LENGTH,
+                          chat_template=QWEN3_CHAT_TEMPLATE, additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+
+
+def build_tiny_zimage(path: str | os.PathLike) -> None:
+    """Tiny Z-Image-like pipeline: Qwen3 encoder (penultimate states), single-stream DiT with refiners, Flux VAE."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    with _seeded():
+        tokenizer = build_qwen_tokenizer()
+        text_encoder = Qwen3Model(Qwen3Config(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=64,
+                                              num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                              head_dim=16, max_position_embeddings=512))
+        # head_dim 16 = sum(axes_dims); axes_lens bound the caption length and the image's token grid
+        transformer = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=32,
+                                               n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2,
+                                               cap_feat_dim=HIDDEN, axes_dims=[8, 4, 4], axes_lens=[256, 64, 64])
+        with torch.no_grad():  # the pad tokens start empty in some diffusers versions: give them values
+            transformer.x_pad_token.normal_(0, 0.02)
+            transformer.cap_pad_token.normal_(0, 0.02)
+        pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(**ZIMAGE_SCHEDULER), vae=_vae16(0.3611, 0.1159),
+                              text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
         pipe.save_pretrained(Path(path), safe_serialization=True)

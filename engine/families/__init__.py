@@ -8,11 +8,12 @@ from .flux1 import Flux1Family
 from .sd import SD2Family, SDFamily
 from .sd3 import SD3Family
 from .sdxl import SDXLFamily
+from .zimage import ZImageFamily
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (SDFamily(), SD2Family(), SDXLFamily(), SD3Family(),
-                                                   Flux1Family())}
+                                                   Flux1Family(), ZImageFamily())}
 # pipeline class names -> family, for the families a model_index.json names outright
-PIPELINE_FAMILIES = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux1"}
+PIPELINE_FAMILIES = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux1", "ZImagePipeline": "zimage"}
 
 
 def _family_from_configs(model_index: dict, text_encoder_cfg: dict | None) -> str:

@@ -26,10 +26,14 @@ class FlowFamily(Family):
     def text_encoder_classes(self) -> list:
         raise NotImplementedError
 
+    def tokenizer_class(self, name: str):
+        """The tokenizer of text encoder `name`: the T5's or a CLIP's (an LLM family says its own)."""
+        from transformers import CLIPTokenizer, T5TokenizerFast
+        return T5TokenizerFast if name == self.t5_name else CLIPTokenizer
+
     # ---- loading
     def load(self, source, cfg, weight_dtype) -> Components:
         import diffusers
-        from transformers import CLIPTokenizer, T5TokenizerFast
 
         if source.kind == "single_file":
             raise ModelError(f"{source.location}: a single-file {self.label} checkpoint holds the transformer "
@@ -38,8 +42,8 @@ class FlowFamily(Family):
         try:
             tokenizers, encoders = [], []
             for name, cls in zip(self.text_encoder_names, self.text_encoder_classes()):
-                tok_cls = T5TokenizerFast if name == self.t5_name else CLIPTokenizer
-                tokenizers.append(load_pretrained(tok_cls, source, cfg, name.replace("text_encoder", "tokenizer")))
+                tokenizers.append(load_pretrained(self.tokenizer_class(name), source, cfg,
+                                                  name.replace("text_encoder", "tokenizer")))
                 encoders.append(load_pretrained(cls, source, cfg, name, weight_dtype))
             transformer = load_pretrained(getattr(diffusers, self.transformer_class), source, cfg, "transformer",
                                           weight_dtype)
