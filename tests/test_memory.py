@@ -164,3 +164,39 @@ def test_adafactor_trains_a_flux_lora(data, tmp_path):
     assert events[-1]["type"] == "done" and events[-1]["optimizer_steps"] == 3
     lora = _lora(tmp_path / "ada")
     assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in lora.items())  # B moved from zero
+
+
+@cpu_only
+def test_bench_lists_the_dit_rows_and_refuses_them_clearly_on_a_cpu():
+    """The full-size rows run on a GPU (bench/gpu_check.sh); here they are listed and say why they cannot run."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from bench.train_speed import ROWS
+    from conftest import ROOT
+
+    rows = {r.name: r for r in ROWS}
+    assert {"flux1-lora-1024-b1", "flux1-lora-1024-b1-16gb", "flux1-lora-1024-b1-12gb", "sd35-lora-1024-b1"} <= set(rows)
+    assert rows["flux1-lora-1024-b1-12gb"].settings["blocks_to_swap"] == 16
+    script = (ROOT / "bench" / "gpu_check.sh").read_text()
+    assert "flux1-lora-1024-b1-12gb,flux1-lora-1024-b1,sd35-lora-1024-b1" in script
+    proc = subprocess.run([sys.executable, "-m", "bench.train_speed", "--device", "cpu", "--json", "--rows",
+                           "flux1-lora-1024-b1,flux1-lora-1024-b1-12gb", "--steps", "1", "--warmup", "0"],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = {r["row"]: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert "straight on a CUDA GPU" in out["flux1-lora-1024-b1"]["error"]
+    assert out["flux1-lora-1024-b1-12gb"]["skipped"] == "needs CUDA (NF4 base, 8-bit Adam)"
+
+
+def test_flux_forward_flops_are_counted_on_the_real_config():
+    """The MFU's FLOPs: the full-size configs on the meta device (no weights), at 1024 px."""
+    from bench.train_speed import dit_forward_tflop
+    import engine.builtin.random_dit as random_dit
+
+    if not torch.cuda.is_available():  # the folder holds no weights: writing it needs no GPU
+        pytest.MonkeyPatch().setattr(random_dit, "_needs_cuda", lambda *a: None)
+    assert dit_forward_tflop("builtin:random-flux1", 1024) == pytest.approx(74.38, abs=0.01)
