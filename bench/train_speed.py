@@ -2,12 +2,13 @@
 
     python -m bench.train_speed [--device cuda|cpu] [--tiny] [--rows a,b] [--features [a,b]] [--json]
 
-Full size: randomly initialised SD 1.5 and SDXL built from their published configs (builtin:random-sd15,
-builtin:random-sdxl; no download), on synthetic images. `--tiny` runs the same rows on the tiny built-ins at
+Full size: randomly initialised SD 1.5, SDXL, Flux.1 dev and SD3.5 Large built from their published configs
+(builtin:random-sd15, random-sdxl; random-flux1, random-sd35 made on the GPU; no download), on synthetic images. `--tiny` runs the same rows on the tiny built-ins at
 64px, for CPU-sized checks. Each row is one real `python -m engine.train` run; images/s is measured from its
 step events after the warm-up steps, peak memory is the run's own report (CUDA: max allocated).
 Model-FLOPs utilisation uses forward FLOPs per image counted analytically for the full-size models (0.80
-TFLOP SD 1.5 @512, 6.8 TFLOP SDXL @1024, scaled by pixel count), or by torch's FLOP counter with --tiny;
+TFLOP SD 1.5 @512, 6.8 TFLOP SDXL @1024, scaled by pixel count), or by torch's FLOP counter with --tiny and
+for the DiTs (their transformer's own config on the meta device);
 a LoRA step costs ~2 forwards (3 with gradient checkpointing), a full fine-tune ~3 (4).
 `--features` runs each row again with one speed feature flipped: off where the row has it on, else on.
 """
@@ -28,18 +29,26 @@ ROOT = Path(__file__).resolve().parent.parent
 FORWARD_TFLOP = {"sd15": (0.80, 512), "sdxl": (6.8, 1024)}  # per image at the reference resolution
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}  # dense
 TARGETS = {"sdxl-lora-1024": ("images_per_s", ">=", 20.0), "sd15-lora-512": ("images_per_s", ">=", 150.0),
-           "sdxl-lora-1024-b1-minmem": ("peak_memory_gb", "<=", 10.0)}
+           "sdxl-lora-1024-b1-minmem": ("peak_memory_gb", "<=", 10.0),
+           # Flux.1 dev LoRA against the GPU sizes its presets are for (max allocated; the card also holds the
+           # CUDA context, ~0.5 GB)
+           "flux1-lora-1024-b1": ("peak_memory_gb", "<=", 24.0), "flux1-lora-1024-b1-16gb": ("peak_memory_gb", "<=", 16.0),
+           "flux1-lora-1024-b1-12gb": ("peak_memory_gb", "<=", 12.0)}
+TINY_MODELS = {"sd15": "tiny-sd", "sdxl": "tiny-sdxl", "flux1": "tiny-flux", "sd35": "tiny-sd3"}
+# the DiT rows train as the presets do: gradient checkpointing, both caches (T5 and the VAE leave the GPU)
+DIT = dict(gradient_checkpointing=True, cache_latents=True, cache_text_encoder_outputs=True)
+QLORA = dict(DIT, quantize_base="nf4", optimizer="adamw8bit")
 
 
 @dataclass
 class Row:
     name: str
-    model: str  # sd15 | sdxl
+    model: str  # sd15 | sdxl | flux1 | sd35
     resolution: int
     batch: int
     method: str = "lora"
     settings: dict = field(default_factory=dict)
-    needs_cuda: bool = False
+    needs_cuda: str = ""  # what needs it
 
 
 ROWS = [
@@ -47,10 +56,16 @@ ROWS = [
     Row("sd15-lora-512-b16", "sd15", 512, 16),
     Row("sdxl-lora-1024-b1", "sdxl", 1024, 1),
     Row("sdxl-lora-1024-b8", "sdxl", 1024, 8),
-    Row("sdxl-lora-1024-b1-minmem", "sdxl", 1024, 1, needs_cuda=True,
+    Row("sdxl-lora-1024-b1-minmem", "sdxl", 1024, 1, needs_cuda="8-bit Adam",
         settings=dict(gradient_checkpointing=True, cache_latents=True, cache_text_encoder_outputs=True,
                       optimizer="adamw8bit")),
     Row("sdxl-full-1024-b1", "sdxl", 1024, 1, method="full"),
+    # full-size DiTs with random weights made on the GPU (builtin:random-flux1, builtin:random-sd35)
+    Row("flux1-lora-1024-b1", "flux1", 1024, 1, settings=DIT),  # bf16: the 24 GB preset
+    Row("flux1-lora-1024-b1-16gb", "flux1", 1024, 1, needs_cuda="NF4 base, 8-bit Adam", settings=QLORA),
+    Row("flux1-lora-1024-b1-12gb", "flux1", 1024, 1, needs_cuda="NF4 base, 8-bit Adam",
+        settings=dict(QLORA, blocks_to_swap=16)),  # the 12 GB preset
+    Row("sd35-lora-1024-b1", "sd35", 1024, 1, settings=DIT),  # SD3.5 Large, bf16
 ]
 # Each speed feature as (settings with it on, settings with it off); --features flips it against the row.
 FEATURES = {
@@ -83,6 +98,8 @@ def synthetic_images(folder: Path, n: int, size: int) -> Path:
 
 
 def forward_tflop(row: Row, tiny: bool, model_id: str, resolution: int) -> float:
+    if row.model in ("flux1", "sd35"):
+        return dit_forward_tflop(model_id, resolution)
     if not tiny:
         tflop, ref = FORWARD_TFLOP[row.model]
         return tflop * (resolution / ref) ** 2
@@ -105,6 +122,41 @@ def forward_tflop(row: Row, tiny: bool, model_id: str, resolution: int) -> float
     return counter.get_total_flops() / 1e12
 
 
+def dit_forward_tflop(model_id: str, resolution: int) -> float:
+    """One image's transformer forward at this resolution, counted by torch's FLOP counter on the model's own
+    config built on the meta device (no weights, a few seconds on a CPU): Flux.1 dev at 1024 px is 74.4 TFLOP
+    (4096 image + 512 T5 tokens), SD3.5 Large 31.1 (4096 + 77 CLIP + 256 T5)."""
+    import json as json_
+
+    import diffusers
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from engine.builtin import resolve_builtin
+
+    folder = resolve_builtin(model_id)
+    index = json_.loads((folder / "model_index.json").read_text())
+    cls = getattr(diffusers, index["transformer"][1])
+    t5 = "tokenizer_2" if "text_encoder_3" not in index else "tokenizer_3"
+    text = json_.loads((folder / t5 / "tokenizer_config.json").read_text())["model_max_length"]
+    lat, b, dt = resolution // 8, 1, torch.bfloat16
+    with torch.device("meta"):
+        m = cls.from_config(cls.load_config(folder, subfolder="transformer")).to(dt)
+        c = m.config
+        if index["_class_name"].startswith("Flux"):
+            tokens = (lat // 2) ** 2
+            kwargs = dict(hidden_states=torch.randn(b, tokens, c.in_channels, dtype=dt), img_ids=torch.zeros(tokens, 3),
+                          txt_ids=torch.zeros(text, 3), guidance=torch.ones(b) if c.guidance_embeds else None,
+                          timestep=torch.full((b,), 0.5))
+        else:  # SD3: the CLIPs' 77 tokens, then T5's
+            kwargs = dict(hidden_states=torch.randn(b, c.in_channels, lat, lat, dtype=dt), timestep=torch.full((b,), 500.0))
+            text += 77
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            m(encoder_hidden_states=torch.randn(b, text, c.joint_attention_dim, dtype=dt),
+              pooled_projections=torch.randn(b, c.pooled_projection_dim, dtype=dt), return_dict=False, **kwargs)
+    return counter.get_total_flops() / 1e12
+
+
 def peak_tflops(device: str, given: float | None) -> float | None:
     if given or device != "cuda":
         return given
@@ -115,7 +167,7 @@ def peak_tflops(device: str, given: float | None) -> float | None:
 
 def row_config(row: Row, args, workdir: Path) -> dict:
     """The row's engine settings (before any feature flip)."""
-    model = {"sd15": "tiny-sd", "sdxl": "tiny-sdxl"}[row.model] if args.tiny else f"random-{row.model}"
+    model = TINY_MODELS[row.model] if args.tiny else f"random-{row.model}"
     resolution = 64 if args.tiny else row.resolution
     # min_bucket_reso: the default (256) would be above --tiny's 64 px, which bucketing refuses
     return {"pretrained_model_name_or_path": f"builtin:{model}", "method": row.method,
@@ -146,7 +198,7 @@ def run_row(row: Row, args, settings: dict, workdir: Path, skip: str = "") -> di
     result = {"row": row.name, "model": cfg["pretrained_model_name_or_path"], "resolution": resolution,
               "batch": row.batch, "method": row.method, "device": args.device, "settings": settings}
     if row.needs_cuda and args.device != "cuda":
-        skip = skip or "needs CUDA (8-bit Adam)"
+        skip = skip or f"needs CUDA ({row.needs_cuda})"
     if skip:
         return {**result, "skipped": skip}
     synthetic_images(Path(cfg["train_data_dir"]), _n_images(row, args), resolution)
@@ -162,7 +214,9 @@ def run_row(row: Row, args, settings: dict, workdir: Path, skip: str = "") -> di
     except subprocess.TimeoutExpired:
         return {**result, "error": f"timed out after {args.timeout} s (--timeout)"}
     if proc.returncode != 0:
-        return {**result, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1][:300]}
+        lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit {proc.returncode}"]
+        # the engine's own message, not the hint line after it
+        return {**result, "error": next((x for x in reversed(lines) if x.startswith("error:")), lines[-1])[:300]}
     events = [json.loads(line) for line in (workdir / "runs" / "bench" / "events.jsonl").read_text().splitlines()]
     steps = [e for e in events if e["type"] == "step" and e["step"] >= args.warmup]
     if len(steps) < 2:  # a time needs two step events after the warm-up

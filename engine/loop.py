@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine import block_swap, export, finite, quantize, run_files
 from engine import checkpoints as ckpt
-from engine import export, finite, run_files
 from engine.atomic import DiskFull, disk_full_guard, is_disk_full
 from engine.caches import TextEncoderCache, latent_encoder, text_encoders_key, vae_key
 from engine.config import ConfigError, save_config
@@ -54,6 +54,7 @@ def train(cfg) -> dict:
     _check_tracker(cfg.report_to)
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision = \"fp16\" needs a CUDA GPU; use \"bf16\" or \"no\" on this machine")
+    quantize.check(cfg)  # CUDA-only memory options: refused before anything loads
     run_dir = run_dir_for(cfg)
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
@@ -170,6 +171,7 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     with accelerator.main_process_first():  # a built-in is built once, by the main process
         family, source = get_family(cfg)
     check_options(cfg, family)
+    quantize.check(cfg, family)
     comps = family.load(source, cfg, weight_dtype)
     if cfg.prediction_type:
         comps.noise_scheduler.register_to_config(prediction_type=cfg.prediction_type)
@@ -183,6 +185,10 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     method = get_method(cfg.method)
     groups = method.prepare(comps, cfg)
     modules = method.trained_modules(comps, cfg)
+    if cfg.blocks_to_swap:  # before the move, so the swapped blocks never land on the GPU whole
+        swap = block_swap.install(comps.unet, cfg.blocks_to_swap, device)
+        events.say(f"block swap: {swap.N} of {swap.n} transformer blocks ({block_swap.describe(comps.unet)}) in "
+                   f"CPU memory, {swap.R} on {device}")
     comps.vae.to(device)
     comps.unet.to(device)  # prepare() moves only trained modules; textual inversion does not train the UNet
     for te in comps.text_encoders:

@@ -91,6 +91,8 @@ def check_machine(cfg, out: list[Problem]) -> None:
         elif not _has("bitsandbytes"):
             out.append(Problem("optimizer", 'optimizer = "adamw8bit" needs bitsandbytes: pip install bitsandbytes '
                                             "(or pip install -e '.[gpu]')"))
+    from engine.quantize import machine_problems
+    out.extend(Problem(key, message) for key, message in machine_problems(cfg))
     if cfg.mixed_precision == "fp16" and not cuda:
         out.append(Problem("mixed_precision", 'mixed_precision = "fp16" needs a CUDA GPU and this machine has none; '
                                               'use "bf16" or "no" here'))
@@ -167,7 +169,9 @@ def _check_objective(cfg, out: list[Problem]) -> None:
         except (ModelError, OSError, ValueError):
             return  # check_sources reports the model itself
     if name in FAMILIES:
-        out.extend(Problem(key, message) for key, message in option_problems(cfg, FAMILIES[name]))
+        from engine.quantize import family_problems
+        problems = option_problems(cfg, FAMILIES[name]) + family_problems(cfg, FAMILIES[name])
+        out.extend(Problem(key, message) for key, message in problems)
 
 
 def _existing_parent(path: Path) -> Path:

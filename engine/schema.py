@@ -129,6 +129,14 @@ FIELDS: list[Field] = [
        choices=("no", "fp16", "bf16")),
     _f("gradient_checkpointing", bool, False, "training", "Trade compute for memory."),
     _f("allow_tf32", bool, False, "training", "Allow TF32 matmuls on Ampere+ GPUs."),
+    # --- memory (the DiT families' transformer; engine/quantize.py, engine/block_swap.py)
+    _f("quantize_base", str, "none", "training", "Flux.1 / SD3.5: hold the frozen transformer quantized and train the "
+       "LoRA on top (QLoRA): nf4 (4-bit) or int8 with bitsandbytes, fp8 with torchao on GPUs that have fp8 "
+       "(Ada, Hopper). Needs a CUDA GPU; the saved LoRA is the same either way.",
+       choices=("none", "nf4", "int8", "fp8")),
+    _f("blocks_to_swap", int, 0, "training", "Flux.1 / SD3.5: keep this many transformer blocks (the last ones) in CPU "
+       "memory and copy each to the GPU for its forward and backward (sd-scripts' name; with "
+       "gradient_checkpointing). Saves GPU memory, costs PCIe time. 0 = off.", min=0, max=200),
     _f("seed", int, None, "training", "Random seed (unset: one is drawn and recorded).", optional=True,
        min=0),
     _f("noise_offset", float, 0.0, "training", "Noise offset (0.05-0.1 helps very dark/bright images).",

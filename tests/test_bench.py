@@ -12,7 +12,9 @@ from conftest import ROOT
 pytestmark = pytest.mark.slow
 
 ROWS = ["sd15-lora-512-b1", "sd15-lora-512-b16", "sdxl-lora-1024-b1", "sdxl-lora-1024-b8",
-        "sdxl-lora-1024-b1-minmem", "sdxl-full-1024-b1"]
+        "sdxl-lora-1024-b1-minmem", "sdxl-full-1024-b1", "flux1-lora-1024-b1", "flux1-lora-1024-b1-16gb",
+        "flux1-lora-1024-b1-12gb", "sd35-lora-1024-b1"]
+NEEDS_CUDA = ("sdxl-lora-1024-b1-minmem", "flux1-lora-1024-b1-16gb", "flux1-lora-1024-b1-12gb")
 
 
 def _bench(*args) -> list[dict]:
@@ -38,11 +40,11 @@ def test_train_speed_tiny_cpu_json_has_every_row():
     assert list(results) == ROWS
     for name, r in results.items():
         assert r["feature"] == "row settings"
-        if name == "sdxl-lora-1024-b1-minmem":
-            assert "CUDA" in r["skipped"]  # 8-bit Adam
+        if name in NEEDS_CUDA:
+            assert "CUDA" in r["skipped"]  # 8-bit Adam, the NF4 base
         else:
             _assert_measured(r)
-    assert [results[n]["batch"] for n in ROWS] == [1, 16, 1, 8, 1, 1]
+    assert [results[n]["batch"] for n in ROWS] == [1, 16, 1, 8, 1, 1, 1, 1, 1, 1]
     assert results["sdxl-full-1024-b1"]["method"] == "full"
     # counted by torch's FLOP counter on the tiny UNets: SDXL's is the larger
     assert results["sdxl-lora-1024-b1"]["forward_tflop_per_image"] > results["sd15-lora-512-b1"][

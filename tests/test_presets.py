@@ -13,6 +13,7 @@ from engine.paths import user_presets_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ["toy-dreambooth", "toy-full", "toy-lora", "toy-style-lora", "toy-textual-inversion", "flux1-dev-lora",
+           "flux1-dev-lora-12gb",
            "sd15-lora", "sd15-transformerlab", "sd35-large-lora", "sd35-medium-lora", "sdxl-dreambooth-lora",
            "sdxl-lora", "zimage-lora"]
 
@@ -56,6 +57,14 @@ def test_shipped_presets_hold_what_they_promise():
     tl = presets.preset_values(presets.find_preset("sd15-transformerlab").path)
     assert (tl.rank, tl.lora_alpha, tl.learning_rate, tl.resolution, tl.lr_warmup_steps) == (8, 16.0, 1e-4, 512, 50)
     assert tl.image_interpolation_mode == "lanczos" and tl.snr_gamma is None
+
+
+def test_flux_12gb_preset_holds_the_memory_settings():
+    p = presets.find_preset("flux1-dev-lora-12gb").path
+    cfg = presets.preset_values(p)
+    assert (cfg.quantize_base, cfg.blocks_to_swap, cfg.optimizer) == ("nf4", 16, "adamw8bit")
+    assert cfg.gradient_checkpointing and cfg.cache_text_encoder_outputs and cfg.mixed_precision == "bf16"
+    assert "12 GB GPU" in p.read_text().splitlines()[0]
 
 
 @pytest.mark.parametrize("name", ["toy-lora", "toy-style-lora"])

@@ -16,6 +16,7 @@ from typing import Callable
 from engine.atomic import normal_modes, temp_dir
 from engine.builtin import toy
 from engine.builtin.fullsize import build_random_sd15, build_random_sdxl
+from engine.builtin.random_dit import RANDOM_MARKER, build_random_flux1, build_random_sd35
 from engine.builtin.tiny import build_tiny_sd, build_tiny_sdxl
 from engine.builtin.tiny_dit import build_tiny_flux, build_tiny_sd3, build_tiny_zimage
 from engine.paths import cache_root
@@ -31,13 +32,17 @@ BUILTINS: dict[str, Callable[[Path], None]] = {
     # full-size shapes with random weights, for benchmarks (GBs: built only when asked for)
     "random-sd15": build_random_sd15,
     "random-sdxl": build_random_sdxl,
+    # full-size DiTs: configs and tokenizers only; the weights are random, made on the GPU at load (random_dit)
+    "random-flux1": build_random_flux1,
+    "random-sd35": build_random_sd35,
 }
 
 # Trained built-ins ship in the repository: short name -> committed pipeline folder.
 SHIPPED: dict[str, Path] = {"toy": toy.SHIPPED}
 
 # Bump a recipe's version when its builder changes: caches built from an older recipe are rebuilt.
-RECIPE_VERSIONS: dict[str, int] = {"tiny-sd": 1, "tiny-sdxl": 1, "tiny-flux": 1, "tiny-sd3": 1, "random-sd15": 1, "random-sdxl": 1}
+RECIPE_VERSIONS: dict[str, int] = {"tiny-sd": 1, "tiny-sdxl": 1, "tiny-flux": 1, "tiny-sd3": 1, "random-sd15": 1, "random-sdxl": 1,
+                                   "random-flux1": 1, "random-sd35": 1}
 _STAMP = ".recipe"
 
 # Only finished builds are renamed into place, so a cached folder holding this file is complete.
@@ -103,6 +108,8 @@ def _is_complete(folder: Path, short: str) -> bool:
     stamp = folder / _STAMP
     if not index.is_file() or not stamp.is_file() or stamp.read_text() != _stamp(short):
         return False
+    if (folder / RANDOM_MARKER).is_file():
+        return True  # no weights by design
     for part in json.loads(index.read_text()):
         sub = folder / part
         if (sub / "config.json").is_file() and not any(sub.glob("*.safetensors")):

@@ -189,6 +189,9 @@ def load_vae(cfg, source: ModelSource, dtype: torch.dtype):
             if not p.exists() and (override.startswith((".", "/", "~")) or override.count("/") != 1):
                 raise ModelError(f"VAE {override!r} not found: no such file or folder")
             return AutoencoderKL.from_pretrained(override, subfolder=sub, torch_dtype=dtype)
+        from engine.builtin.random_dit import is_random, random_model
+        if is_random(source.location):
+            return random_model(AutoencoderKL, source.location, "vae", dtype)
         return AutoencoderKL.from_pretrained(source.location, subfolder="vae", revision=cfg.revision,
                                              variant=cfg.variant, torch_dtype=dtype)
     except ModelError:
@@ -210,8 +213,12 @@ def safetensors_keys(path: Path, key: str) -> list[str]:
         raise ModelError(f"{key}: {e}") from None
 
 
-def load_pretrained(cls, source: ModelSource, cfg, subfolder: str, dtype: torch.dtype | None = None):
-    kwargs = {"subfolder": subfolder, "revision": cfg.revision}
+def load_pretrained(cls, source: ModelSource, cfg, subfolder: str, dtype: torch.dtype | None = None, **extra):
+    from engine.builtin.random_dit import is_random, random_model
+
+    if is_random(source.location) and issubclass(cls, torch.nn.Module):
+        return random_model(cls, source.location, subfolder, dtype)  # built on the GPU, not read from disk
+    kwargs = {"subfolder": subfolder, "revision": cfg.revision, **extra}
     if dtype is not None:
         kwargs["torch_dtype"] = dtype
     if cfg.variant and subfolder not in ("tokenizer", "tokenizer_2", "scheduler"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from engine.objective_flow import flow_loss
+from engine.quantize import load_transformer
 
 from .base import Components, Family, ModelError, load_error, load_pretrained, load_vae, tokenize
 
@@ -45,8 +46,7 @@ class FlowFamily(Family):
                 tokenizers.append(load_pretrained(self.tokenizer_class(name), source, cfg,
                                                   name.replace("text_encoder", "tokenizer")))
                 encoders.append(load_pretrained(cls, source, cfg, name, weight_dtype))
-            transformer = load_pretrained(getattr(diffusers, self.transformer_class), source, cfg, "transformer",
-                                          weight_dtype)
+            transformer = load_transformer(getattr(diffusers, self.transformer_class), source, cfg, weight_dtype)
             scheduler = load_pretrained(diffusers.FlowMatchEulerDiscreteScheduler, source, cfg, "scheduler")
             vae = load_vae(cfg, source, weight_dtype)
         except ModelError:
