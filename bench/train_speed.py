@@ -64,7 +64,7 @@ ROWS = [
     Row("flux1-lora-1024-b1", "flux1", 1024, 1, settings=DIT),  # bf16: the 24 GB preset
     Row("flux1-lora-1024-b1-16gb", "flux1", 1024, 1, needs_cuda="NF4 base, 8-bit Adam", settings=QLORA),
     Row("flux1-lora-1024-b1-12gb", "flux1", 1024, 1, needs_cuda="NF4 base, 8-bit Adam",
-        settings=dict(QLORA, blocks_to_swap=16)),  # the 12 GB preset
+        settings=dict(QLORA, blocks_to_swap=32)),  # the 12 GB preset
     Row("sd35-lora-1024-b1", "sd35", 1024, 1, settings=DIT),  # SD3.5 Large, bf16
 ]
 # Each speed feature as (settings with it on, settings with it off); --features flips it against the row.

@@ -80,7 +80,7 @@ def diffusers_hints(c, family: str, args: dict[str, Any], filled: list[str]) -> 
 KOHYA_FLUX_KEYS = {"clip_l", "t5xxl", "ae", "model_type", "t5xxl_max_token_length", "apply_t5_attn_mask",
                    "guidance_scale", "timestep_sampling", "sigmoid_scale", "model_prediction_type",
                    "discrete_flow_shift", "weighting_scheme", "logit_mean", "logit_std", "mode_scale", "fp8_base",
-                   "fp8_base_unet", "blocks_to_swap", "cpu_offload_checkpointing", "split_mode"}
+                   "fp8_base_unet", "blocks_to_swap", "cpu_offload_checkpointing", "split_mode"}  # fp8_base: mapped
 _FLUX_ONLY = {"ae", "model_type", "timestep_sampling", "model_prediction_type", "apply_t5_attn_mask", "guidance_scale"}
 # networks/lora_flux.py trains every Linear of the double and single blocks; in diffusers' names, as suffixes.
 # The single blocks' linear2 (proj_out) cannot be named so without the final layer's proj_out.
@@ -89,15 +89,19 @@ KOHYA_FLUX_TARGETS = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "a
                       "ff_context.net.0.proj", "ff_context.net.2", "norm1.linear", "norm1_context.linear",
                       "norm.linear", "proj_mlp"]
 _NOT_YET = {
-    "fp8_base": "not yet supported: the transformer trains in mixed_precision (bf16/fp16), not fp8",
-    "fp8_base_unet": "not yet supported: the transformer trains in mixed_precision (bf16/fp16), not fp8",
-    "blocks_to_swap": "not yet supported: the whole transformer stays on the GPU (gradient_checkpointing saves "
-                      "memory)",
+    "fp8_base_unet": "not yet supported: quantize_base = \"fp8\" stores the whole transformer in fp8",
     "split_mode": "not yet supported (sd-scripts: deprecated for blocks_to_swap)",
     "cpu_offload_checkpointing": "not yet supported: checkpoints stay on the GPU",
     "apply_t5_attn_mask": "not supported: the T5 encodes without an attention mask, as diffusers' FluxPipeline "
                           "samples",
 }
+
+
+def swap_count_from_sd_scripts(n: int) -> int:
+    """sd-scripts' Flux blocks_to_swap N (N//2 double + 2(N - N//2) single blocks: 2N single-block sizes, a double
+    block weighing two singles) -> ours, counted from the end of one list (the 38 single blocks, then doubles)."""
+    singles = 2 * n
+    return singles if singles <= 38 else 38 + -(-(singles - 38) // 2)
 
 
 def kohya_is_flux(flat: dict) -> bool:
@@ -123,6 +127,15 @@ def kohya_flux(c, flat: dict) -> None:
         c.notes.append(f"pretrained_model_name_or_path = {model!r}: a single-file Flux.1 checkpoint holds the "
                        "transformer only; give the model's diffusers folder or hub id (e.g. "
                        "black-forest-labs/FLUX.1-dev)")
+    if flat.get("fp8_base"):  # sd-scripts keeps the frozen base in fp8 and computes in bf16: our fp8 weight-only
+        c.set("quantize_base", "fp8", f"fp8_base = {flat['fp8_base']!r}")
+    if flat.get("blocks_to_swap"):
+        n = int(flat["blocks_to_swap"])
+        ours = swap_count_from_sd_scripts(n)
+        c.set("blocks_to_swap", ours, f"blocks_to_swap = {n!r}")
+        c.notes.append(f"blocks_to_swap = {n}: sd-scripts swaps {n // 2} double and {2 * (n - n // 2)} single blocks; "
+                       f"here the count runs from the end of Flux.1's 19 double + 38 single blocks, so {ours} swaps "
+                       "about the same memory")
     for key, why in _NOT_YET.items():
         if flat.get(key):  # false, 0 and unset ask for nothing
             c.unmapped.append(f"{key} = {flat[key]!r}")

@@ -136,7 +136,9 @@ FIELDS: list[Field] = [
        choices=("none", "nf4", "int8", "fp8")),
     _f("blocks_to_swap", int, 0, "training", "Flux.1 / SD3.5: keep this many transformer blocks (the last ones) in CPU "
        "memory and copy each to the GPU for its forward and backward (sd-scripts' name; with "
-       "gradient_checkpointing). Saves GPU memory, costs PCIe time. 0 = off.", min=0, max=200),
+       "gradient_checkpointing). Counted from the end of one list (Flux.1: 19 double then 38 single blocks), so "
+       "sd-scripts' Flux N (N/2 double + N single) is about 2N here. Saves GPU memory, costs PCIe time. 0 = off.",
+       min=0, max=200),
     _f("seed", int, None, "training", "Random seed (unset: one is drawn and recorded).", optional=True,
        min=0),
     _f("noise_offset", float, 0.0, "training", "Noise offset (0.05-0.1 helps very dark/bright images).",

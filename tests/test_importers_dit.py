@@ -202,9 +202,9 @@ def test_flux_train_network_toml(tmp_path):
     assert (v["num_train_epochs"], v["save_every_n_epochs"], v["adaptor_name"]) == (10, 1, "my_flux_lora")
     assert "norm1.linear" in v["lora_target_modules"] and "proj_mlp" in v["lora_target_modules"]
     assert r.unmapped == ["dataset_config = 'my_flux_dataset_config.toml'", "clip_l = 'clip_l.safetensors'",
-                          "t5xxl = 't5xxl_fp16.safetensors'", "ae = 'ae.safetensors'", "fp8_base = True",
-                          "blocks_to_swap = 18", "apply_t5_attn_mask = True"]
-    assert any("fp8_base" in n and "not yet supported" in n for n in r.notes)
+                          "t5xxl = 't5xxl_fp16.safetensors'", "ae = 'ae.safetensors'", "apply_t5_attn_mask = True"]
+    # fp8_base: the frozen base in fp8; sd-scripts' 18 blocks (9 double + 18 single = 36 single-block sizes)
+    assert (v["quantize_base"], v["blocks_to_swap"]) == ("fp8", 36)
     assert any("single-file Flux.1 checkpoint" in n for n in r.notes)
     assert _loads(r, "flux1", tmp_path).train_text_encoder is False  # kohya: not with cached outputs
     assert import_pasted(FLUX_TOML) == r

@@ -179,7 +179,7 @@ def test_bench_lists_the_dit_rows_and_refuses_them_clearly_on_a_cpu():
 
     rows = {r.name: r for r in ROWS}
     assert {"flux1-lora-1024-b1", "flux1-lora-1024-b1-16gb", "flux1-lora-1024-b1-12gb", "sd35-lora-1024-b1"} <= set(rows)
-    assert rows["flux1-lora-1024-b1-12gb"].settings["blocks_to_swap"] == 16
+    assert rows["flux1-lora-1024-b1-12gb"].settings["blocks_to_swap"] == 32
     script = (ROOT / "bench" / "gpu_check.sh").read_text()
     assert "flux1-lora-1024-b1-12gb,flux1-lora-1024-b1,sd35-lora-1024-b1" in script
     proc = subprocess.run([sys.executable, "-m", "bench.train_speed", "--device", "cpu", "--json", "--rows",

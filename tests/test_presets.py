@@ -62,7 +62,7 @@ def test_shipped_presets_hold_what_they_promise():
 def test_flux_12gb_preset_holds_the_memory_settings():
     p = presets.find_preset("flux1-dev-lora-12gb").path
     cfg = presets.preset_values(p)
-    assert (cfg.quantize_base, cfg.blocks_to_swap, cfg.optimizer) == ("nf4", 16, "adamw8bit")
+    assert (cfg.quantize_base, cfg.blocks_to_swap, cfg.optimizer) == ("nf4", 32, "adamw8bit")
     assert cfg.gradient_checkpointing and cfg.cache_text_encoder_outputs and cfg.mixed_precision == "bf16"
     assert "12 GB GPU" in p.read_text().splitlines()[0]
 

@@ -31,6 +31,22 @@ def test_an_empty_optional_number_is_unset_and_zero_is_a_value():
     assert validate({"train_data_dir": "x", "seed": from_widget(seed, "0")}).seed == 0
 
 
+def test_an_optional_switch_can_stay_unset():
+    """A checkbox has no "unset": flow_dynamic_shift left to the model must not come back as false (which the
+    UNet families refuse as a flow-matching option)."""
+    import gradio as gr
+
+    from ui.schema_form import make_widget
+    switches = [f for f in FIELDS if f.type is bool and f.optional]
+    assert switches
+    for f in switches:
+        widget = make_widget(f, None)
+        assert isinstance(widget, gr.Dropdown) and widget.value == UNSET
+        assert from_widget(f, widget.value) is None
+        assert from_widget(f, "true") is True and from_widget(f, "false") is False
+        assert to_widget(f, False) == "false" and to_widget(f, True) == "true"
+
+
 def test_a_cross_field_message_lands_on_the_first_field_it_names():
     msg = "cache_text_encoder_outputs = true cannot be used with train_text_encoder = true"
     assert field_for_error(msg) == "cache_text_encoder_outputs"

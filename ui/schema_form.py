@@ -39,6 +39,8 @@ def to_widget(f: Field, value: Any) -> Any:
     """A schema value as its widget shows it."""
     if f.type is list:
         return ", ".join(value or [])
+    if f.type is bool and f.optional:  # three states: unset (the model decides), true, false
+        return UNSET if value is None else ("true" if value else "false")
     if f.choices and f.optional:
         return UNSET if value is None else value
     if value is None and (f.type is str or f.optional):
@@ -50,6 +52,8 @@ def to_widget(f: Field, value: Any) -> Any:
 
 def from_widget(f: Field, value: Any) -> Any:
     """A widget's value as the schema reads it; None means "unset" (the key is left out)."""
+    if f.type is bool and f.optional:
+        return None if value in (UNSET, None, "") else value in (True, "true")
     if f.choices and value == UNSET:
         return None
     if isinstance(value, str) and f.type is not str:
@@ -66,6 +70,8 @@ def from_widget(f: Field, value: Any) -> Any:
 def make_widget(f: Field, value: Any, suggestions: list[str] | None = None) -> gr.components.Component:
     common = dict(label=label(f), info=_info(f), elem_id=f"field-{f.name}", value=to_widget(f, value),
                   elem_classes=["schema-field"])
+    if f.type is bool and f.optional:  # a checkbox cannot say "unset"
+        return gr.Dropdown(choices=[UNSET, "true", "false"], **common)
     if f.type is bool:
         return gr.Checkbox(**common)
     if f.choices:
