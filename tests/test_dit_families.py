@@ -15,7 +15,7 @@ from engine.events import read_events
 
 pytestmark = pytest.mark.slow
 
-MODELS = {"flux1": "builtin:tiny-flux", "sd3": "builtin:tiny-sd3"}
+MODELS = {"flux1": "builtin:tiny-flux", "sd3": "builtin:tiny-sd3", "qwenimage": "builtin:tiny-qwenimage"}
 # diffusers splits a Flux single file's single-block linear1 only at Flux.1's full size (keys_flux1): the files'
 # image check trains the double blocks' fused q/k/v and a single block's linear2 (ComfyUI's rules for the default
 # targets of the full-size models: tests/test_keys_dit.py)
@@ -105,9 +105,17 @@ def test_resume_is_exact(data, tmp_path):
     assert max((full[k] - resumed[k]).abs().max().item() for k in full) < 1e-6
 
 
-def test_text_encoder_cache_gives_the_same_losses(data, tmp_path):
-    train(data, tmp_path, "plain", "sd3")
-    proc = train(data, tmp_path, "cached", "sd3", cache_text_encoder_outputs=True)
+@pytest.mark.parametrize("family", ["sd3", "qwenimage"])
+def test_text_encoder_cache_gives_the_same_losses(family, data, tmp_path):
+    """Captions of different lengths: an LLM encoder's embeddings vary in length (Qwen-Image pads them and
+    carries the mask), so batches mix lengths."""
+    import shutil
+    shutil.copytree(data, tmp_path / "data")
+    (tmp_path / "data" / "img1.txt").write_text("a photo of a green square on a white background, high quality")
+    (tmp_path / "data" / "img2.txt").write_text("blue")
+    data = tmp_path / "data"
+    train(data, tmp_path, "plain", family)
+    proc = train(data, tmp_path, "cached", family, cache_text_encoder_outputs=True)
     assert "text-encoder cache: 4 captions encoded" in proc.stdout
     plain, cached = _losses(tmp_path / "plain"), _losses(tmp_path / "cached")
     assert plain.keys() == cached.keys() and len(plain) == 4
@@ -165,7 +173,8 @@ def test_flow_options_are_refused_for_a_unet_family(data, tmp_path):
     assert "weighting_scheme" in err and "noise prediction" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("preset,family", [("flux1-dev-lora", "flux1"), ("sd35-large-lora", "sd3")])
+@pytest.mark.parametrize("preset,family", [("flux1-dev-lora", "flux1"), ("sd35-large-lora", "sd3"),
+                                           ("qwenimage-lora", "qwenimage")])
 def test_dit_presets_train_on_the_tiny_builtin(preset, family, data, tmp_path):
     """Every setting a DiT preset makes (bf16, cached text encoders and latents, gradient checkpointing, the
     flow options) is one its family trains with: the preset on the family's tiny built-in, two steps."""
@@ -174,7 +183,8 @@ def test_dit_presets_train_on_the_tiny_builtin(preset, family, data, tmp_path):
     proc = run_training([str(find_preset(preset).path)] + sets(
         pretrained_model_name_or_path=MODELS[family], train_data_dir=data, output_dir=tmp_path, resolution=64,
         max_train_steps=2, gradient_accumulation_steps=1, validation_prompt="", report_to="none"), launch=False)
-    name = {"flux1-dev-lora": "flux1-dev-sks-dog", "sd35-large-lora": "sd35-large-sks-dog"}[preset]
+    name = {"flux1-dev-lora": "flux1-dev-sks-dog", "sd35-large-lora": "sd35-large-sks-dog",
+            "qwenimage-lora": "qwenimage-sks-dog"}[preset]
     assert read_events(tmp_path / name / "events.jsonl")[-1]["type"] == "done"
     assert "text-encoder cache: 4 captions encoded" in proc.stdout and "latent cache" in proc.stdout, proc.stdout
 

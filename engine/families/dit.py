@@ -19,17 +19,21 @@ class FlowFamily(Family):
     transformer_class = "?"  # a diffusers class name
     default_weighting = "none"  # weighting_scheme when the config leaves it unset
     default_max_sequence_length = 512
-    t5_name = "text_encoder_2"  # the T5's component name
+    t5_name = "text_encoder_2"  # the T5's component name (the sequence encoder: an LLM in newer families)
+    vae_class = "AutoencoderKL"  # a diffusers class name
     lora_default_targets: tuple[str, ...] = ()
     default_resolution = 1024
 
     def text_encoder_classes(self) -> list:
         raise NotImplementedError
 
+    def tokenizer_class(self, name: str):
+        from transformers import CLIPTokenizer, T5TokenizerFast
+        return T5TokenizerFast if name == self.t5_name else CLIPTokenizer
+
     # ---- loading
     def load(self, source, cfg, weight_dtype) -> Components:
         import diffusers
-        from transformers import CLIPTokenizer, T5TokenizerFast
 
         if source.kind == "single_file":
             raise ModelError(f"{source.location}: a single-file {self.label} checkpoint holds the transformer "
@@ -38,13 +42,12 @@ class FlowFamily(Family):
         try:
             tokenizers, encoders = [], []
             for name, cls in zip(self.text_encoder_names, self.text_encoder_classes()):
-                tok_cls = T5TokenizerFast if name == self.t5_name else CLIPTokenizer
-                tokenizers.append(load_pretrained(tok_cls, source, cfg, name.replace("text_encoder", "tokenizer")))
+                tokenizers.append(load_pretrained(self.tokenizer_class(name), source, cfg, name.replace("text_encoder", "tokenizer")))
                 encoders.append(load_pretrained(cls, source, cfg, name, weight_dtype))
             transformer = load_pretrained(getattr(diffusers, self.transformer_class), source, cfg, "transformer",
                                           weight_dtype)
             scheduler = load_pretrained(diffusers.FlowMatchEulerDiscreteScheduler, source, cfg, "scheduler")
-            vae = load_vae(cfg, source, weight_dtype)
+            vae = load_vae(cfg, source, weight_dtype, getattr(diffusers, self.vae_class))
         except ModelError:
             raise
         except OSError as e:
