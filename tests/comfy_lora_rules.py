@@ -1,4 +1,4 @@
-"""ComfyUI's LoRA key rules for Flux.1 and SD3, ported small so tests can ask "would ComfyUI load this key, into
+"""ComfyUI's LoRA key rules for Flux.1, SD3 and Qwen-Image, ported small so tests can ask "would ComfyUI load this key, into
 which weight, and what delta would it add?" without ComfyUI installed.
 
 Ported from Comfy-Org/ComfyUI (GPL-3.0), as stored at:
@@ -9,7 +9,8 @@ Ported from Comfy-Org/ComfyUI (GPL-3.0), as stored at:
 - comfy/weight_adapter/lora.py @ 6f98b150e065f1ffc788558574a887835068bd40: the LoRA name variants and the
   scale alpha / down.shape[0] (1 without alpha).
 - comfy/model_patcher.py add_patches: a target is a key, (key, (dim, start, length)) or (key, None, function).
-The BFL / SAI weight shapes follow comfy/ldm/flux/layers.py and comfy/ldm/modules/diffusionmodules/mmdit.py.
+The BFL / SAI weight shapes follow comfy/ldm/flux/layers.py and comfy/ldm/modules/diffusionmodules/mmdit.py;
+Qwen-Image's comfy/ldm/qwen_image/model.py (comfyanonymous/ComfyUI @ 01f4512b), which keeps diffusers' names.
 """
 from __future__ import annotations
 
@@ -84,6 +85,40 @@ def mmdit_weights(c: dict) -> dict[str, tuple]:
     return w
 
 
+def qwenimage_config(cfg) -> dict:
+    """What ComfyUI's QwenImageTransformer2DModel is built from, for a diffusers config."""
+    return dict(hidden=cfg.num_attention_heads * cfg.attention_head_dim, depth=cfg.num_layers,
+                in_channels=cfg.in_channels, out=cfg.patch_size ** 2 * cfg.out_channels,
+                context_in_dim=cfg.joint_attention_dim)
+
+
+def qwenimage_weights(c: dict) -> dict[str, tuple]:
+    """The Linear weights of ComfyUI's Qwen-Image model (the RMSNorms have no LoRA)."""
+    h = c["hidden"]
+    w = {"img_in.weight": (h, c["in_channels"]), "txt_in.weight": (h, c["context_in_dim"]),
+         "time_text_embed.timestep_embedder.linear_1.weight": (h, 256),
+         "time_text_embed.timestep_embedder.linear_2.weight": (h, h), "norm_out.linear.weight": (2 * h, h),
+         "proj_out.weight": (c["out"], h)}
+    for i in range(c["depth"]):
+        b = f"transformer_blocks.{i}"
+        for q in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to_out.0", "to_add_out"):
+            w[f"{b}.attn.{q}.weight"] = (h, h)
+        for s in ("img", "txt"):
+            w.update({f"{b}.{s}_mod.1.weight": (6 * h, h), f"{b}.{s}_mlp.net.0.proj.weight": (4 * h, h),
+                      f"{b}.{s}_mlp.net.2.weight": (h, 4 * h)})
+    return w
+
+
+_WEIGHTS = {"flux": flux_weights, "sd3": mmdit_weights, "qwenimage": qwenimage_weights}
+
+
+def diffusers_map(arch: str, c: dict) -> dict:
+    """diffusers weight -> ComfyUI target (Qwen-Image's names are the same)."""
+    if arch == "qwenimage":
+        return {k: "diffusion_model." + k for k in qwenimage_weights(c)}
+    return flux_to_diffusers(c) if arch == "flux" else mmdit_to_diffusers(c)
+
+
 # ---- comfy.utils: diffusers weight -> ComfyUI target ---------------------------------------------------------
 
 def flux_to_diffusers(c: dict, prefix: str = "diffusion_model.") -> dict:
@@ -152,7 +187,7 @@ def mmdit_to_diffusers(c: dict, prefix: str = "diffusion_model.") -> dict:
 # ---- comfy/lora.py model_lora_keys_unet: LoRA stem -> target -------------------------------------------------
 
 def lora_key_map(arch: str, c: dict) -> dict:
-    weights = flux_weights(c) if arch == "flux" else mmdit_weights(c)
+    weights = _WEIGHTS[arch](c)
     key_map = {}
     for k in weights:  # generic: every model weight, kohya-style and bare
         key_map["lora_unet_" + k[:-len(".weight")].replace(".", "_")] = "diffusion_model." + k
@@ -163,17 +198,22 @@ def lora_key_map(arch: str, c: dict) -> dict:
             for name in (f"transformer.{stem}", f"base_model.model.{stem}", "lora_transformer_" + stem.replace(".", "_"),
                          "lycoris_" + stem.replace(".", "_")):
                 key_map[name] = to
-    else:
+    elif arch == "flux":
         for k, to in flux_to_diffusers(c).items():
             stem = k[:-len(".weight")]
             for name in (f"transformer.{stem}", "lycoris_" + stem.replace(".", "_"),
                          "lora_transformer_" + stem.replace(".", "_"), stem):
                 key_map[name] = to
+    else:  # QwenImage: its own weight names, bare, under `transformer.` and SimpleTuner's lycoris_
+        for k in weights:
+            stem = k[:-len(".weight")]
+            for name in (stem, f"transformer.{stem}", "lycoris_" + stem.replace(".", "_")):
+                key_map[name] = "diffusion_model." + k
     return key_map
 
 
 def model_weights(arch: str, c: dict) -> dict[str, tuple]:
-    weights = flux_weights(c) if arch == "flux" else mmdit_weights(c)
+    weights = _WEIGHTS[arch](c)
     return {"diffusion_model." + k: v for k, v in weights.items()}
 
 

@@ -1,21 +1,22 @@
-"""The Flux.1 and SD3 single-file LoRA key maps, checked against ComfyUI's rules (ported in comfy_lora_rules) and
+"""The Flux.1, SD3 and Qwen-Image single-file LoRA key maps, checked against ComfyUI's rules (ported in comfy_lora_rules) and
 diffusers' own loaders: full-size models on the meta device for every key and shape, tiny ones for the numbers."""
 import copy
 
 import pytest
 import torch
-from diffusers import (FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel,
-                       StableDiffusion3Pipeline)
+from diffusers import (FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel, QwenImagePipeline,
+                       QwenImageTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline)
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from safetensors.torch import save_file
 
 from engine.families.keys import flux1 as keys_flux1
+from engine.families.keys import qwenimage as keys_qwenimage
 from engine.families.keys import sd3 as keys_sd3
 from engine.methods.lora import module_alphas
 from tests import comfy_lora_rules as comfy
 
 # Published transformer configs (black-forest-labs/FLUX.1-dev, stabilityai/stable-diffusion-3.5-large,
-# -3.5-medium, -3-medium-diffusers), written here so nothing is downloaded.
+# -3.5-medium, -3-medium-diffusers, Qwen/Qwen-Image), written here so nothing is downloaded.
 FLUX1_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
                  num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
                  axes_dims_rope=(16, 56, 56))
@@ -29,6 +30,8 @@ SD35_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24,
 SD3_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
                   num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
                   pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192)
+QWEN_IMAGE = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
+                  num_attention_heads=24, joint_attention_dim=3584, guidance_embeds=False, axes_dims_rope=(16, 56, 56))
 TINY_FLUX = dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
                  num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6),
                  guidance_embeds=True)
@@ -36,6 +39,8 @@ TINY_FLUX = dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1
 TINY_SD3 = dict(sample_size=16, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=64,
                 num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=128, pooled_projection_dim=32,
                 out_channels=16, pos_embed_max_size=32, qk_norm="rms_norm", dual_attention_layers=(0,))
+TINY_QWEN = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=2, attention_head_dim=16,
+                 num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(8, 4, 4))
 # a part of a fused qkv trained at another rank and scale: the fused file must still give each its own scale
 PATTERNS = dict(rank_pattern={"attn.to_k": 2}, alpha_pattern={"attn.to_k": 3.0})
 
@@ -114,6 +119,23 @@ def test_sd3_every_key_loads_in_comfyui(config, targets):
         assert "transformer.transformer_blocks.12.attn2.to_q.lora_A.weight" in out
 
 
+@pytest.mark.parametrize("targets", ["default", "all"])
+def test_qwenimage_every_key_loads_in_comfyui_and_diffusers(targets):
+    chosen = keys_qwenimage.DEFAULT_TARGETS if targets == "default" else "all"
+    model, sd, alphas = meta_lora(QwenImageTransformer2DModel, QWEN_IMAGE, chosen)
+    out = keys_qwenimage.to_single_file(sd, alphas)
+    assert_comfy_loads_all(out, "qwenimage", comfy.qwenimage_config(model.config))
+    assert len(out) == len(sd) // 2 * 3  # down, up and alpha per module
+    # diffusers' converter puts every module back under its own name (shapes only: the tensors are on meta)
+    loaded = QwenImagePipeline.lora_state_dict(out)
+    assert set(loaded) == {f"transformer.{k}" for k in sd}
+    assert all(loaded[f"transformer.{k}"].shape == v.shape for k, v in sd.items())
+    if targets == "default":  # diffusers' list: the image stream's q, k, v and out in each of the 60 blocks
+        assert len(sd) // 2 == 60 * 4
+    else:  # 14 Linears per block + img_in, txt_in, the timestep embedder's two, norm_out.linear, proj_out
+        assert len(sd) // 2 == 60 * 14 + 6
+
+
 # ---- tiny models, real numbers ----------------------------------------------------------------------------------
 
 def randomise_lora(model, seed=0):
@@ -139,7 +161,7 @@ def assert_comfy_deltas_match(file_sd, model, arch, cfg):
     patches, not_loaded = comfy.load_lora(file_sd, comfy.lora_key_map(arch, cfg))
     assert not_loaded == []
     got = comfy.deltas(patches, weights)
-    mapping = comfy.flux_to_diffusers(cfg) if arch == "flux" else comfy.mmdit_to_diffusers(cfg)
+    mapping = comfy.diffusers_map(arch, cfg)
     want = comfy.expected_deltas(peft_deltas(model), mapping, weights)
     assert set(got) == set(want)
     for key in want:
@@ -250,18 +272,40 @@ def test_sd3_tiny_comfyui_and_diffusers_match_peft(tmp_path):
     assert_same_output(base, trained, pipe.transformer, sd3_inputs())
 
 
+def qwenimage_inputs():
+    gen = torch.Generator().manual_seed(1)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 3:] = False  # a shorter prompt, as QwenImagePipeline pads a batch
+    return dict(hidden_states=torch.randn(2, 16, 64, generator=gen),
+                encoder_hidden_states=torch.randn(2, 5, 32, generator=gen), encoder_hidden_states_mask=mask,
+                timestep=torch.tensor([0.6, 0.3]), img_shapes=[(1, 4, 4)] * 2, return_dict=False)
+
+
+def test_qwenimage_tiny_comfyui_and_diffusers_match_peft(tmp_path):
+    model = QwenImageTransformer2DModel(**TINY_QWEN)
+    base, trained, sd, alphas = tiny(QwenImageTransformer2DModel, TINY_QWEN, adapted_layers(model), **PATTERNS)
+    out = keys_qwenimage.to_single_file(sd, alphas)
+    assert_comfy_deltas_match(out, trained, "qwenimage", comfy.qwenimage_config(trained.config))
+    save_file(out, tmp_path / "lora.safetensors")
+    pipe = QwenImagePipeline(transformer=copy.deepcopy(base), scheduler=FlowMatchEulerDiscreteScheduler(), vae=None,
+                             text_encoder=None, tokenizer=None)
+    pipe.load_lora_weights(str(tmp_path / "lora.safetensors"))
+    assert_same_output(base, trained, pipe.transformer, qwenimage_inputs())
+
+
 # ---- refusals ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("writer, module", [
     (keys_flux1, "transformer_blocks.0.attn.norm_q"), (keys_flux1, "single_transformer_blocks.0.attn.to_out.0"),
-    (keys_flux1, "pos_embed.proj"), (keys_sd3, "transformer_blocks.0.attn.norm_q"), (keys_sd3, "x_embedder")])
+    (keys_flux1, "pos_embed.proj"), (keys_sd3, "transformer_blocks.0.attn.norm_q"), (keys_sd3, "x_embedder"),
+    (keys_qwenimage, "transformer_blocks.0.attn.norm_q"), (keys_qwenimage, "x_embedder")])
 def test_unmappable_module_is_named(writer, module):
     sd = {f"{module}.lora_A.weight": torch.zeros(4, 8), f"{module}.lora_B.weight": torch.zeros(8, 4)}
     with pytest.raises(ValueError, match=module.replace(".", r"\.")):
         writer.to_single_file(sd, {module: (2.0, 4)})
 
 
-@pytest.mark.parametrize("writer", [keys_flux1, keys_sd3])
+@pytest.mark.parametrize("writer", [keys_flux1, keys_sd3, keys_qwenimage])
 def test_lycoris_and_dora_are_refused(writer):
     module = "transformer_blocks.0.attn.to_q"
     loha = {f"{module}.hada_w1_a": torch.zeros(8, 4), f"{module}.hada_w1_b": torch.zeros(4, 8)}
