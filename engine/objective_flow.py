@@ -130,6 +130,10 @@ def option_problems(cfg, family) -> list[tuple[str, str]]:
         what = "dreambooth_full = true" if cfg.method == "dreambooth" else f"method = \"{cfg.method}\""
         out.append(("method", f"{what} is not yet available for {family.label} (its single-file checkpoint is not "
                               "written yet): train a LoRA (method = \"lora\" or \"dreambooth\") instead"))
+    if adaptor and cfg.train_text_encoder and not family.kohya_te_prefixes:
+        out.append(("train_text_encoder", f"train_text_encoder: {family.label}'s text encoder is an LLM, which its "
+                                          "LoRAs leave frozen (as diffusers' script does): set train_text_encoder = "
+                                          "false"))
     if cfg.flux_guidance_value != 1.0 and family.name != "flux1":
         out.append(("flux_guidance_value", f"flux_guidance_value is Flux.1 dev's guidance embedding; {family.label} "
                                            "has none"))

@@ -22,6 +22,12 @@ MODELS = {"flux1": "builtin:tiny-flux", "sd3": "builtin:tiny-sd3", "qwenimage": 
 FLUX_CHECKED_TARGETS = ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_k",
                         "transformer_blocks.0.attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
                         "attn.add_v_proj", "attn.to_add_out", "ff.net.2", "single_transformer_blocks.0.proj_out"]
+# Qwen-Image: every Linear (diffusers' default, the image stream's attention, barely moves a 4-step tiny image), so
+# the image check also covers diffusers' reading of every module name in the single file
+QWEN_CHECKED_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+                        "img_mod.1", "txt_mod.1", "net.0.proj", "net.2", "img_in", "txt_in", "linear_1", "linear_2",
+                        "norm_out.linear", "proj_out"]
+CHECKED_TARGETS = {"flux1": FLUX_CHECKED_TARGETS, "qwenimage": QWEN_CHECKED_TARGETS}
 BASE = dict(resolution=64, rank=4, lora_alpha=2, learning_rate=2e-3, lr_warmup_steps=0, seed=3,
             train_batch_size=2, max_train_steps=4, report_to="none")
 
@@ -58,7 +64,9 @@ def trained(data, tmp_path_factory):
     """One LoRA per family through accelerate launch (Flux with its CLIP's LoRA too), alpha 2 != rank 4."""
     out = tmp_path_factory.mktemp("runs")
     for family in MODELS:
-        extra = dict(train_text_encoder=True, lora_target_modules=FLUX_CHECKED_TARGETS) if family == "flux1" else {}
+        extra = dict(lora_target_modules=CHECKED_TARGETS[family]) if family in CHECKED_TARGETS else {}
+        if family == "flux1":
+            extra["train_text_encoder"] = True
         train(data, out, family, family, launch=True, **extra)
     return out
 
@@ -81,8 +89,7 @@ def test_lora_files_load_in_diffusers_and_give_the_same_image(family, trained):
     sd = load_file(str(run / "diffusers" / "pytorch_lora_weights.safetensors"))
     assert any(k.startswith("text_encoder.") for k in sd) == (family == "flux1")
     pipe = pipeline(family)
-    for component, targets in (("transformer", FLUX_CHECKED_TARGETS if family == "flux1"
-                                else FAMILIES[family].lora_default_targets),
+    for component, targets in (("transformer", CHECKED_TARGETS.get(family, FAMILIES[family].lora_default_targets)),
                                ("text_encoder", TEXT_ENCODER_TARGETS)):
         part = {k[len(component) + 1:]: v for k, v in sd.items() if k.startswith(component + ".")}
         if part:
@@ -131,24 +138,25 @@ def test_flux_trains_in_two_processes(data, tmp_path):
     assert (tmp_path / "ddp" / "ddp.safetensors").is_file()
 
 
-def test_compare_grid_draws_a_flux_run(trained, tmp_path):
+@pytest.mark.parametrize("family", ["flux1", "qwenimage"])
+def test_compare_grid_draws_a_dit_run(family, trained, tmp_path):
     from PIL import Image
 
     from engine.generate import compare_grid
 
-    result = compare_grid(None, trained / "flux1", ["a red square"], trigger="sks", steps=2, seed=1, guidance=3.0,
+    result = compare_grid(None, trained / family, ["a red square"], trigger="sks", steps=2, seed=1, guidance=3.0,
                           out=tmp_path / "grid.png")
-    assert result["cols"] == 3 and result["base"] == "builtin:tiny-flux"
+    assert result["cols"] == 3 and result["base"] == MODELS[family]
     base, adaptor = (np.asarray(Image.open(c), dtype=float) for c in result["cells"][0][:2])
     assert np.abs(base - adaptor).max() > 0  # the adaptor column is drawn with the LoRA
 
-    # img2img and inpainting through diffusers' Flux pipelines for those tasks, with the run's LoRA
+    # img2img and inpainting through diffusers' pipelines for those tasks, with the run's LoRA
     from engine.generate import img2img, inpaint
     Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "src.png")
     Image.new("L", (64, 64), 255).save(tmp_path / "mask.png")
     for task, extra in ((img2img, ()), (inpaint, (tmp_path / "mask.png",))):
         out = tmp_path / f"{task.__name__}.png"
-        result = task(None, trained / "flux1", "a red square", tmp_path / "src.png", *extra, steps=2, strength=0.8,
+        result = task(None, trained / family, "a red square", tmp_path / "src.png", *extra, steps=2, strength=0.8,
                       out=out)
         assert result["size"] == [64, 64] and Image.open(out).size == (64, 64)
 
@@ -158,6 +166,7 @@ def test_compare_grid_draws_a_flux_run(trained, tmp_path):
     ("flux1", "prediction_type", "v_prediction", "flow matching"),
     ("flux1", "noise_offset", 0.1, "flow matching"),
     ("flux1", "method", "full", "not yet available"),
+    ("qwenimage", "train_text_encoder", True, "LLM"),
 ])
 def test_options_of_the_other_objective_are_refused(data, tmp_path, family, key, value, says):
     proc = train(data, tmp_path, "x", family, expect_rc=2, **{key: value})
