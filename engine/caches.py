@@ -12,8 +12,7 @@ def latent_encoder(comps, device):
 
     @torch.no_grad()
     def encode(px: torch.Tensor) -> torch.Tensor:
-        lat = vae.encode(px.to(device, vae.dtype)).latent_dist.mode()
-        return ((lat - comps.vae_shift_factor) * comps.vae_scaling_factor).float().cpu()
+        return comps.family.encode_latents(comps, px.to(device, vae.dtype)).float().cpu()
 
     return encode
 

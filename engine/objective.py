@@ -29,8 +29,7 @@ def clean_latents(batch, comps, device, weight_dtype, gen) -> torch.Tensor:
         return batch["latents"].to(device, weight_dtype)
     px = batch["pixel_values"].to(device, comps.vae.dtype)
     with torch.no_grad():
-        latents = comps.vae.encode(px).latent_dist.sample(generator=posterior_generator(gen))
-    return ((latents - comps.vae_shift_factor) * comps.vae_scaling_factor).to(weight_dtype)
+        return comps.family.encode_latents(comps, px, posterior_generator(gen)).to(weight_dtype)
 
 
 def drop_captions(cfg, captions: list[str], gen) -> list[str]:

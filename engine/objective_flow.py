@@ -136,7 +136,8 @@ def option_problems(cfg, family) -> list[tuple[str, str]]:
                               "written yet): train a LoRA (method = \"lora\" or \"dreambooth\") instead"))
     if (adaptor or full) and cfg.train_text_encoder and not family.kohya_te_prefixes:
         out.append(("train_text_encoder", f"train_text_encoder: {family.label}'s text encoder is an LLM, which is "
-                                          "not trained here: set train_text_encoder = false"))
+                                          "not trained here (as diffusers' scripts leave it): set "
+                                          "train_text_encoder = false"))
     if cfg.flux_guidance_value != 1.0 and family.name != "flux1":
         out.append(("flux_guidance_value", f"flux_guidance_value is Flux.1 dev's guidance embedding; {family.label} "
                                            "has none"))

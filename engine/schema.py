@@ -41,7 +41,7 @@ FIELDS: list[Field] = [
     _f("revision", str, None, "model", "Hub revision of the base model.", optional=True),
     _f("variant", str, None, "model", "Weight variant of the base model, e.g. fp16.", optional=True),
     _f("model_family", str, "auto", "model", "Model family; auto detects it from the model.",
-       choices=("auto", "sd1", "sd2", "sdxl", "sd3", "flux1", "zimage")),
+       choices=("auto", "sd1", "sd2", "sdxl", "sd3", "flux1", "zimage", "qwenimage")),
     _f("method", str, "lora", "model", "What to train: lora (an adaptor file) or full (every UNet weight, and "
        "the text encoder's with train_text_encoder; writes a whole diffusers pipeline), dreambooth (a subject "
        "from instance_prompt, LoRA unless dreambooth_full) or textual_inversion (new token embeddings).",

@@ -1,4 +1,4 @@
-"""ComfyUI's LoRA key rules for Flux.1, SD3 and Z-Image, ported small so tests can ask "would ComfyUI load this key, into
+"""ComfyUI's LoRA key rules for Flux.1, SD3, Z-Image and Qwen-Image, ported small so tests can ask "would ComfyUI load this key, into
 which weight, and what delta would it add?" without ComfyUI installed.
 
 Ported from Comfy-Org/ComfyUI (GPL-3.0), as stored at:
@@ -12,6 +12,7 @@ Ported from Comfy-Org/ComfyUI (GPL-3.0), as stored at:
 The BFL / SAI weight shapes follow comfy/ldm/flux/layers.py and comfy/ldm/modules/diffusionmodules/mmdit.py; Z-Image's
 are the released checkpoint's (ComfyUI loads it as is; diffusers' convert_z_image_transformer_checkpoint_to_diffusers
 only renames it and splits attention.qkv).
+Qwen-Image's follow comfy/ldm/qwen_image/model.py (comfyanonymous/ComfyUI @ 01f4512b), which keeps diffusers' names.
 """
 from __future__ import annotations
 
@@ -109,6 +110,30 @@ def zimage_weights(c: dict) -> dict[str, tuple]:
     return w
 
 
+def qwenimage_config(cfg) -> dict:
+    """What ComfyUI's QwenImageTransformer2DModel is built from, for a diffusers config."""
+    return dict(hidden=cfg.num_attention_heads * cfg.attention_head_dim, depth=cfg.num_layers,
+                in_channels=cfg.in_channels, out=cfg.patch_size ** 2 * cfg.out_channels,
+                context_in_dim=cfg.joint_attention_dim)
+
+
+def qwenimage_weights(c: dict) -> dict[str, tuple]:
+    """The Linear weights of ComfyUI's Qwen-Image model (the RMSNorms have no LoRA)."""
+    h = c["hidden"]
+    w = {"img_in.weight": (h, c["in_channels"]), "txt_in.weight": (h, c["context_in_dim"]),
+         "time_text_embed.timestep_embedder.linear_1.weight": (h, 256),
+         "time_text_embed.timestep_embedder.linear_2.weight": (h, h), "norm_out.linear.weight": (2 * h, h),
+         "proj_out.weight": (c["out"], h)}
+    for i in range(c["depth"]):
+        b = f"transformer_blocks.{i}"
+        for q in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to_out.0", "to_add_out"):
+            w[f"{b}.attn.{q}.weight"] = (h, h)
+        for s in ("img", "txt"):
+            w.update({f"{b}.{s}_mod.1.weight": (6 * h, h), f"{b}.{s}_mlp.net.0.proj.weight": (4 * h, h),
+                      f"{b}.{s}_mlp.net.2.weight": (h, 4 * h)})
+    return w
+
+
 # ---- comfy.utils: diffusers weight -> ComfyUI target ---------------------------------------------------------
 
 def flux_to_diffusers(c: dict, prefix: str = "diffusion_model.") -> dict:
@@ -196,11 +221,13 @@ def z_image_to_diffusers(c: dict, prefix: str = "diffusion_model.") -> dict:
 # ---- comfy/lora.py model_lora_keys_unet: LoRA stem -> target -------------------------------------------------
 
 def _weights(arch: str, c: dict) -> dict[str, tuple]:
-    return {"flux": flux_weights, "sd3": mmdit_weights, "zimage": zimage_weights}[arch](c)
+    return {"flux": flux_weights, "sd3": mmdit_weights, "zimage": zimage_weights, "qwenimage": qwenimage_weights}[arch](c)
 
 
 def diffusers_map(arch: str, c: dict) -> dict:
     """comfy.utils' diffusers weight -> ComfyUI target table for the architecture."""
+    if arch == "qwenimage":  # Qwen-Image's names are diffusers' own
+        return {k: "diffusion_model." + k for k in qwenimage_weights(c)}
     return {"flux": flux_to_diffusers, "sd3": mmdit_to_diffusers, "zimage": z_image_to_diffusers}[arch](c)
 
 
@@ -221,12 +248,17 @@ def lora_key_map(arch: str, c: dict) -> dict:
             stem = k[:-len(".weight")]
             for name in (f"diffusion_model.{stem}", f"transformer.{stem}", "lycoris_" + stem.replace(".", "_"), stem):
                 key_map[name] = to
-    else:
+    elif arch == "flux":
         for k, to in flux_to_diffusers(c).items():
             stem = k[:-len(".weight")]
             for name in (f"transformer.{stem}", "lycoris_" + stem.replace(".", "_"),
                          "lora_transformer_" + stem.replace(".", "_"), stem):
                 key_map[name] = to
+    else:  # QwenImage: its own weight names, bare, under `transformer.` and SimpleTuner's lycoris_
+        for k in weights:
+            stem = k[:-len(".weight")]
+            for name in (stem, f"transformer.{stem}", "lycoris_" + stem.replace(".", "_")):
+                key_map[name] = "diffusion_model." + k
     return key_map
 
 

@@ -197,3 +197,21 @@ def test_a_missing_shipped_builtin_says_how_to_get_it_back(monkeypatch, tmp_path
     monkeypatch.setitem(builtin.SHIPPED, "toy", tmp_path / "not-here")
     with pytest.raises(ValueError, match="missing from this checkout.*python -m engine.builtin.toy build"):
         resolve_builtin("builtin:toy")
+
+
+def test_qwen_tokenizer_makes_the_template_the_tokens_the_pipeline_drops(tmp_path):
+    """QwenImagePipeline drops its template's first 34 tokens (Qwen's tokenizer spells it so); the tiny tokenizer
+    must too, or the tiny model's embeddings would keep template tokens or lose prompt ones."""
+    from diffusers import QwenImagePipeline
+    from transformers import Qwen2Tokenizer
+
+    from engine.builtin.tiny_dit import QWEN_TEMPLATE, build_qwen_tokenizer
+
+    pipe = QwenImagePipeline(scheduler=None, vae=None, text_encoder=None, tokenizer=None, transformer=None)
+    assert pipe.prompt_template_encode == QWEN_TEMPLATE
+    build_qwen_tokenizer().save_pretrained(tmp_path)
+    tok = Qwen2Tokenizer.from_pretrained(tmp_path)
+    prefix = QWEN_TEMPLATE.split("{}")[0]
+    assert len(tok(prefix).input_ids) == pipe.prompt_template_encode_start_idx == 34
+    ids = tok(QWEN_TEMPLATE.format("a red square")).input_ids
+    assert tok.convert_ids_to_tokens(ids[34:37]) == ["a", "Ġred", "Ġsquare"]

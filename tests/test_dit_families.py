@@ -15,13 +15,20 @@ from engine.events import read_events
 
 pytestmark = pytest.mark.slow
 
-MODELS = {"flux1": "builtin:tiny-flux", "sd3": "builtin:tiny-sd3", "zimage": "builtin:tiny-zimage"}
+MODELS = {"flux1": "builtin:tiny-flux", "sd3": "builtin:tiny-sd3", "zimage": "builtin:tiny-zimage",
+          "qwenimage": "builtin:tiny-qwenimage"}
 # diffusers splits a Flux single file's single-block linear1 only at Flux.1's full size (keys_flux1): the files'
 # image check trains the double blocks' fused q/k/v and a single block's linear2 (ComfyUI's rules for the default
 # targets of the full-size models: tests/test_keys_dit.py)
 FLUX_CHECKED_TARGETS = ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_k",
                         "transformer_blocks.0.attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
                         "attn.add_v_proj", "attn.to_add_out", "ff.net.2", "single_transformer_blocks.0.proj_out"]
+# Qwen-Image: every Linear (diffusers' default, the image stream's attention, barely moves a 4-step tiny image), so
+# the image check also covers diffusers' reading of every module name in the single file
+QWEN_CHECKED_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+                        "img_mod.1", "txt_mod.1", "net.0.proj", "net.2", "img_in", "txt_in", "linear_1", "linear_2",
+                        "norm_out.linear", "proj_out"]
+CHECKED_TARGETS = {"flux1": FLUX_CHECKED_TARGETS, "qwenimage": QWEN_CHECKED_TARGETS}
 BASE = dict(resolution=64, rank=4, lora_alpha=2, learning_rate=2e-3, lr_warmup_steps=0, seed=3,
             train_batch_size=2, max_train_steps=4, report_to="none")
 
@@ -58,7 +65,9 @@ def trained(data, tmp_path_factory):
     """One LoRA per family through accelerate launch (Flux with its CLIP's LoRA too), alpha 2 != rank 4."""
     out = tmp_path_factory.mktemp("runs")
     for family in MODELS:
-        extra = dict(train_text_encoder=True, lora_target_modules=FLUX_CHECKED_TARGETS) if family == "flux1" else {}
+        extra = dict(lora_target_modules=CHECKED_TARGETS[family]) if family in CHECKED_TARGETS else {}
+        if family == "flux1":
+            extra["train_text_encoder"] = True
         train(data, out, family, family, launch=True, **extra)
     return out
 
@@ -81,8 +90,7 @@ def test_lora_files_load_in_diffusers_and_give_the_same_image(family, trained):
     sd = load_file(str(run / "diffusers" / "pytorch_lora_weights.safetensors"))
     assert any(k.startswith("text_encoder.") for k in sd) == (family == "flux1")
     pipe = pipeline(family)
-    for component, targets in (("transformer", FLUX_CHECKED_TARGETS if family == "flux1"
-                                else FAMILIES[family].lora_default_targets),
+    for component, targets in (("transformer", CHECKED_TARGETS.get(family, FAMILIES[family].lora_default_targets)),
                                ("text_encoder", TEXT_ENCODER_TARGETS)):
         part = {k[len(component) + 1:]: v for k, v in sd.items() if k.startswith(component + ".")}
         if part:
@@ -105,8 +113,15 @@ def test_resume_is_exact(data, tmp_path):
     assert max((full[k] - resumed[k]).abs().max().item() for k in full) < 1e-6
 
 
-@pytest.mark.parametrize("family", ["sd3", "zimage"])  # zimage: captions of different token counts, padded
-def test_text_encoder_cache_gives_the_same_losses(data, tmp_path, family):
+@pytest.mark.parametrize("family", ["sd3", "zimage", "qwenimage"])
+def test_text_encoder_cache_gives_the_same_losses(family, data, tmp_path):
+    """Captions of different lengths: an LLM encoder's embeddings vary in length (Qwen-Image pads them and
+    carries the mask), so batches mix lengths."""
+    import shutil
+    shutil.copytree(data, tmp_path / "data")
+    (tmp_path / "data" / "img1.txt").write_text("a photo of a green square on a white background, high quality")
+    (tmp_path / "data" / "img2.txt").write_text("blue")
+    data = tmp_path / "data"
     train(data, tmp_path, "plain", family)
     proc = train(data, tmp_path, "cached", family, cache_text_encoder_outputs=True)
     assert "text-encoder cache: 4 captions encoded" in proc.stdout
@@ -124,8 +139,8 @@ def test_flux_trains_in_two_processes(data, tmp_path):
     assert (tmp_path / "ddp" / "ddp.safetensors").is_file()
 
 
-@pytest.mark.parametrize("family", ["flux1", "zimage"])
-def test_compare_grid_draws_a_run(trained, tmp_path, family):
+@pytest.mark.parametrize("family", ["flux1", "zimage", "qwenimage"])
+def test_compare_grid_draws_a_dit_run(family, trained, tmp_path):
     from PIL import Image
 
     from engine.generate import compare_grid
@@ -154,6 +169,7 @@ def test_compare_grid_draws_a_run(trained, tmp_path, family):
     ("flux1", "method", "textual_inversion", "not yet available"),
     ("zimage", "method", "full", "not yet available"),
     ("zimage", "train_text_encoder", True, "LLM"),
+    ("qwenimage", "train_text_encoder", True, "LLM"),
 ])
 def test_options_of_the_other_objective_are_refused(data, tmp_path, family, key, value, says):
     proc = train(data, tmp_path, "x", family, expect_rc=2, **{key: value})
@@ -170,7 +186,7 @@ def test_flow_options_are_refused_for_a_unet_family(data, tmp_path):
 
 
 @pytest.mark.parametrize("preset,family", [("flux1-dev-lora", "flux1"), ("sd35-large-lora", "sd3"),
-                                           ("zimage-lora", "zimage")])
+                                           ("zimage-lora", "zimage"), ("qwenimage-lora", "qwenimage")])
 def test_dit_presets_train_on_the_tiny_builtin(preset, family, data, tmp_path):
     """Every setting a DiT preset makes (bf16, cached text encoders and latents, gradient checkpointing, the
     flow options) is one its family trains with: the preset on the family's tiny built-in, two steps."""
@@ -180,7 +196,7 @@ def test_dit_presets_train_on_the_tiny_builtin(preset, family, data, tmp_path):
         pretrained_model_name_or_path=MODELS[family], train_data_dir=data, output_dir=tmp_path, resolution=64,
         max_train_steps=2, gradient_accumulation_steps=1, validation_prompt="", report_to="none"), launch=False)
     name = {"flux1-dev-lora": "flux1-dev-sks-dog", "sd35-large-lora": "sd35-large-sks-dog",
-            "zimage-lora": "zimage-sks-dog"}[preset]
+            "zimage-lora": "zimage-sks-dog", "qwenimage-lora": "qwenimage-sks-dog"}[preset]
     assert read_events(tmp_path / name / "events.jsonl")[-1]["type"] == "done"
     assert "text-encoder cache: 4 captions encoded" in proc.stdout and "latent cache" in proc.stdout, proc.stdout
 

@@ -28,6 +28,7 @@ def test_sd2_is_told_apart_by_its_1024_wide_text_encoder(tmp_path):
     ("conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight", "sdxl"),
     ("cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", "sd2"),
     ("cond_stage_model.transformer.text_model.embeddings.position_ids", "sd1"),
+    ("model.diffusion_model.transformer_blocks.0.img_mod.1.weight", "qwenimage"),  # ComfyUI's Qwen-Image file
 ])
 def test_single_file_family_from_its_keys(tmp_path, key, family):
     f = tmp_path / "model.safetensors"

@@ -1,22 +1,24 @@
-"""The Flux.1, SD3 and Z-Image single-file LoRA key maps, checked against ComfyUI's rules (ported in comfy_lora_rules) and
+"""The Flux.1, SD3, Z-Image and Qwen-Image single-file LoRA key maps, checked against ComfyUI's rules (ported in comfy_lora_rules) and
 diffusers' own loaders: full-size models on the meta device for every key and shape, tiny ones for the numbers."""
 import copy
 
 import pytest
 import torch
-from diffusers import (FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel,
-                       StableDiffusion3Pipeline, ZImagePipeline, ZImageTransformer2DModel)
+from diffusers import (FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel, QwenImagePipeline,
+                       QwenImageTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline, ZImagePipeline,
+                       ZImageTransformer2DModel)
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from safetensors.torch import save_file
 
 from engine.families.keys import flux1 as keys_flux1
+from engine.families.keys import qwenimage as keys_qwenimage
 from engine.families.keys import sd3 as keys_sd3
 from engine.families.keys import zimage as keys_zimage
 from engine.methods.lora import module_alphas
 from tests import comfy_lora_rules as comfy
 
 # Published transformer configs (black-forest-labs/FLUX.1-dev, stabilityai/stable-diffusion-3.5-large,
-# -3.5-medium, -3-medium-diffusers, Tongyi-MAI/Z-Image-Turbo), written here so nothing is downloaded.
+# -3.5-medium, -3-medium-diffusers, Tongyi-MAI/Z-Image-Turbo, Qwen/Qwen-Image), written here so nothing is downloaded.
 FLUX1_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
                  num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
                  axes_dims_rope=(16, 56, 56))
@@ -35,6 +37,8 @@ Z_IMAGE = dict(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=3
                t_scale=1000.0, axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512])
 TINY_ZIMAGE = dict(in_channels=16, dim=32, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=24,
                    axes_dims=[8, 4, 4], axes_lens=[64, 32, 32])
+QWEN_IMAGE = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
+                  num_attention_heads=24, joint_attention_dim=3584, guidance_embeds=False, axes_dims_rope=(16, 56, 56))
 TINY_FLUX = dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
                  num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6),
                  guidance_embeds=True)
@@ -42,6 +46,8 @@ TINY_FLUX = dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1
 TINY_SD3 = dict(sample_size=16, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=64,
                 num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=128, pooled_projection_dim=32,
                 out_channels=16, pos_embed_max_size=32, qk_norm="rms_norm", dual_attention_layers=(0,))
+TINY_QWEN = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=2, attention_head_dim=16,
+                 num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(8, 4, 4))
 # a part of a fused qkv trained at another rank and scale: the fused file must still give each its own scale
 PATTERNS = dict(rank_pattern={"attn.to_k": 2}, alpha_pattern={"attn.to_k": 3.0})
 ZIMAGE_PATTERNS = dict(rank_pattern={"attention.to_k": 2}, alpha_pattern={"attention.to_k": 3.0})
@@ -135,6 +141,23 @@ def test_zimage_every_key_loads_in_comfyui(targets):
         assert len(stems(out)) == blocks * 4
     else:  # + the feed-forwards, the modulations (not in context_refiner) and the 6 top-level Linears
         assert len(stems(out)) == blocks * 7 + 32 + 6
+
+
+@pytest.mark.parametrize("targets", ["default", "all"])
+def test_qwenimage_every_key_loads_in_comfyui_and_diffusers(targets):
+    chosen = keys_qwenimage.DEFAULT_TARGETS if targets == "default" else "all"
+    model, sd, alphas = meta_lora(QwenImageTransformer2DModel, QWEN_IMAGE, chosen)
+    out = keys_qwenimage.to_single_file(sd, alphas)
+    assert_comfy_loads_all(out, "qwenimage", comfy.qwenimage_config(model.config))
+    assert len(out) == len(sd) // 2 * 3  # down, up and alpha per module
+    # diffusers' converter puts every module back under its own name (shapes only: the tensors are on meta)
+    loaded = QwenImagePipeline.lora_state_dict(out)
+    assert set(loaded) == {f"transformer.{k}" for k in sd}
+    assert all(loaded[f"transformer.{k}"].shape == v.shape for k, v in sd.items())
+    if targets == "default":  # diffusers' list: the image stream's q, k, v and out in each of the 60 blocks
+        assert len(sd) // 2 == 60 * 4
+    else:  # 14 Linears per block + img_in, txt_in, the timestep embedder's two, norm_out.linear, proj_out
+        assert len(sd) // 2 == 60 * 14 + 6
 
 
 # ---- tiny models, real numbers ----------------------------------------------------------------------------------
@@ -295,19 +318,42 @@ def test_zimage_tiny_comfyui_and_diffusers_match_peft(tmp_path):
     assert_same_output(base, trained, pipe.transformer, zimage_inputs())
 
 
+def qwenimage_inputs():
+    gen = torch.Generator().manual_seed(1)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 3:] = False  # a shorter prompt, as QwenImagePipeline pads a batch
+    return dict(hidden_states=torch.randn(2, 16, 64, generator=gen),
+                encoder_hidden_states=torch.randn(2, 5, 32, generator=gen), encoder_hidden_states_mask=mask,
+                timestep=torch.tensor([0.6, 0.3]), img_shapes=[(1, 4, 4)] * 2, return_dict=False)
+
+
+def test_qwenimage_tiny_comfyui_and_diffusers_match_peft(tmp_path):
+    model = QwenImageTransformer2DModel(**TINY_QWEN)
+    base, trained, sd, alphas = tiny(QwenImageTransformer2DModel, TINY_QWEN, adapted_layers(model), **PATTERNS)
+    out = keys_qwenimage.to_single_file(sd, alphas)
+    assert_comfy_deltas_match(out, trained, "qwenimage", comfy.qwenimage_config(trained.config))
+    save_file(out, tmp_path / "lora.safetensors")
+    pipe = QwenImagePipeline(transformer=copy.deepcopy(base), scheduler=FlowMatchEulerDiscreteScheduler(), vae=None,
+                             text_encoder=None, tokenizer=None)
+    pipe.load_lora_weights(str(tmp_path / "lora.safetensors"))
+    assert_same_output(base, trained, pipe.transformer, qwenimage_inputs())
+
+
 # ---- refusals ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("writer, module", [
     (keys_flux1, "transformer_blocks.0.attn.norm_q"), (keys_flux1, "single_transformer_blocks.0.attn.to_out.0"),
     (keys_flux1, "pos_embed.proj"), (keys_sd3, "transformer_blocks.0.attn.norm_q"), (keys_sd3, "x_embedder"),
-    (keys_zimage, "layers.0.attention.norm_q"), (keys_zimage, "all_x_embedder.4-1")])
+    (keys_zimage, "layers.0.attention.norm_q"), (keys_zimage, "all_x_embedder.4-1"),
+
+    (keys_qwenimage, "transformer_blocks.0.attn.norm_q"), (keys_qwenimage, "x_embedder")])
 def test_unmappable_module_is_named(writer, module):
     sd = {f"{module}.lora_A.weight": torch.zeros(4, 8), f"{module}.lora_B.weight": torch.zeros(8, 4)}
     with pytest.raises(ValueError, match=module.replace(".", r"\.")):
         writer.to_single_file(sd, {module: (2.0, 4)})
 
 
-@pytest.mark.parametrize("writer", [keys_flux1, keys_sd3, keys_zimage])
+@pytest.mark.parametrize("writer", [keys_flux1, keys_sd3, keys_zimage, keys_qwenimage])
 def test_lycoris_and_dora_are_refused(writer):
     module = "transformer_blocks.0.attn.to_q"
     loha = {f"{module}.hada_w1_a": torch.zeros(8, 4), f"{module}.hada_w1_b": torch.zeros(4, 8)}

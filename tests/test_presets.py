@@ -13,9 +13,8 @@ from engine.paths import user_presets_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ["toy-dreambooth", "toy-full", "toy-lora", "toy-style-lora", "toy-textual-inversion", "flux1-dev-lora",
-           "flux1-dev-lora-12gb",
-           "sd15-lora", "sd15-transformerlab", "sd35-large-lora", "sd35-medium-lora", "sdxl-dreambooth-lora",
-           "sdxl-lora", "zimage-lora"]
+           "flux1-dev-lora-12gb", "qwenimage-lora", "sd15-lora", "sd15-transformerlab", "sd35-large-lora",
+           "sd35-medium-lora", "sdxl-dreambooth-lora", "sdxl-lora", "zimage-lora"]
 
 
 @pytest.fixture(autouse=True)

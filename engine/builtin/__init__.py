@@ -18,7 +18,7 @@ from engine.builtin import toy
 from engine.builtin.fullsize import build_random_sd15, build_random_sdxl
 from engine.builtin.random_dit import RANDOM_MARKER, build_random_flux1, build_random_sd35
 from engine.builtin.tiny import build_tiny_sd, build_tiny_sdxl
-from engine.builtin.tiny_dit import build_tiny_flux, build_tiny_sd3, build_tiny_zimage
+from engine.builtin.tiny_dit import build_tiny_flux, build_tiny_qwenimage, build_tiny_sd3, build_tiny_zimage
 from engine.paths import cache_root
 
 BUILTIN_PREFIX = "builtin:"
@@ -29,6 +29,7 @@ BUILTINS: dict[str, Callable[[Path], None]] = {
     "tiny-flux": build_tiny_flux,
     "tiny-sd3": build_tiny_sd3,
     "tiny-zimage": build_tiny_zimage,
+    "tiny-qwenimage": build_tiny_qwenimage,
     # full-size shapes with random weights, for benchmarks (GBs: built only when asked for)
     "random-sd15": build_random_sd15,
     "random-sdxl": build_random_sdxl,
@@ -41,8 +42,8 @@ BUILTINS: dict[str, Callable[[Path], None]] = {
 SHIPPED: dict[str, Path] = {"toy": toy.SHIPPED}
 
 # Bump a recipe's version when its builder changes: caches built from an older recipe are rebuilt.
-RECIPE_VERSIONS: dict[str, int] = {"tiny-sd": 1, "tiny-sdxl": 1, "tiny-flux": 1, "tiny-sd3": 1, "random-sd15": 1, "random-sdxl": 1,
-                                   "random-flux1": 1, "random-sd35": 1}
+RECIPE_VERSIONS: dict[str, int] = {"tiny-sd": 1, "tiny-sdxl": 1, "tiny-flux": 1, "tiny-sd3": 1, "tiny-qwenimage": 1,
+                                   "random-sd15": 1, "random-sdxl": 1, "random-flux1": 1, "random-sd35": 1}
 _STAMP = ".recipe"
 
 # Only finished builds are renamed into place, so a cached folder holding this file is complete.

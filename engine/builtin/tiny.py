@@ -69,15 +69,16 @@ def _merge_pair(seq: list[str], pair: tuple[str, str]) -> list[str]:
     return out
 
 
-def _train_merges(words: list[str], byte_chars: dict[int, str]) -> list[tuple[str, str]]:
+def _train_merges(words: list[str], byte_chars: dict[int, str], end_of_word: str = "</w>"
+                  ) -> list[tuple[str, str]]:
     """Greedy BPE until every word is one token. Most frequent pair first, ties broken on the pair
     itself, so it is deterministic. Pair counts are updated incrementally (a heap with lazy
     deletion) because recounting every word each round took ~0.4 s."""
-    # Each word as its byte characters, the last one carrying CLIP's end-of-word marker.
+    # Each word as its byte characters, the last one carrying the end-of-word marker (CLIP's; Qwen has none).
     seqs = []
     for w in dict.fromkeys(words):  # dedupe, keep order
         chars = [byte_chars[b] for b in w.encode("utf-8")]
-        chars[-1] += "</w>"
+        chars[-1] += end_of_word
         seqs.append(chars)
     counts: Counter = Counter()
     where: dict[tuple[str, str], set[int]] = defaultdict(set)

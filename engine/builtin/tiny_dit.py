@@ -1,4 +1,4 @@
-"""Tiny random DiT pipelines (Flux.1, SD3, Z-Image), built offline from configs in seconds, for tests.
+"""Tiny random DiT pipelines (Flux.1, SD3, Z-Image, Qwen-Image), built offline from configs in seconds, for tests.
 
 The shapes follow the real models where the code paths depend on them: a 16-channel VAE without quant convs,
 CLIP (pooled) + T5 (sequence) text encoders, Flux's 2x2 latent packing and guidance embedding, SD3's two CLIPs
@@ -111,7 +111,7 @@ QWEN3_CHAT_TEMPLATE = (
     "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}")
 
 
-def build_qwen_tokenizer():
+def build_qwen3_tokenizer():
     """A small byte-level BPE in Qwen2Tokenizer's layout: the 256 byte characters, each built-in word as one token
     (with and without its leading space, "Ġ"), and Qwen's special tokens; any text still tokenizes."""
     from transformers import Qwen2Tokenizer
@@ -140,7 +140,7 @@ def build_tiny_zimage(path: str | os.PathLike) -> None:
     from transformers import Qwen3Config, Qwen3Model
 
     with _seeded():
-        tokenizer = build_qwen_tokenizer()
+        tokenizer = build_qwen3_tokenizer()
         text_encoder = Qwen3Model(Qwen3Config(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=64,
                                               num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
                                               head_dim=16, max_position_embeddings=512))
@@ -153,4 +153,78 @@ def build_tiny_zimage(path: str | os.PathLike) -> None:
             transformer.cap_pad_token.normal_(0, 0.02)
         pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(**ZIMAGE_SCHEDULER), vae=_vae16(0.3611, 0.1159),
                               text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
+        pipe.save_pretrained(Path(path), safe_serialization=True)
+
+
+# Qwen-Image's prompt template (QwenImagePipeline.prompt_template_encode): its words are single tokens in the tiny
+# tokenizer, as in Qwen's, so the template before the prompt is the 34 tokens the pipeline drops.
+QWEN_TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, "
+                 "text, spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}"
+                 "<|im_end|>\n<|im_start|>assistant\n")
+QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+QWEN_MAX_LENGTH = 32  # the tiny model's max_sequence_length (Qwen-Image's default is 512)
+# Qwen/Qwen-Image's scheduler: resolution-dependent exponential shift, stretched to a terminal sigma of 0.02
+QWEN_SCHEDULER = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
+                      base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02,
+                      time_shift_type="exponential")
+
+
+def build_qwen_tokenizer():
+    """A small byte-level BPE Qwen2Tokenizer: Qwen's pre-tokenizer (the class builds it), the 256 byte characters,
+    merges that make each built-in word and template word one token (with and without its leading space), and
+    Qwen's chat special tokens."""
+    import re
+
+    from tokenizers import AddedToken
+    from transformers import Qwen2Tokenizer
+
+    from engine.builtin.tiny import _bytes_to_unicode, _train_merges
+
+    words = re.findall(r"[A-Za-z]+", QWEN_TEMPLATE.replace("<|im_start|>", " ").replace("<|im_end|>", " ")) + _WORDS
+    byte_chars = _bytes_to_unicode()
+    merges = _train_merges([p + w for w in words for p in ("", " ")], byte_chars, end_of_word="")
+    vocab: dict[str, int] = {c: i for i, c in enumerate(byte_chars.values())}
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    for special in QWEN_SPECIAL:
+        vocab[special] = len(vocab)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, model_max_length=QWEN_MAX_LENGTH)
+    tok.add_tokens([AddedToken(t, special=True) for t in QWEN_SPECIAL[1:]])
+    return tok
+
+
+def _qwen_text_encoder(tokenizer):
+    """A tiny Qwen2.5-VL (its vision tower too, unused for text), 32 wide: the transformer's joint_attention_dim."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    ids = dict(bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+               eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tokenizer.pad_token_id)
+    n = len(tokenizer)  # the vision ids lie outside the vocabulary: text never holds them
+    config = Qwen2_5_VLConfig(
+        text_config=dict(hidden_size=HIDDEN, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, vocab_size=n, rope_theta=1000000.0,
+                         rope_scaling={"mrope_section": [2, 3, 3], "rope_type": "default", "type": "default"}, **ids),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=HIDDEN),
+        hidden_size=HIDDEN, vocab_size=n, vision_start_token_id=n, vision_end_token_id=n + 1, vision_token_id=n + 2,
+        image_token_id=n + 3, video_token_id=n + 4, **ids)
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def build_tiny_qwenimage(path: str | os.PathLike) -> None:
+    """Tiny Qwen-Image-like pipeline: Qwen2.5-VL text encoder, 8x video VAE with 16 latent channels and Qwen's
+    per-channel latents_mean / latents_std (the class defaults), packed latents, Qwen-Image's scheduler."""
+    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
+                           QwenImageTransformer2DModel)
+
+    with _seeded():
+        tokenizer = build_qwen_tokenizer()
+        # 8x down like Qwen's (three downsamples), 8 channels throughout: CPU 3D convolutions are slow
+        vae = AutoencoderKLQwenImage(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                     temperal_downsample=[False, True, True])
+        transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=2,
+                                                  attention_head_dim=16, num_attention_heads=2,
+                                                  joint_attention_dim=HIDDEN, axes_dims_rope=(8, 4, 4))
+        pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(**QWEN_SCHEDULER), vae=vae,
+                                 text_encoder=_qwen_text_encoder(tokenizer), tokenizer=tokenizer,
+                                 transformer=transformer)
         pipe.save_pretrained(Path(path), safe_serialization=True)

@@ -5,15 +5,17 @@ from pathlib import Path
 
 from .base import Components, Family, ModelError, ModelSource, read_json, resolve_source, safetensors_keys
 from .flux1 import Flux1Family
+from .qwenimage import QwenImageFamily
 from .sd import SD2Family, SDFamily
 from .sd3 import SD3Family
 from .sdxl import SDXLFamily
 from .zimage import ZImageFamily
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (SDFamily(), SD2Family(), SDXLFamily(), SD3Family(),
-                                                   Flux1Family(), ZImageFamily())}
+                                                   Flux1Family(), ZImageFamily(), QwenImageFamily())}
 # pipeline class names -> family, for the families a model_index.json names outright
-PIPELINE_FAMILIES = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux1", "ZImagePipeline": "zimage"}
+PIPELINE_FAMILIES = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux1", "ZImagePipeline": "zimage",
+                     "QwenImagePipeline": "qwenimage"}
 
 
 def _family_from_configs(model_index: dict, text_encoder_cfg: dict | None) -> str:
@@ -38,6 +40,9 @@ def _family_from_single_file(path: str) -> str | None:
         return "flux1"
     if any(k.startswith(("joint_blocks.", "model.diffusion_model.joint_blocks.")) for k in keys):
         return "sd3"
+    if any(k.startswith(("transformer_blocks.0.img_mod.", "model.diffusion_model.transformer_blocks.0.img_mod."))
+           for k in keys):
+        return "qwenimage"
     if any(k.startswith("conditioner.embedders.1") for k in keys):
         return "sdxl"
     if any(k.startswith("cond_stage_model.model.") for k in keys):

@@ -133,6 +133,13 @@ class Family:
         (1 = the last layer)."""
         raise NotImplementedError
 
+    def encode_latents(self, comps: Components, px: torch.Tensor, generator=None) -> torch.Tensor:
+        """Pixels [B, 3, H, W] -> latents [B, C, h, w] normalised as the denoiser sees them: the posterior's mode,
+        or a draw from it with `generator` (training without a latent cache)."""
+        dist = comps.vae.encode(px).latent_dist
+        latents = dist.mode() if generator is None else dist.sample(generator=generator)
+        return (latents - comps.vae_shift_factor) * comps.vae_scaling_factor
+
     def added_cond(self, comps: Components, batch: dict, pooled, device, dtype) -> dict | None:
         return None
 
@@ -171,10 +178,12 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
                      truncation=True, return_tensors="pt").input_ids
 
 
-def load_vae(cfg, source: ModelSource, dtype: torch.dtype):
-    """The model's VAE, or the override (a folder/hub id with config.json, a folder with vae/, or a file)."""
+def load_vae(cfg, source: ModelSource, dtype: torch.dtype, cls=None):
+    """The model's VAE (an AutoencoderKL unless the family names its class), or the override (a folder/hub id with
+    config.json, a folder with vae/, or a file)."""
     from diffusers import AutoencoderKL
 
+    cls = cls or AutoencoderKL
     override = cfg.pretrained_vae_model_name_or_path
     try:
         if override:
@@ -184,16 +193,16 @@ def load_vae(cfg, source: ModelSource, dtype: torch.dtype):
                     raise ModelError(f"VAE {p} is a pickle file; convert it to .safetensors or set allow_pickle")
                 if p.suffix.lower() == ".safetensors":
                     safetensors_keys(p, "pretrained_vae_model_name_or_path")
-                return AutoencoderKL.from_single_file(str(p), torch_dtype=dtype)
+                return cls.from_single_file(str(p), torch_dtype=dtype)
             sub = "vae" if (p / "vae" / "config.json").is_file() else None
             if not p.exists() and (override.startswith((".", "/", "~")) or override.count("/") != 1):
                 raise ModelError(f"VAE {override!r} not found: no such file or folder")
-            return AutoencoderKL.from_pretrained(override, subfolder=sub, torch_dtype=dtype)
+            return cls.from_pretrained(override, subfolder=sub, torch_dtype=dtype)
         from engine.builtin.random_dit import is_random, random_model
         if is_random(source.location):
-            return random_model(AutoencoderKL, source.location, "vae", dtype)
-        return AutoencoderKL.from_pretrained(source.location, subfolder="vae", revision=cfg.revision,
-                                             variant=cfg.variant, torch_dtype=dtype)
+            return random_model(cls, source.location, "vae", dtype)
+        return cls.from_pretrained(source.location, subfolder="vae", revision=cfg.revision,
+                                 variant=cfg.variant, torch_dtype=dtype)
     except ModelError:
         raise
     except OSError as e:

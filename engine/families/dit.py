@@ -20,7 +20,8 @@ class FlowFamily(Family):
     transformer_class = "?"  # a diffusers class name
     default_weighting = "none"  # weighting_scheme when the config leaves it unset
     default_max_sequence_length = 512
-    t5_name = "text_encoder_2"  # the T5's component name
+    t5_name = "text_encoder_2"  # the T5's component name (the sequence encoder: an LLM in newer families)
+    vae_class = "AutoencoderKL"  # a diffusers class name
     lora_default_targets: tuple[str, ...] = ()
     default_resolution = 1024
 
@@ -48,7 +49,7 @@ class FlowFamily(Family):
                 encoders.append(load_pretrained(cls, source, cfg, name, weight_dtype))
             transformer = load_transformer(getattr(diffusers, self.transformer_class), source, cfg, weight_dtype)
             scheduler = load_pretrained(diffusers.FlowMatchEulerDiscreteScheduler, source, cfg, "scheduler")
-            vae = load_vae(cfg, source, weight_dtype)
+            vae = load_vae(cfg, source, weight_dtype, getattr(diffusers, self.vae_class))
         except ModelError:
             raise
         except OSError as e:
