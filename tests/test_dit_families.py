@@ -172,7 +172,8 @@ def test_compare_grid_draws_a_dit_run(family, trained, tmp_path):
     ("qwenimage", "train_text_encoder", True, "LLM"),
 ])
 def test_options_of_the_other_objective_are_refused(data, tmp_path, family, key, value, says):
-    proc = train(data, tmp_path, "x", family, expect_rc=2, **{key: value})
+    ti = {"placeholder_token": "<t>", "initializer_token": "toy"} if value == "textual_inversion" else {}
+    proc = train(data, tmp_path, "x", family, expect_rc=2, **{key: value}, **ti)
     err = proc.stdout + proc.stderr
     assert key in err and says in err and "Traceback" not in err
 
