@@ -4,6 +4,7 @@ import math
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -51,15 +52,22 @@ def test_train_speed_tiny_cpu_json_has_every_row():
         "forward_tflop_per_image"]
 
 
-def test_features_flip_against_the_row():
+def test_features_flip_against_the_row(tmp_path):
+    from bench.train_speed import ROWS as ROW_DEFS, flip, row_config
+
+    # on a CPU the row trains in float32 with SDPA: bf16 is flipped on, SDPA off. The bf16 row is not run: a CPU
+    # without bf16 instructions emulates it, slowly (bench/gpu_check's CPU smoke trains its bf16 paths)
+    (row,) = [r for r in ROW_DEFS if r.name == "sd15-lora-512-b1"]
+    args = SimpleNamespace(tiny=True, device="cpu", images=4, warmup=1, steps=2, rank=16)
+    cpu_row = row_config(row, args, tmp_path)
+    assert flip("bf16", cpu_row) == ("bf16: on", {"mixed_precision": "bf16"})
     results = _bench("--rows", "sd15-lora-512-b1", "--features",
-                     "bf16,sdpa,torch_compile")  # bucketing: test_speed_features
+                     "channels_last,sdpa,torch_compile")  # bucketing: test_speed_features
     by_feature = {r["feature"]: r for r in results}
-    # on a CPU the row trains in float32 with SDPA: bf16 is flipped on, SDPA off
-    assert list(by_feature) == ["row settings", "bf16: on", "sdpa: off", "torch_compile: on"]
-    assert by_feature["bf16: on"]["settings"] == {"mixed_precision": "bf16"}
+    assert list(by_feature) == ["row settings", "channels_last: on", "sdpa: off", "torch_compile: on"]
+    assert by_feature["channels_last: on"]["settings"] == {"channels_last": True}
     assert by_feature["sdpa: off"]["settings"] == {"attention": "eager"}
-    for label in ("row settings", "bf16: on", "sdpa: off"):
+    for label in ("row settings", "channels_last: on", "sdpa: off"):
         _assert_measured(by_feature[label])
     assert "CUDA" in by_feature["torch_compile: on"]["skipped"]
 

@@ -201,10 +201,10 @@ def test_validation_images_are_a_grid_of_prompt_by_step(page, server):
 
 @pytest.fixture(scope="module")
 def live(server, browser):
-    """The toy LoRA started from the Training tab of a fresh page: 80 steps, a checkpoint every 20 and an
-    intermediate adaptor every 40."""
+    """The toy LoRA started from the Training tab of a fresh page: 40 steps, a checkpoint every 10 and an
+    intermediate adaptor every 20."""
     p = new_page(server, browser)
-    start_run(p, "live-toy", 80, checkpointing_steps=20, save_every_n_steps=40, validation_epochs=40,
+    start_run(p, "live-toy", 40, checkpointing_steps=10, save_every_n_steps=20, validation_epochs=20,
               num_validation_images=1)
     p.close()
     return "live-toy"
@@ -285,18 +285,18 @@ def test_run_tab_keeps_the_pick_pins_the_log_shows_device_outputs_and_asks_befor
     assert page.request.get(server.url + "gradio_api/file=" + str(server.home.parent / "x")).status in (403, 404)
 
     # "Compare this one": the Compare tab opens with that adaptor's file and the run's base: an intermediate
-    # adaptor (save_every_n_steps) and a checkpoint (the preset keeps the newest two: 40 and 60 of 80 steps)
-    saved = page.locator("#run-intermediates button.compare-this[data-kind='saved'][data-step='40']")
+    # adaptor (save_every_n_steps) and a checkpoint (the preset keeps the newest two: 20 and 30 of 40 steps)
+    saved = page.locator("#run-intermediates button.compare-this[data-kind='saved'][data-step='20']")
     expect(saved).to_have_count(1)
     saved.click()
     expect(page.locator("#compare-lora-file textarea, #compare-lora-file input").first).to_have_value(
-        str(run_dir / "intermediate" / "live-toy-step000040" / "live-toy-step000040.safetensors"))
+        str(run_dir / "intermediate" / "live-toy-step000020" / "live-toy-step000020.safetensors"))
     open_tab(page, "Run")
-    page.locator("#run-intermediates button.compare-this[data-kind='checkpoint'][data-step='60']").click()
+    page.locator("#run-intermediates button.compare-this[data-kind='checkpoint'][data-step='30']").click()
     expect(page.locator("#compare-lora-file textarea, #compare-lora-file input").first).to_have_value(
-        str(run_dir / "checkpoints" / "checkpoint-60" / "live-toy.safetensors"))
+        str(run_dir / "checkpoints" / "checkpoint-30" / "live-toy.safetensors"))
     expect(page.locator("#compare-base textarea, #compare-base input").first).to_have_value("builtin:toy")
-    expect(page.locator("#compare-status")).to_contain_text("step 60")
+    expect(page.locator("#compare-status")).to_contain_text("step 30")
 
 
 # ----------------------------------------------------------------------------- item 9: Compare
@@ -364,7 +364,7 @@ def test_compare_draws_an_xy_grid_of_two_scales_by_two_checkpoints(page, server,
     scales.press("Tab")
     page.locator("#compare-xy-steps input").fill("4")
     page.locator("#compare-xy-steps input").press("Tab")
-    for step in (40, 60):
+    for step in (20, 30):
         page.locator("#compare-xy-adaptors input").click()
         page.get_by_role("option", name=f"checkpoint step {step}", exact=True).click()
     page.locator("#compare-xy-generate").click()
@@ -375,9 +375,9 @@ def test_compare_draws_an_xy_grid_of_two_scales_by_two_checkpoints(page, server,
         params, size = json.loads(grid.text["parameters"]), grid.size
     run_dir = server.home / "runs" / live
     assert params["x"] == {"axis": "lora_scale", "values": [0.5, 1.0]}
-    assert params["y"]["labels"] == ["checkpoint step 40", "checkpoint step 60"]
+    assert params["y"]["labels"] == ["checkpoint step 20", "checkpoint step 30"]
     assert params["y"]["values"] == [str(run_dir / "checkpoints" / f"checkpoint-{s}" / f"{live}.safetensors")
-                                     for s in (40, 60)]
+                                     for s in (20, 30)]
     assert params["num_inference_steps"] == 4 and params["base"] == ["builtin:toy"] * 2
     cells = sorted((made[0].parent / f"{made[0].stem}-cells").glob("*.png"))
     assert [c.name for c in cells] == ["r0-c0.png", "r0-c1.png", "r1-c0.png", "r1-c1.png"]

@@ -138,7 +138,7 @@ def test_a_bad_value_shows_next_to_its_field_and_starts_nothing(page, server):
 
 
 def test_toy_run_shows_live_progress_and_a_loss_plot_then_the_comparison(page, server):
-    start_toy_run(page, "browser-toy", steps=80)
+    start_toy_run(page, "browser-toy", steps=40)  # samples at its end (validation_epochs 50)
     seen_steps, plot_sizes = [], []
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -152,7 +152,7 @@ def test_toy_run_shows_live_progress_and_a_loss_plot_then_the_comparison(page, s
     assert state["status"] == "done", f"{state}\n{page.locator('#run-log textarea').input_value()}"
     assert len(set(seen_steps)) >= 2 and seen_steps == sorted(seen_steps), seen_steps  # it moved while we watched
     assert len(set(plot_sizes)) >= 2  # the loss plot redrew as points arrived
-    assert state["step"] == state["total"] == 80
+    assert state["step"] == state["total"] == 40
     assert page.locator("#run-samples img").count() >= 1  # validation images appeared
 
     open_tab(page, "Compare")
@@ -188,7 +188,7 @@ def test_a_cancelled_run_shows_as_cancelled(page, server):
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_and_finishes(page, server):
-    start_toy_run(page, "browser-resume", steps=60, checkpointing_steps=20)
+    start_toy_run(page, "browser-resume", steps=30, checkpointing_steps=10)
     run_dir = server.home / "runs" / "browser-resume"
     deadline = time.time() + 180
     while time.time() < deadline and not list((run_dir / "checkpoints").glob("checkpoint-*")):
@@ -199,6 +199,6 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_finishes(page, server):
     wait_for_status(page, ("interrupted",), timeout=60)
     page.locator("#run-resume").click()
     state = wait_for_status(page, ("done", "failed"), timeout=240)
-    assert state["status"] == "done" and state["step"] == 60
+    assert state["status"] == "done" and state["step"] == 30
     log = (run_dir / "train.log").read_text()
     assert re.search(r"resumed from .*checkpoint-\d+ at step \d+", log)
