@@ -304,18 +304,23 @@ def zimage_inputs():
                 cap_feats=[torch.randn(5, 24, generator=gen)], return_dict=False)
 
 
-def test_zimage_tiny_comfyui_and_diffusers_match_peft(tmp_path):
-    """Every Linear, a part of the fused qkv at another rank and alpha: ComfyUI's deltas are PEFT's, and
-    ZImagePipeline.load_lora_weights (its converter folds alpha / rank) gives the trained model's output."""
-    model = ZImageTransformer2DModel(**TINY_ZIMAGE)
-    base, trained, sd, alphas = tiny(ZImageTransformer2DModel, TINY_ZIMAGE, adapted_layers(model), **ZIMAGE_PATTERNS)
-    out = keys_zimage.to_single_file(sd, alphas)
-    assert_comfy_deltas_match(out, trained, "zimage", comfy.zimage_config(trained.config))
+def check_unfused_tiny(tmp_path, model_cls, tiny_cfg, keys, arch, comfy_cfg, pipe_cls, inputs, patterns):
+    """Every Linear, one at another rank and alpha: ComfyUI's deltas are PEFT's, and the pipeline's
+    load_lora_weights (its converter folds alpha / rank) gives the trained model's output."""
+    model = model_cls(**tiny_cfg)
+    base, trained, sd, alphas = tiny(model_cls, tiny_cfg, adapted_layers(model), **patterns)
+    out = keys.to_single_file(sd, alphas)
+    assert_comfy_deltas_match(out, trained, arch, comfy_cfg(trained.config))
     save_file(out, tmp_path / "lora.safetensors")
-    pipe = ZImagePipeline(transformer=copy.deepcopy(base), scheduler=FlowMatchEulerDiscreteScheduler(), vae=None,
-                          text_encoder=None, tokenizer=None)
+    pipe = pipe_cls(transformer=copy.deepcopy(base), scheduler=FlowMatchEulerDiscreteScheduler(), vae=None,
+                    text_encoder=None, tokenizer=None)
     pipe.load_lora_weights(str(tmp_path / "lora.safetensors"))
-    assert_same_output(base, trained, pipe.transformer, zimage_inputs())
+    assert_same_output(base, trained, pipe.transformer, inputs)
+
+
+def test_zimage_tiny_comfyui_and_diffusers_match_peft(tmp_path):
+    check_unfused_tiny(tmp_path, ZImageTransformer2DModel, TINY_ZIMAGE, keys_zimage, "zimage", comfy.zimage_config,
+                       ZImagePipeline, zimage_inputs(), ZIMAGE_PATTERNS)
 
 
 def qwenimage_inputs():
@@ -328,15 +333,8 @@ def qwenimage_inputs():
 
 
 def test_qwenimage_tiny_comfyui_and_diffusers_match_peft(tmp_path):
-    model = QwenImageTransformer2DModel(**TINY_QWEN)
-    base, trained, sd, alphas = tiny(QwenImageTransformer2DModel, TINY_QWEN, adapted_layers(model), **PATTERNS)
-    out = keys_qwenimage.to_single_file(sd, alphas)
-    assert_comfy_deltas_match(out, trained, "qwenimage", comfy.qwenimage_config(trained.config))
-    save_file(out, tmp_path / "lora.safetensors")
-    pipe = QwenImagePipeline(transformer=copy.deepcopy(base), scheduler=FlowMatchEulerDiscreteScheduler(), vae=None,
-                             text_encoder=None, tokenizer=None)
-    pipe.load_lora_weights(str(tmp_path / "lora.safetensors"))
-    assert_same_output(base, trained, pipe.transformer, qwenimage_inputs())
+    check_unfused_tiny(tmp_path, QwenImageTransformer2DModel, TINY_QWEN, keys_qwenimage, "qwenimage",
+                       comfy.qwenimage_config, QwenImagePipeline, qwenimage_inputs(), PATTERNS)
 
 
 # ---- refusals ---------------------------------------------------------------------------------------------------

@@ -45,3 +45,18 @@ def lora_modules(state_dict: dict[str, torch.Tensor], alphas: dict[str, tuple[fl
 def alpha_tensor(alpha: float) -> torch.Tensor:
     """kohya's `.alpha`: a float32 scalar (an int64 one, as diffusers' own helper writes, loses fractions)."""
     return torch.tensor(float(alpha), dtype=torch.float32)
+
+
+def unfused_single_file(state_dict: dict[str, torch.Tensor], alphas: dict[str, tuple[float, int]], mappable,
+                        what: str, stem, names: tuple[str, str]) -> dict[str, torch.Tensor]:
+    """A single file whose modules keep diffusers' names (Z-Image, Qwen-Image): `stem(path)` + the down / up
+    names + a float32 `.alpha`; a module ComfyUI does not map (`mappable`, a regex) is refused by name."""
+    out: dict[str, torch.Tensor] = {}
+    for mod in lora_modules(state_dict, alphas):
+        if not mappable.fullmatch(mod.path):
+            raise ValueError(f"{mod.path}: no {what} single-file key for this module")
+        s = stem(mod.path)
+        out[f"{s}.{names[0]}"] = mod.down.contiguous()
+        out[f"{s}.{names[1]}"] = mod.up.contiguous()
+        out[f"{s}.alpha"] = alpha_tensor(mod.alpha)
+    return out

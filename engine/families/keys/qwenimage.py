@@ -22,7 +22,7 @@ import re
 
 import torch
 
-from .lora import alpha_tensor, lora_modules
+from .lora import unfused_single_file
 
 # diffusers' train_dreambooth_lora_qwen_image.py default (`--lora_layers` unset): the image stream's attention
 # (PEFT matches by suffix: `to_q` is every block's attn.to_q, not add_q_proj).
@@ -37,14 +37,7 @@ _MAPPABLE = re.compile(
 
 def to_single_file(state_dict: dict[str, torch.Tensor], alphas: dict[str, tuple[float, int]]
                    ) -> dict[str, torch.Tensor]:
-    """PEFT keys without the `transformer.` prefix and {module path: (alpha, rank)} -> the file's tensors.
-    Works on meta tensors (shapes only)."""
-    out: dict[str, torch.Tensor] = {}
-    for mod in lora_modules(state_dict, alphas):
-        if not _MAPPABLE.fullmatch(mod.path):
-            raise ValueError(f"{mod.path}: no Qwen-Image single-file key for this module")
-        stem = "lora_unet_" + mod.path.replace(".", "_")
-        out[f"{stem}.lora_down.weight"] = mod.down.contiguous()
-        out[f"{stem}.lora_up.weight"] = mod.up.contiguous()
-        out[f"{stem}.alpha"] = alpha_tensor(mod.alpha)
-    return out
+    """PEFT keys without the `transformer.` prefix and {module path: (alpha, rank)} -> the file's tensors
+    (kohya's `lora_unet_<path with _>`). Works on meta tensors (shapes only)."""
+    return unfused_single_file(state_dict, alphas, _MAPPABLE, "Qwen-Image", lambda p: "lora_unet_" + p.replace(".", "_"),
+                               ("lora_down.weight", "lora_up.weight"))

@@ -24,7 +24,7 @@ import re
 
 import torch
 
-from .lora import alpha_tensor, lora_modules
+from .lora import unfused_single_file
 
 PREFIX = "diffusion_model."
 # diffusers' train_dreambooth_lora_z_image.py default (`--lora_layers` unset): every attention's projections,
@@ -40,15 +40,8 @@ _MAPPABLE = re.compile(
 
 def to_single_file(state_dict: dict[str, torch.Tensor], alphas: dict[str, tuple[float, int]]
                    ) -> dict[str, torch.Tensor]:
-    """PEFT keys without the `transformer.` prefix and {module path: (alpha, rank)} -> the file's tensors.
-    Works on meta tensors (shapes only)."""
-    out: dict[str, torch.Tensor] = {}
-    for mod in lora_modules(state_dict, alphas):
-        if not _MAPPABLE.fullmatch(mod.path):
-            raise ValueError(f"{mod.path}: no Z-Image single-file key for this module (ComfyUI maps the "
-                             "attention, feed_forward, adaLN_modulation and embedder Linears only)")
-        stem = PREFIX + mod.path
-        out[f"{stem}.lora_A.weight"] = mod.down.contiguous()
-        out[f"{stem}.lora_B.weight"] = mod.up.contiguous()
-        out[f"{stem}.alpha"] = alpha_tensor(mod.alpha)
-    return out
+    """PEFT keys without the `transformer.` prefix and {module path: (alpha, rank)} -> the file's tensors
+    (`diffusion_model.<path>.lora_A/B.weight`; ComfyUI maps the attention, feed_forward, adaLN_modulation and
+    embedder Linears only). Works on meta tensors (shapes only)."""
+    return unfused_single_file(state_dict, alphas, _MAPPABLE, "Z-Image", lambda p: PREFIX + p,
+                               ("lora_A.weight", "lora_B.weight"))
