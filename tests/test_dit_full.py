@@ -34,6 +34,14 @@ def test_flux_full_fine_tune_writes_a_pipeline_and_a_bfl_file(tmp_path):
     t5 = load_file(str(run / "diffusers" / "text_encoder_2" / "model.safetensors"))
     t5_base = load_file(str(base_dir / "text_encoder_2" / "model.safetensors"))
     assert all(torch.equal(t5[k], t5_base[k]) for k in t5_base)
+    # applying the run to a loaded base swaps in the trained transformer and CLIP, and keeps the base's T5
+    from engine.config import load_config
+    from engine.methods import full
+    pipe = FluxPipeline.from_pretrained(base_dir)
+    t5_object, clip_object = pipe.text_encoder_2, pipe.text_encoder
+    full.load_into_pipeline(pipe, run, load_config(run / "config.toml"))
+    assert pipe.text_encoder_2 is t5_object and pipe.text_encoder is not clip_object
+    assert np.abs(_image(pipe) - _image(trained)).max() < 1e-5
 
     # the single file against ComfyUI's Flux mapping (diffusers weight -> BFL weight, row slice, function)
     single = load_file(str(run / "full.safetensors"))

@@ -127,8 +127,9 @@ def load_into_pipeline(pipe, run_dir: Path, cfg, scale: float = 1.0) -> None:
     the weights: base + scale x (trained - base)."""
     folder = Path(run_dir) / "diffusers"
     denoiser = "transformer" if getattr(pipe, "transformer", None) is not None else "unet"
-    names = [denoiser] + [n for n in ("text_encoder", "text_encoder_2")
-                        if cfg.train_text_encoder and getattr(pipe, n, None) is not None]
+    # only the CLIPs train (a DiT's T5 or LLM stays frozen): reloading those would read GBs for nothing
+    names = [denoiser] + [n for n in ("text_encoder", "text_encoder_2") if cfg.train_text_encoder
+                          and type(getattr(pipe, n, None)).__name__.startswith("CLIP")]
     for name in names:
         base = getattr(pipe, name)
         trained = type(base).from_pretrained(folder, subfolder=name).to(base.device, base.dtype)
