@@ -96,7 +96,10 @@ def main(argv=None) -> int:
                     inbrowser=not args.no_browser, css=CSS, prevent_thread_lock=True, ssr_mode=False,
                     num_workers=0, max_file_size=UploadLimits.from_env().max_bytes,
                     app_kwargs={"middleware": [Middleware(HostOriginGuard, hosts=hosts)]},
-                    allowed_paths=[str(studio.home)])  # run samples and grids live there
+                    allowed_paths=[str(studio.home)],  # run samples and grids live there
+                    # Gradio's own "is localhost reachable" probe gives the first page 3 s; on a loaded machine
+                    # the page takes longer and the studio quit. We bind it ourselves: skip the probe.
+                    _frontend=False)
         if demo.share_url:  # the tunnel passes its own host name on
             hosts.add(demo.share_url)
         demo.block_thread()
