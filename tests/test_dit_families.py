@@ -1,7 +1,7 @@
 """The DiT families (Flux.1, SD3) on their tiny built-ins: a LoRA trains through `accelerate launch`, both files
 load in diffusers and give the same image, the trained alpha is the scale, resume is exact, a text-encoder
 cache changes nothing, Flux runs in two processes, Compare draws, and options of the other objective are
-refused."""
+refused; the LoRA tools read their files."""
 import numpy as np
 import pytest
 import torch
@@ -208,3 +208,23 @@ def test_cuda_only_switch_fails_clearly_on_cpu(data, tmp_path):
     proc = train(data, tmp_path, "x", "flux1", expect_rc=2, optimizer="adamw8bit")
     err = proc.stdout + proc.stderr
     assert "needs a CUDA GPU" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("family", list(MODELS))
+def test_the_lora_tools_inspect_a_dit_lora_and_refuse_to_rewrite_it(family, trained, tmp_path):
+    """`engine.tools inspect` names the family and reads both files' modules (each file as its own layout: the
+    single file's per-family names, the diffusers `transformer.` keys); the UNet-only tools refuse by name."""
+    from engine.families import FAMILIES
+    from engine.tools import ToolError, lora_file
+    from engine.tools.inspect import inspect
+    from engine.tools.resize import resize
+
+    run = trained / family
+    single = inspect(run / f"{family}.safetensors")
+    assert (single["family"], single["family_label"]) == (family, FAMILIES[family].label)
+    assert single["components"]["transformer"] > 0 and "unet" not in single["components"]
+    assert single["loaders"]["diffusers"]["all"], single["loaders"]["diffusers"]
+    folder = inspect(run / "diffusers" / "pytorch_lora_weights.safetensors")
+    assert folder["components"]["transformer"] >= single["components"]["transformer"]  # Flux's fused q/k/v: fewer
+    with pytest.raises(ToolError, match=f"a {FAMILIES[family].label} LoRA; resize, merge"):
+        resize(lora_file.read(run / f"{family}.safetensors"), 2)

@@ -124,7 +124,8 @@ def inspect(path: str | Path, base: str | None = None, top_tags: int = 20) -> di
     arch = names.model_arch(base) if base else None
     lf = lora_file.read(path, arch)
     family_from = "the base model" if base else ("its metadata or widths" if lf.family else None)
-    if arch is None and lf.family:
+    dit = lf.family in names.DIT_WORDS or "transformer" in lf.components
+    if arch is None and lf.family and not dit:
         published = names.published_arch(lf.family)
         arch = published if not published.misfits(lf.modules) else None
     groups: dict[tuple, list[str]] = {}
@@ -138,7 +139,7 @@ def inspect(path: str | Path, base: str | None = None, top_tags: int = 20) -> di
               "where": _where(ps)} for (c, k, r, a), ps in groups.items()]
     report = {
         "file": str(lf.path), "layout": lf.layout, "family": lf.family, "family_from": family_from,
-        "family_label": names.FAMILY_LABELS.get(lf.family or "", "unknown"), "kinds": sorted(lf.kinds()),
+        "family_label": names.family_label(lf.family), "kinds": sorted(lf.kinds()),
         "components": dict(Counter(c for c, _ in lf.modules)), "ranks": ranks,
         "rank_varies": len({(r["rank"], r["alpha"]) for r in ranks}) > 1, "modules": per_module,
         "ss": {k: v for k, v in lf.metadata.items() if k.startswith("ss_") and k != "ss_tag_frequency"},
@@ -146,8 +147,33 @@ def inspect(path: str | Path, base: str | None = None, top_tags: int = 20) -> di
         "trigger": lf.metadata.get("modelspec.trigger_phrase") or "", "tags": _tags(lf.metadata, top_tags),
         "ignored_keys": lf.ignored, "checked_against": arch.source if arch else None,
     }
-    report["loaders"] = _loader_verdicts(lf, arch)
+    report["loaders"] = _dit_loader_verdicts(lf) if dit else _loader_verdicts(lf, arch)
     return report
+
+
+def _dit_loader_verdicts(lf: lora_file.LoraFile) -> dict:
+    """diffusers: the family pipeline's own lora_state_dict (its kohya/BFL/ComfyUI conversions) must turn every
+    key into a transformer / text-encoder key. ComfyUI's key map is checked per family by the tests
+    (tests/comfy_lora_rules.py on the full-size architectures), not rebuilt here."""
+    comfy = {"all": None, "note": "the single file a run writes is checked against ComfyUI's rules by the tests"}
+    if lf.path is None or lf.path.is_dir() or lf.family not in names.DIT_WORDS:
+        return {"diffusers": {"note": "load it with the family's pipeline: pipe.load_lora_weights(path)"},
+                "comfyui": comfy}
+    from safetensors.torch import load_file
+
+    from engine.families import FAMILIES
+
+    state = load_file(str(lf.path))
+    try:
+        sd = FAMILIES[lf.family].pipeline_class.lora_state_dict(dict(state))
+        sd = sd[0] if isinstance(sd, tuple) else sd
+        error = None
+    except Exception as e:  # its own words (an assert has none: diffusers' Flux.1 conversion assumes the
+        # full-size widths, so a LoRA of a narrower Flux, e.g. builtin:tiny-flux's, fails there)
+        sd, error = {}, (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    missing = list(state) if error else [k for k in sd if not k.startswith(("transformer.", "text_encoder"))]
+    return {"diffusers": {"all": not missing and not error, "not_loaded": missing[:50], "count": len(missing),
+                          "total": len(state), "error": error}, "comfyui": comfy}
 
 
 def _loader_verdicts(lf: lora_file.LoraFile, arch: names.Arch | None) -> dict:

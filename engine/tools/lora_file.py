@@ -160,6 +160,8 @@ def _module_name(name: str, family_hint: str | None) -> tuple[str, str, str, boo
     if name.startswith("lycoris_"):
         return "kohya", "unet", names.dotted(name[len("lycoris_"):]), False
     if name.startswith(names.COMFY_UNET):
+        if family_hint in names.DIT_WORDS:  # a DiT's ComfyUI keys carry the diffusers module path itself
+            return "comfyui", "transformer", name[len(names.COMFY_UNET):], False
         return "comfyui", "unet", name[len(names.COMFY_UNET):], True
     if name.startswith(names.COMFY_TE):
         clip, _, rest = name[len(names.COMFY_TE):].partition(".")
@@ -194,6 +196,8 @@ def read_state(state: dict[str, torch.Tensor], metadata: dict[str, str], *, arch
             ignored.append(key)
             continue
         layout, component, p, ldm = named
+        if component == "unet" and hint in names.DIT_WORDS:  # kohya's `lora_unet_` names a DiT's transformer
+            component, ldm = "transformer", False
         layouts[layout] = layouts.get(layout, 0) + 1
         if component != "unet":
             p = names.canonical_te(p)
@@ -362,6 +366,7 @@ def write(lf: LoraFile, out: str | Path, layout: str, *, family: str | None = No
     """`lf` in `layout` at `out` (a .safetensors file; for "peft" a folder), atomically. The ComfyUI layout
     names UNet modules by their LDM path, which needs `arch` (the base model's, or the family's published one)."""
     out = Path(out).expanduser()
+    names.refuse_dit("transformer" if "transformer" in lf.components else lf.family, str(lf.path or out))
     meta = {k: str(v) for k, v in (lf.metadata if metadata is None else metadata).items() if k != ADAPTER_METADATA}
     if layout == "peft":
         from engine.tools.peft_folder import write_peft_folders

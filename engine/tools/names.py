@@ -20,7 +20,7 @@ from pathlib import Path
 
 from engine.tools import ToolError
 
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "transformer")
 KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",
                   "lora_te2_": "text_encoder_2"}
 COMFY_UNET = "diffusion_model."
@@ -35,7 +35,10 @@ COMPOUNDS = sorted((tuple(c.split("_")) for c in (
     "time_emb_proj conv_in conv_out conv_norm_out time_embedding linear_1 linear_2 add_embedding "
     "input_blocks middle_block output_blocks in_layers out_layers emb_layers skip_connection time_embed "
     "label_emb text_model self_attn q_proj k_proj v_proj out_proj text_projection layer_norm1 layer_norm2 "
-    "final_layer_norm token_embedding position_embedding").split()), key=len, reverse=True)
+    "final_layer_norm token_embedding position_embedding "
+    "double_blocks single_blocks img_attn txt_attn img_mlp txt_mlp img_mod txt_mod "  # Flux.1's BFL names
+    "add_q_proj add_k_proj add_v_proj to_add_out").split()),  # the joint attention of SD3 / Qwen-Image
+    key=len, reverse=True)
 _LDM_STARTS = ("input_blocks.", "middle_block.", "output_blocks.", "time_embed.", "label_emb.", "out.")
 
 
@@ -70,6 +73,18 @@ def kohya_te_prefixes(family: str) -> dict[str, str]:
 _PUBLISHED_TE = {"sd1": {"text_encoder": (768, 3072, 12, None)}, "sd2": {"text_encoder": (1024, 4096, 23, None)},
                  "sdxl": {"text_encoder": (768, 3072, 12, None), "text_encoder_2": (1280, 5120, 32, 1280)}}
 FAMILY_LABELS = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "Stable Diffusion XL"}
+# The DiT families, by the words their files' ss_base_model_version / modelspec.architecture use (ours, sd-scripts',
+# musubi-tuner's, ai-toolkit's). Their denoiser is the component "transformer"; the tools read and inspect their
+# LoRAs, and the UNet-only tools (resize, merge, extract, convert) refuse them by name.
+DIT_WORDS = {"flux1": ("flux",), "sd3": ("stable-diffusion-3", "sd3"), "zimage": ("z-image", "zimage"),
+             "qwenimage": ("qwen-image", "qwen_image")}
+
+
+def family_label(family: str | None) -> str:
+    if family in DIT_WORDS:
+        from engine.families import FAMILIES
+        return FAMILIES[family].label
+    return FAMILY_LABELS.get(family or "", "unknown")
 
 
 @dataclass
@@ -143,8 +158,20 @@ def _arch(family: str, source: str, unet_json: str, te_json: str) -> Arch:
     return Arch(family, source, config, shapes)
 
 
+def refuse_dit(family: str | None, what: str) -> None:
+    """The writers rebuild UNet layouts (kohya, LDM/ComfyUI names); a DiT's single file has its own per-family
+    layout (engine/families/keys), which only training writes so far."""
+    if family in DIT_WORDS or family == "transformer":
+        label = family_label(family) if family in DIT_WORDS else "DiT"
+        raise ToolError(f"{what}: this is a {label} LoRA; resize, merge, convert and extract handle SD 1.x/2.x/SDXL "
+                        "LoRAs only. Inspect it, or use the files its run wrote (the diffusers folder and the "
+                        "single .safetensors file ComfyUI loads)")
+
+
 def published_arch(family: str) -> Arch:
     from engine.builtin.fullsize import SD2_UNET, SD15_UNET, SDXL_UNET
+
+    refuse_dit(family, f"the published {family} architecture")
 
     unet = {"sd1": SD15_UNET, "sd2": SD2_UNET, "sdxl": SDXL_UNET}[family]
     return _arch(family, f"the published {FAMILY_LABELS[family]} architecture", json.dumps(unet),
@@ -164,6 +191,7 @@ def model_arch(name: str, allow_pickle: bool = False) -> Arch:
         raise ToolError(str(e)) from None
     if family is None:
         raise ToolError(f"cannot tell which model family {name!r} is (SD 1.x, 2.x or XL)")
+    refuse_dit(family, name)
     if source.kind != "dir":  # a single file or a hub id: the family's published shapes
         return published_arch(family)
     root = Path(source.location)
@@ -179,6 +207,11 @@ def model_arch(name: str, allow_pickle: bool = False) -> Arch:
 def guess_family(metadata: dict[str, str], components: set[str], shapes: dict[tuple[str, str], tuple]) -> str | None:
     """sd1 / sd2 / sdxl from what a LoRA file says of itself, else from its widths; None if it cannot tell."""
     said = (metadata.get("ss_base_model_version", "") + " " + metadata.get("modelspec.architecture", "")).lower()
+    for family, words in DIT_WORDS.items():
+        if any(w in said for w in words):
+            return family
+    if "transformer" in components:
+        return None  # a DiT whose file does not say which
     if "sdxl" in said or "-xl-" in said:
         return "sdxl"
     if "v2" in said:
