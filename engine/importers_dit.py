@@ -110,6 +110,9 @@ def kohya_is_flux(flat: dict) -> bool:
         bool(_FLUX_ONLY & flat.keys()) and "clip_g" not in flat)  # clip_g: sd3_train_network.py
 
 
+FLUX1_DEV = "black-forest-labs/FLUX.1-dev"
+
+
 def kohya_flux(c, flat: dict) -> None:
     chroma = flat.get("model_type") == "chroma"
     if chroma:
@@ -124,9 +127,13 @@ def kohya_flux(c, flat: dict) -> None:
                            "folder or hub id in pretrained_model_name_or_path")
     model = str(flat.get("pretrained_model_name_or_path", ""))
     if model.endswith((".safetensors", ".sft")):
+        # sd-scripts reads the rest from clip_l / t5xxl / ae files; diffusers needs the configs of a whole model
+        c.set("pretrained_transformer_model_name_or_path", model, f"pretrained_model_name_or_path = {model!r}")
+        c.set("pretrained_model_name_or_path", FLUX1_DEV, f"pretrained_model_name_or_path = {model!r}")
         c.notes.append(f"pretrained_model_name_or_path = {model!r}: a single-file Flux.1 checkpoint holds the "
-                       "transformer only; give the model's diffusers folder or hub id (e.g. "
-                       "black-forest-labs/FLUX.1-dev)")
+                       "transformer only; it is pretrained_transformer_model_name_or_path here, and the text "
+                       f"encoders, VAE and configs come from {FLUX1_DEV} (for schnell, or offline, give its "
+                       "diffusers folder or hub id instead)")
     if flat.get("fp8_base"):  # sd-scripts keeps the frozen base in fp8 and computes in bf16: our fp8 weight-only
         c.set("quantize_base", "fp8", f"fp8_base = {flat['fp8_base']!r}")
     if flat.get("blocks_to_swap"):

@@ -107,6 +107,10 @@ def option_problems(cfg, family) -> list[tuple[str, str]]:
             out.append((key, f"{key} = {value!r} belongs to the flow-matching objective of the DiT families (Flux.1, "
                              f"SD3); {family.label} trains by noise prediction: remove {key}"))
     if not flow:
+        if cfg.pretrained_transformer_model_name_or_path:
+            out.append(("pretrained_transformer_model_name_or_path", "pretrained_transformer_model_name_or_path "
+                        f"replaces a DiT family's transformer; {family.label} has a UNet: give a single-file "
+                        "checkpoint as pretrained_model_name_or_path instead"))
         return out
     if cfg.loss_type != "l2" and cfg.huber_schedule != "constant":
         out.append(("huber_schedule", f"huber_schedule = {cfg.huber_schedule!r} follows the UNet's noise schedule; "

@@ -86,7 +86,9 @@ def load_transformer(cls, source, cfg, dtype: torch.dtype, subfolder: str = "tra
 
     kind = getattr(cfg, "quantize_base", "none")
     config = quantization_config(kind, dtype)
-    if is_random(source.location):
+    if getattr(cfg, "pretrained_transformer_model_name_or_path", None):
+        model = _own_transformer(cls, source, cfg, dtype, subfolder, config)
+    elif is_random(source.location):
         model = random_model(cls, source.location, subfolder, dtype, config)
     else:
         model = load_pretrained(cls, source, cfg, subfolder, dtype,
@@ -95,3 +97,37 @@ def load_transformer(cls, source, cfg, dtype: torch.dtype, subfolder: str = "tra
         from peft import prepare_model_for_kbit_training
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model
+
+
+def _own_transformer(cls, source, cfg, dtype, subfolder, config):
+    """pretrained_transformer_model_name_or_path: a single file read by diffusers' from_single_file (BFL, SAI and
+    ComfyUI names), shaped by the base model's transformer config; or a diffusers transformer folder."""
+    from pathlib import Path
+
+    from engine.builtin.random_dit import is_random
+    from engine.families.base import ModelError, safetensors_keys
+
+    key = "pretrained_transformer_model_name_or_path"
+    given = cfg.pretrained_transformer_model_name_or_path
+    p = Path(given).expanduser()
+    if is_random(source.location):
+        raise ModelError(f"{key} = {given!r}: {source.name} is built with random weights on the GPU; give a "
+                         "diffusers folder or hub id as pretrained_model_name_or_path")
+    extra = {"quantization_config": config} if config is not None else {}
+    try:
+        if p.is_file():
+            if p.suffix.lower() not in (".safetensors", ".sft"):
+                raise ModelError(f"{key} = {given!r}: a transformer file must be .safetensors")
+            safetensors_keys(p, key)
+            return cls.from_single_file(str(p), config=source.location, subfolder=subfolder, torch_dtype=dtype,
+                                        **extra)
+        if p.is_dir():
+            sub = subfolder if (p / subfolder / "config.json").is_file() else None
+            return cls.from_pretrained(str(p), subfolder=sub, torch_dtype=dtype, **extra)
+    except ModelError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as e:  # diffusers' words: wrong family, bad shapes
+        raise ModelError(f"{key} = {given!r}: could not load it as {source.name}'s {cls.__name__} "
+                         f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}); is it a "
+                         "checkpoint of the same model?") from None
+    raise ModelError(f"{key} = {given!r}: no such file or folder")

@@ -36,6 +36,10 @@ FIELDS: list[Field] = [
     _f("pretrained_model_name_or_path", str, "builtin:tiny-sd", "model",
        "Base model: a built-in name (builtin:tiny-sd, builtin:tiny-sdxl), a hub id, a local diffusers "
        "folder or a single-file .safetensors checkpoint."),
+    _f("pretrained_transformer_model_name_or_path", str, None, "model",
+       "DiT families: the transformer from its own file, as a release ships it: a single .safetensors checkpoint "
+       "(e.g. flux1-dev.safetensors in BFL names, or a fine-tune of it) or a diffusers transformer folder. The "
+       "base model still gives the text encoders, the VAE and the transformer's config.", optional=True),
     _f("pretrained_vae_model_name_or_path", str, None, "model",
        "A separate VAE (hub id or folder), e.g. the fp16-fix VAE for SDXL.", optional=True),
     _f("revision", str, None, "model", "Hub revision of the base model.", optional=True),

@@ -228,3 +228,41 @@ def test_the_lora_tools_inspect_a_dit_lora_and_refuse_to_rewrite_it(family, trai
     assert folder["components"]["transformer"] >= single["components"]["transformer"]  # Flux's fused q/k/v: fewer
     with pytest.raises(ToolError, match=f"a {FAMILIES[family].label} LoRA; resize, merge"):
         resize(lora_file.read(run / f"{family}.safetensors"), 2)
+
+
+def test_the_transformer_can_come_from_its_own_single_file(data, tmp_path):
+    """pretrained_transformer_model_name_or_path: diffusers' from_single_file reads the file, shaped by the base's
+    config (Qwen-Image's release names are diffusers' own); the text encoders and VAE still come from the base.
+    Flux.1's BFL file is read by diffusers' converter too, which splits q/k/v at the full-size widths only: a
+    narrower Flux's file is refused by name. A UNet family refuses the key."""
+    from diffusers import FluxTransformer2DModel, QwenImageTransformer2DModel
+    from safetensors.torch import save_file
+
+    from engine.config import validate
+    from engine.families import FAMILIES, ModelError, get_family
+    from engine.families.keys.checkpoints import flux1_checkpoint
+    from engine.objective_flow import option_problems
+    from engine.quantize import load_transformer
+
+    def load(cls, model, file):
+        cfg = validate({"pretrained_model_name_or_path": model, "train_data_dir": str(data),
+                        "pretrained_transformer_model_name_or_path": str(file)})
+        return load_transformer(cls, get_family(cfg)[1], cfg, torch.float32)
+
+    base = QwenImageTransformer2DModel.from_pretrained(resolve_builtin(MODELS["qwenimage"]), subfolder="transformer")
+    g = torch.Generator().manual_seed(0)
+    tuned = {k: (v + 0.01 * torch.randn(v.shape, generator=g)).contiguous() for k, v in base.state_dict().items()}
+    save_file(tuned, tmp_path / "qwen-tuned.safetensors")
+    got = load(QwenImageTransformer2DModel, MODELS["qwenimage"], tmp_path / "qwen-tuned.safetensors").state_dict()
+    assert got.keys() == tuned.keys() and all(torch.equal(got[k], tuned[k]) for k in tuned)
+    train(data, tmp_path, "own", "qwenimage", max_train_steps=1,
+          pretrained_transformer_model_name_or_path=tmp_path / "qwen-tuned.safetensors")
+    assert (tmp_path / "own" / "own.safetensors").is_file()
+
+    flux = FluxTransformer2DModel.from_pretrained(resolve_builtin(MODELS["flux1"]), subfolder="transformer")
+    save_file({k: v.contiguous() for k, v in flux1_checkpoint(flux.state_dict()).items()}, tmp_path / "f.safetensors")
+    with pytest.raises(ModelError, match="pretrained_transformer_model_name_or_path = .*f.safetensors.*could not "
+                                         "load it as builtin:tiny-flux's FluxTransformer2DModel"):
+        load(FluxTransformer2DModel, MODELS["flux1"], tmp_path / "f.safetensors")
+    cfg = validate({"train_data_dir": str(data), "pretrained_transformer_model_name_or_path": "x.safetensors"})
+    assert [k for k, _ in option_problems(cfg, FAMILIES["sd1"])] == ["pretrained_transformer_model_name_or_path"]

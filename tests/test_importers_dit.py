@@ -206,6 +206,8 @@ def test_flux_train_network_toml(tmp_path):
     # fp8_base: the frozen base in fp8; sd-scripts' 18 blocks (9 double + 18 single = 36 single-block sizes)
     assert (v["quantize_base"], v["blocks_to_swap"]) == ("fp8", 36)
     assert any("single-file Flux.1 checkpoint" in n for n in r.notes)
+    assert (v["pretrained_transformer_model_name_or_path"], v["pretrained_model_name_or_path"]) == (
+        "flux1-dev.safetensors", "black-forest-labs/FLUX.1-dev")
     assert _loads(r, "flux1", tmp_path).train_text_encoder is False  # kohya: not with cached outputs
     assert import_pasted(FLUX_TOML) == r
 

@@ -39,8 +39,9 @@ class FlowFamily(Family):
 
         if source.kind == "single_file":
             raise ModelError(f"{source.location}: a single-file {self.label} checkpoint holds the transformer "
-                             "only; give the model's diffusers folder or hub id (its text encoders and VAE are "
-                             "needed too)")
+                             "only; give the model's diffusers folder or hub id as pretrained_model_name_or_path "
+                             "(its text encoders and VAE are needed too) and this file as "
+                             "pretrained_transformer_model_name_or_path")
         try:
             tokenizers, encoders = [], []
             for name, cls in zip(self.text_encoder_names, self.text_encoder_classes()):
