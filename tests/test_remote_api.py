@@ -1,7 +1,7 @@
 """The remote API (issue 17, docs/remote-api.md) against the real studio on 127.0.0.1: real HTTP requests and
 the real CLI client (`python -m engine.remote`, a subprocess), a real toy training job that is watched,
 cancelled, resumed and fetched. One studio for the module, started with --auth so both kinds of credentials
-can be tried; the toy run is a dozen one-image steps."""
+can be tried; the toy run is eight one-image steps."""
 from __future__ import annotations
 
 import base64
@@ -11,7 +11,7 @@ import os
 import stat
 import subprocess
 import sys
-from pathlib import Path
+import urllib.parse
 
 import pytest
 from safetensors import safe_open
@@ -21,7 +21,7 @@ from ui.testing import StudioServer, http_request
 
 USER, PASSWORD = "alice", "remote-test-pass"
 # the toy preset made small: one image a step, no samples, a checkpoint every second step to resume from
-TOY_SETS = ["train_data_dir=datasets/toy-star", "max_train_steps=12", "checkpointing_steps=2",
+TOY_SETS = ["train_data_dir=datasets/toy-star", "max_train_steps=8", "checkpointing_steps=2",
             "checkpoints_total_limit=2", "train_batch_size=1", "train_text_encoder=false", "validation_prompt="]
 
 
@@ -78,6 +78,19 @@ def test_refused_without_the_token_or_from_another_host_or_page(studio, token):
     status, text = api(studio, "POST", "/jobs", token=token, body={"toml": ""},
                        headers={"Origin": "http://attacker.example"})
     assert status == 403 and "attacker.example" in text
+    # the page's own file route, logged in, serves the home's files but not the token
+    conn = http.client.HTTPConnection("127.0.0.1", studio.port, timeout=60)
+    conn.request("POST", "/login", urllib.parse.urlencode({"username": USER, "password": PASSWORD}),
+                 {"Content-Type": "application/x-www-form-urlencoded"})
+    login = conn.getresponse()
+    login.read()
+    cookie = "; ".join(c.split(";")[0] for c in login.headers.get_all("set-cookie") or [])
+    conn.close()
+    assert login.status == 200 and cookie
+    served = [http_request(f"{studio.url}gradio_api/file={path}", headers={"Cookie": cookie})
+              for path in (studio.home / "datasets" / "toy-star" / "0000.txt", studio.home / ".api-token")]
+    assert served[0] == (200, b"a red star on a white background\n")
+    assert served[1][0] == 403 and token.encode() not in served[1][1]
     # the CLI: one line, no traceback, exit 2
     cli = remote_cli(studio, "y" * 43, "status")
     assert cli.returncode == 2 and cli.stderr.startswith("error: 401") and "Traceback" not in cli.stderr
@@ -124,7 +137,7 @@ def test_submit_watch_cancel_resume_and_fetch_the_toy_adaptor(studio, token, tmp
     response = conn.getresponse()
     assert response.status == 200
     seen = read_events_until(response, "checkpoint")
-    assert seen[0]["type"] == "start" and seen[0]["total_steps"] == 12
+    assert seen[0]["type"] == "start" and seen[0]["total_steps"] == 8
     status, job = api(studio, "POST", f"/jobs/{job_id}/cancel", token)
     assert status == 200 and job["status"] == "cancelled", job
     rest = [json.loads(line) for line in response if line.strip()]  # returns: the job has ended
@@ -136,7 +149,7 @@ def test_submit_watch_cancel_resume_and_fetch_the_toy_adaptor(studio, token, tmp
     # resume, followed by the CLI to the end: it continues from the checkpoint
     cli = remote_cli(studio, token, "resume", job_id, "--follow")
     assert cli.returncode == 0, cli.stdout + cli.stderr
-    assert "start: builtin:toy (lora), 12 steps from step" in cli.stdout and "done in" in cli.stdout
+    assert "start: builtin:toy (lora), 8 steps from step" in cli.stdout and "done in" in cli.stdout
     status, job = api(studio, "GET", f"/jobs/{job_id}", token)
     assert job["status"] == "done" and job["attempts"] == 2 and job["outputs"]["kohya"] == "toy-star.safetensors"
 

@@ -12,6 +12,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
+
 from engine.builtin import is_builtin
 from engine.config import Config, ConfigError, flatten, load_config
 from engine.paths import PROJECT_ROOT, UnsafePath, inside

@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse, StreamingResponse
 
+from engine.atomic import DiskFull
 from engine.config import ConfigError
 from engine.jobs import ACTIVE, Job
 from engine.paths import UnsafePath, relative_inside
@@ -98,7 +99,7 @@ def build_router(studio, auth: ApiAuth) -> APIRouter:
     def authorized(request: Request) -> None:
         if not auth.allows(request.headers.get("authorization")):
             raise HTTPException(401, detail="missing or wrong API token: send 'Authorization: Bearer <token>' "
-                                            f"(the token is in the file .api-token in the studio's home, "
+                                            "(the token is in the file .api-token in the studio's home, "
                                             "unless the studio was given one)",
                                 headers={"WWW-Authenticate": 'Bearer realm="adaptor-studio"'})
 
@@ -129,14 +130,16 @@ def build_router(studio, auth: ApiAuth) -> APIRouter:
         if name is not None and (not isinstance(name, str) or len(name) > 200):
             raise _error(400, "\"name\" must be a text of at most 200 characters")
 
-        def queue_it() -> Job:  # validating imports torch: off the event loop
+        def queue_it() -> Job:  # the queue's first submit imports torch (seconds): off the event loop
             cfg = confine(read_submission(data.get("toml"), data.get("values"), data.get("set")), home)
             return queue.submit(cfg, name=name or None)
 
         try:
             job = await asyncio.to_thread(queue_it)
-        except ConfigError as e:
+        except (ConfigError, UnsafePath) as e:
             raise _error(400, str(e)) from None
+        except DiskFull as e:
+            raise _error(507, str(e)) from None
         return job_json(job, home)
 
     @router.get("/jobs/{job_id}")
