@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=os.environ.get(URL_ENV, "http://127.0.0.1:7860"),
                         help=f"the studio (default: ${URL_ENV}, else http://127.0.0.1:7860)")
-    common.add_argument("--token", default=os.environ.get(TOKEN_ENV), help=f"API token (default: ${TOKEN_ENV})")
+    common.add_argument("--token", default=os.environ.get(TOKEN_ENV),
+                        help=f"API token (default: ${TOKEN_ENV}; prefer it: a command line is visible to others)")
     common.add_argument("--auth", metavar="USER:PASSWORD", help="a studio's --auth pair, instead of a token")
     p = argparse.ArgumentParser(prog="python -m engine.remote", description="Drive a remote Adaptor Studio.")
     sub = p.add_subparsers(dest="command", required=True)

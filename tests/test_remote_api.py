@@ -175,3 +175,29 @@ def test_submit_watch_cancel_resume_and_fetch_the_toy_adaptor(studio, token, tmp
     assert api(studio, "GET", "/jobs/..%2F..%2F.api-token/files", token)[0] == 404
     status, _ = api(studio, "GET", f"/jobs/{job_id}/files/README.md", token)
     assert status == 200
+
+
+def test_a_remote_config_reads_its_paths_inside_the_home(tmp_path):
+    """What confine() makes of each kind of value (no studio needed: the HTTP tests above show it is applied)."""
+    from engine.config import ConfigError, validate
+    from ui.api_config import confine
+
+    home = tmp_path / "home"
+    (home / "datasets" / "mine").mkdir(parents=True)
+    cfg = confine(validate({"train_data_dir": "datasets/mine", "pretrained_model_name_or_path": "builtin:toy",
+                            "pretrained_vae_model_name_or_path": "madebyollin/sdxl-vae-fp16-fix",
+                            "validation_data_dir": str(home / "datasets" / "held-out"),
+                            "resume_from_checkpoint": "latest"}), home)
+    assert cfg.train_data_dir == str(home / "datasets" / "mine")
+    assert cfg.validation_data_dir == str(home / "datasets" / "held-out")
+    assert cfg.output_dir == str(home / "runs")  # the default "runs" is the home's
+    assert cfg.pretrained_model_name_or_path == "builtin:toy" and cfg.resume_from_checkpoint == "latest"
+    assert cfg.pretrained_vae_model_name_or_path == "madebyollin/sdxl-vae-fp16-fix"  # a hub id stays one
+    # a folder of the home by a hub id's shape is that folder; a folder of the project outside the home is refused
+    assert confine(validate({"dataset_name": "datasets/mine"}), home).dataset_name == str(home / "datasets/mine")
+    with pytest.raises(ConfigError, match="^dataset_name = 'examples/datasets' names a folder outside"):
+        confine(validate({"dataset_name": "examples/datasets"}), home)
+    assert confine(validate({"train_data_dir": "d", "output_dir": "runs/team-a"}), home).output_dir == \
+        str(home / "runs" / "team-a")
+    with pytest.raises(ConfigError, match="^output_dir = 'runs/team-a/.x'"):
+        confine(validate({"train_data_dir": "d", "output_dir": "runs/team-a/.x"}), home)

@@ -127,8 +127,8 @@ def build_router(studio, auth: ApiAuth) -> APIRouter:
         if not isinstance(data, dict):
             raise _error(400, "the body must be a JSON object: {\"toml\": \"...\"} or {\"values\": {...}}")
         name = data.get("name")
-        if name is not None and (not isinstance(name, str) or len(name) > 200):
-            raise _error(400, "\"name\" must be a text of at most 200 characters")
+        if name is not None and (not isinstance(name, str) or len(name) > 100 or not name.isprintable()):
+            raise _error(400, "\"name\" must be a line of text of at most 100 characters")
 
         def queue_it() -> Job:  # the queue's first submit imports torch (seconds): off the event loop
             cfg = confine(read_submission(data.get("toml"), data.get("values"), data.get("set")), home)
