@@ -110,6 +110,7 @@ def test_a_config_naming_a_path_outside_the_home_is_refused(studio, token, tmp_p
     assert status == 400 and "train_data_dir" in body["detail"]
     status, body = api(studio, "POST", "/jobs", token, {"toml": toml + "\nlearning_rate = 'fast'\n"})
     assert status == 400 and "learning_rate" in body["detail"]  # validated as the engine would
+    assert api(studio, "POST", "/jobs", token, {"toml": "#" * (2 << 20)})[0] == 413  # read no further
     assert api(studio, "GET", "/jobs", token) == (200, {"jobs": []})  # nothing was queued
 
 

@@ -117,9 +117,11 @@ def build_router(studio, auth: ApiAuth) -> APIRouter:
 
     @router.post("/jobs", status_code=201)
     async def submit(request: Request):
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise _error(413, f"the request is {len(body)} bytes; a config is at most {MAX_BODY_BYTES}")
+        body = b""
+        async for chunk in request.stream():  # never more than the limit in memory
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                raise _error(413, f"the request is over {MAX_BODY_BYTES} bytes; a config is a few KB")
         try:
             data = json.loads(body or b"null")
         except ValueError:
