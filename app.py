@@ -2,6 +2,7 @@
 
 Binds 127.0.0.1 by default. Exposing the app to the network (--listen, --share) requires --auth.
 Requests must name a host the studio serves and, from a browser, come from its own page (ui/guard.py).
+The remote API (/api/v1, docs/remote-api.md) also needs its token (or an --auth pair) on every request.
 The page opens with builtin:toy, the toy-star example dataset and presets/toy-lora.toml selected.
 """
 from __future__ import annotations
@@ -22,6 +23,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--home", help="folder for runs/, datasets/ and presets/user/ (default: the project folder)")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="also answer requests for this host name (e.g. behind a reverse proxy); repeatable")
+    p.add_argument("--api-token-file", metavar="FILE",
+                   help="the remote API's token (default: $ADAPTOR_STUDIO_TOKEN, else HOME/.api-token, made on "
+                        "first start); see docs/remote-api.md")
     return p.parse_args(argv)
 
 
@@ -78,7 +82,9 @@ def main(argv=None) -> int:
     from engine.data.uploads import UploadLimits
     from engine.home_lock import FolderBusy
     from ui import CSS, build_app
+    from ui.api_auth import ApiAuth, TokenError, load_token, token_files
     from ui.guard import HostOriginGuard, ServedHosts
+    from ui.remote_api import PREFIX, build_router
 
     hosts = ServedHosts.for_launch(args.listen, args.allow_host)
     try:
@@ -88,6 +94,14 @@ def main(argv=None) -> int:
         return 2
     print(f"Adaptor Studio (pid {os.getpid()}) starting on http://{host}:{args.port}", flush=True)
     try:
+        try:
+            token, token_source = load_token(studio.home, args.api_token_file)
+        except TokenError as e:
+            print(e, file=sys.stderr)
+            return 2
+        api = build_router(studio, ApiAuth(token, tuple(auth or ())))
+        print(f"Remote API: http://{host}:{args.port}{PREFIX} (token: {token_source}; docs/remote-api.md)",
+              flush=True)
         demo = build_app(studio)
         from ui.compare_tab import start_worker
         start_worker(studio)  # warm before the first comparison: the import of torch and diffusers takes seconds
@@ -95,8 +109,10 @@ def main(argv=None) -> int:
         demo.launch(server_name=host, server_port=args.port, auth=auth, share=args.share,
                     inbrowser=not args.no_browser, css=CSS, prevent_thread_lock=True, ssr_mode=False,
                     num_workers=0, max_file_size=UploadLimits.from_env().max_bytes,
-                    app_kwargs={"middleware": [Middleware(HostOriginGuard, hosts=hosts)]},
+                    # the guard wraps the whole app: the API's routes as well as Gradio's
+                    app_kwargs={"middleware": [Middleware(HostOriginGuard, hosts=hosts)], "routes": api.routes},
                     allowed_paths=[str(studio.home)],  # run samples and grids live there
+                    blocked_paths=[str(p) for p in token_files(studio.home, args.api_token_file)],
                     # Gradio's own "is localhost reachable" probe gives the first page 3 s; on a loaded machine
                     # the page takes longer and the studio quit. We bind it ourselves: skip the probe.
                     _frontend=False)

@@ -38,8 +38,10 @@ def chromium_path() -> str | None:
 class StudioServer:
     """`python app.py --home HOME --port PORT --no-browser` until stop(); the pid is the app's own."""
 
-    def __init__(self, home: Path, port: int | None = None, extra_env: dict | None = None):
+    def __init__(self, home: Path, port: int | None = None, extra_env: dict | None = None,
+                 args: tuple[str, ...] = ()):
         self.home = Path(home)
+        self.args = tuple(args)  # more app.py options, e.g. ("--auth", "user:password")
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log_path = self.home / "studio.log"
@@ -51,7 +53,7 @@ class StudioServer:
         env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **self.extra_env}
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "app.py"), "--home", str(self.home),
-                                      "--port", str(self.port), "--no-browser"],
+                                      "--port", str(self.port), "--no-browser", *self.args],
                                      cwd=PROJECT_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
         while time.time() < deadline:
