@@ -122,7 +122,10 @@ def check_launch(cfg, out: list[Problem], cuda: bool) -> None:
             out.append(Problem("accelerate_config_file", f"accelerate_config_file = {cfg.accelerate_config_file!r} "
                                                          "does not exist; write one with `accelerate config`"))
         return
-    if not cuda:
+    if not cuda:  # each process a CPU core at least (the studio's API must not start thousands)
+        per, cores = processes_per_machine(cfg, 0), os.cpu_count() or 1
+        if per > cores:
+            out.append(Problem("num_processes", f"{per} processes on a CPU with {cores} cores: at most {cores} here"))
         return
     here = [g["id"] for g in visible_gpus()]
     if not here:  # no nvidia-smi to count them: the launch finds out

@@ -21,7 +21,8 @@ from ui.schema_form import SchemaForm, field_for_error
 
 # Folders a run writes to (or loads training state from): they stay inside the studio's home, so a call to
 # the studio's API cannot have a run write files, or read a checkpoint, anywhere else on the disk.
-HOME_FOLDERS = ("output_dir", "class_data_dir", "resume_from_checkpoint")
+# An accelerate config file decides how a run launches: it too is one of the home's files.
+HOME_FOLDERS = ("output_dir", "class_data_dir", "resume_from_checkpoint", "accelerate_config_file")
 
 
 def for_run(cfg, home: Path):
@@ -141,13 +142,15 @@ def training_on(raw: dict) -> str:
 _BATCH_KEYS = ("train_batch_size", "gradient_accumulation_steps", "accelerate_config_file", *LAUNCH_KEYS)
 
 
-def effective_batch_text(raw: dict) -> str:
+def effective_batch_text(raw: dict, home: Path) -> str:
     """"Effective batch = 2 per GPU x 4 GPUs x 2 accumulation = 16 images per optimizer step", from the batch
-    and [distributed] values alone (a problem elsewhere in the form does not hide it)."""
+    and [distributed] values alone (a problem elsewhere in the form does not hide it). An accelerate config
+    file is read for its process count only inside the studio's home."""
     from engine.launch import effective_batch
     try:
-        cfg = validate({"train_data_dir": ".", **{k: raw[k] for k in _BATCH_KEYS if raw.get(k) is not None}})
-    except ConfigError:
+        cfg = for_run(validate({"train_data_dir": ".", **{k: raw[k] for k in _BATCH_KEYS if raw.get(k) is not None}}),
+                      home)
+    except (ConfigError, UnsafePath):
         return "Effective batch: shown once the batch size and the GPUs and machines settings are valid."
     per, procs, accum, total = effective_batch(cfg)
     unit = "GPU" if training_gpus() else "process"

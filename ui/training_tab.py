@@ -122,7 +122,7 @@ def build(studio: Studio) -> SchemaForm:
         on_html = gr.HTML(training_on(values), elem_id="training-on", padding=False)
         summary = gr.HTML(summary_html(first), elem_id="training-summary", padding=False)
         plan_md = gr.Markdown(plan_text(first), elem_id="training-plan")
-        batch_md = gr.Markdown(effective_batch_text(values), elem_id="training-effective-batch")
+        batch_md = gr.Markdown(effective_batch_text(values, studio.home), elem_id="training-effective-batch")
 
     form = build_form(values, suggestions={"pretrained_model_name_or_path": builtin_names(),
                                            "gpu_ids": gpu_id_suggestions()},
@@ -135,7 +135,7 @@ def build(studio: Studio) -> SchemaForm:
     def shown(widget_values, verdict):
         return (form.error_updates(verdict.errors, verdict.warnings) + form.box_updates(widget_values, verdict.flagged)
                 + [summary_html(verdict), plan_text(verdict), training_on(raw := form.raw_values(widget_values)),
-                   effective_batch_text(raw)])
+                   effective_batch_text(raw, home)])
 
     def refresh(*widget_values):
         return shown(widget_values, settle(form, widget_values, home))
