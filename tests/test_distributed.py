@@ -163,3 +163,12 @@ def test_two_nodes_on_this_machine_resume_and_only_rank_0_writes(tmp_path):
     after = _files(local)
     assert {k: v for k, v in after.items() if k in before} == before, "node 1 changed the run's files"
     assert all(Path(k).name == "random_states_1.pkl" for k in set(after) - set(before)), set(after) - set(before)
+
+
+def test_shipped_presets_leave_the_distributed_table_empty():
+    from engine.config import LAUNCH_KEYS
+    from engine.paths import PROJECT_ROOT
+    from engine.presets import read_preset
+    launch_keys = {*LAUNCH_KEYS, "accelerate_config_file"}  # a preset never holds a machine's GPUs or nodes
+    for preset in sorted((PROJECT_ROOT / "presets").glob("*.toml")):
+        assert not launch_keys & set(read_preset(preset)), preset.name
