@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     config_path = str(Path(args.config).expanduser().resolve())  # every node runs it from the project folder
     try:
         cfg = load_config(config_path, args.overrides)
-        if cfg.accelerate_config_file and args.sbatch:
+        if cfg.accelerate_config_file:  # every node reads it from the same place
             cfg = cfg.replace(accelerate_config_file=str(Path(cfg.accelerate_config_file).expanduser().resolve()))
         port = args.port or cfg.main_process_port or DEFAULT_PORT
         main_ip = args.main_ip or cfg.main_process_ip or ("127.0.0.1" if args.nodes == 1 else None)

@@ -233,7 +233,7 @@ def _check_distributed(values: dict[str, Any]) -> None:
                           "the main machine)")
     if machines > 1 and not values["main_process_ip"]:
         raise ConfigError(f"num_machines = {machines} needs main_process_ip, the address of the machine of rank 0 "
-                          "(python -m engine.cluster fills it in for each node)")
+                          "(or leave both unset and give python -m engine.cluster --nodes and --main-ip)")
     total = values["num_processes"]
     if total is not None and total % machines:
         raise ConfigError(f"num_processes = {total} counts the processes of every machine together (as accelerate "
