@@ -1,6 +1,7 @@
 """Training speed and memory through the engine's own CLI and loop, against the GPU's physical limit.
 
-    python -m bench.train_speed [--device cuda|cpu] [--tiny] [--rows a,b] [--features [a,b]] [--json]
+    python -m bench.train_speed [--device cuda|cpu] [--tiny] [--rows a,b] [--features [a,b]] [--processes 1,2]
+                                [--json]
 
 Full size: randomly initialised SD 1.5, SDXL, Flux.1 dev and SD3.5 Large built from their published configs
 (builtin:random-sd15, random-sdxl; random-flux1, random-sd35 made on the GPU; no download), on synthetic images. `--tiny` runs the same rows on the tiny built-ins at
@@ -11,6 +12,9 @@ TFLOP SD 1.5 @512, 6.8 TFLOP SDXL @1024, scaled by pixel count), or by torch's F
 for the DiTs (their transformer's own config on the meta device);
 a LoRA step costs ~2 forwards (3 with gradient checkpointing), a full fine-tune ~3 (4).
 `--features` runs each row again with one speed feature flipped: off where the row has it on, else on.
+`--processes 1,2` runs each row data-parallel at each process count (through `accelerate launch`, as the
+studio launches: engine.launch), the same batch per process, and reports the scaling efficiency
+throughput_N / (N x throughput_1). On a CPU (gloo, processes sharing its cores) that is only a sanity check.
 """
 from __future__ import annotations
 
@@ -192,19 +196,30 @@ def flip(feature: str, cfg: dict) -> tuple[str, dict]:
     return (f"{feature}: off", off) if is_on else (f"{feature}: on", on)
 
 
-def run_row(row: Row, args, settings: dict, workdir: Path, skip: str = "") -> dict:
+def _train_command(cfg: dict, processes: int | None) -> list[str]:
+    """`python -m engine.train --set ...`; with a process count, under `accelerate launch` as the studio starts it."""
+    sets = [x for k, v in cfg.items() for x in ("--set", f"{k}={json.dumps(v) if isinstance(v, bool) else v}")]
+    if processes is None:
+        return [sys.executable, "-m", "engine.train", *sets]
+    from engine.config import validate
+    from engine.launch import LAUNCHER, launch_flags
+    return [*LAUNCHER, *launch_flags(validate(cfg)), "-m", "engine.train", *sets]
+
+
+def run_row(row: Row, args, settings: dict, workdir: Path, skip: str = "", processes: int | None = None) -> dict:
     cfg = {**row_config(row, args, workdir), **settings}
+    if processes is not None:
+        cfg["num_processes"] = processes
     resolution = cfg["resolution"]
     result = {"row": row.name, "model": cfg["pretrained_model_name_or_path"], "resolution": resolution,
-              "batch": row.batch, "method": row.method, "device": args.device, "settings": settings}
+              "batch": row.batch, "method": row.method, "device": args.device, "settings": settings,
+              "processes": processes or 1}
     if row.needs_cuda and args.device != "cuda":
         skip = skip or f"needs CUDA ({row.needs_cuda})"
     if skip:
         return {**result, "skipped": skip}
     synthetic_images(Path(cfg["train_data_dir"]), _n_images(row, args), resolution)
-    cmd = [sys.executable, "-m", "engine.train"]
-    for k, v in cfg.items():
-        cmd += ["--set", f"{k}={json.dumps(v) if isinstance(v, bool) else v}"]
+    cmd = _train_command(cfg, processes)
     # ahead of, not instead of, the caller's path (bench/gpu_check.sh puts the carried wheels there)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if args.device == "cpu":
@@ -224,11 +239,13 @@ def run_row(row: Row, args, settings: dict, workdir: Path, skip: str = "") -> di
                                      f"2 x logging_steps ({cfg.get('logging_steps', 1)})"}
     first, last = steps[0], steps[-1]
     seconds = last["time"] - first["time"]
-    images_per_s = (last["step"] - first["step"]) * row.batch / seconds if seconds > 0 else float("nan")
+    # a step trains a batch on every process
+    images_per_s = (last["step"] - first["step"]) * row.batch * (processes or 1) / seconds if seconds > 0 else float("nan")
     passes = (3 if row.method == "full" else 2) + (1 if cfg.get("gradient_checkpointing") else 0)
     fwd = forward_tflop(row, args.tiny, cfg["pretrained_model_name_or_path"], resolution)
     peak = peak_tflops(args.device, args.peak_tflops)
-    return {**result, "images_per_s": round(images_per_s, 3), "s_per_it": round(row.batch / images_per_s, 4),
+    return {**result, "images_per_s": round(images_per_s, 3),
+            "s_per_it": round(row.batch * (processes or 1) / images_per_s, 4),
             "peak_memory_gb": round(last["peak_memory_mb"] / 1024, 3), "forward_tflop_per_image": fwd,
             "mfu": round(images_per_s * fwd * passes / peak, 4) if peak else None, "peak_tflops": peak}
 
@@ -273,6 +290,8 @@ def main(argv=None) -> int:
     p.add_argument("--features", nargs="?", const=",".join(FEATURES), default="",
                    help=f"also run each row with each of these speed features flipped (default: all of "
                         f"{', '.join(FEATURES)})")
+    p.add_argument("--processes", help="comma-separated process counts, e.g. 1,2: data-parallel scaling (the "
+                                       "first is the baseline)")
     p.add_argument("--steps", type=int, default=20, help="measured steps after warm-up")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--images", type=int, default=32, help="synthetic images per resolution")
@@ -290,9 +309,19 @@ def main(argv=None) -> int:
     features = [f for f in args.features.split(",") if f]
     if set(features) - set(FEATURES):
         p.error(f"no such features: {', '.join(set(features) - set(FEATURES))}; choose from {', '.join(FEATURES)}")
+    try:
+        counts = [int(n) for n in args.processes.split(",")] if args.processes else []
+    except ValueError:
+        counts = [0]
+    if any(n < 1 for n in counts):
+        p.error(f"--processes {args.processes}: give process counts, e.g. 1,2")
     judged_rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="train-speed-") as tmp:
         for row in rows:
+            if counts:
+                for r in scaling(row, args, counts, Path(tmp)):
+                    print(json.dumps(r) if args.json else _line(r), flush=True)
+                continue
             cfg = row_config(row, args, Path(tmp))
             variants = [("", {}, "")] + [(*flip(f, cfg), CUDA_ONLY_FEATURES.get(f, "") if args.device != "cuda"
                                           else "") for f in features]
@@ -310,13 +339,26 @@ def main(argv=None) -> int:
     return 0
 
 
+def scaling(row: Row, args, counts: list[int], workdir: Path) -> list[dict]:
+    """The row at each process count; efficiency against the first count's throughput per process."""
+    results = [{**run_row(row, args, {}, workdir, processes=n), "feature": f"processes={n}", "verdict": ""}
+               for n in counts]
+    base = results[0]
+    for r in results:
+        if "images_per_s" in r and "images_per_s" in base:
+            per_base = base["images_per_s"] / base["processes"]
+            r["scaling_efficiency"] = round(r["images_per_s"] / (r["processes"] * per_base), 3)
+    return results
+
+
 def _line(r: dict) -> str:
     head = f"{r['row']:<26} {r['feature']:<36}"
     if "skipped" in r or "error" in r:
         return f"{head} {'skipped: ' + r['skipped'] if 'skipped' in r else 'error: ' + r['error']}"
     mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+    scaling_ = f"  scaling efficiency {100 * r['scaling_efficiency']:.0f}%" if "scaling_efficiency" in r else ""
     return (f"{head} {r['images_per_s']:>9.2f} img/s  {r['s_per_it']:.3f} s/it  peak {r['peak_memory_gb']:.2f} GB"
-            f"  MFU {mfu}  {r['verdict']}")
+            f"  MFU {mfu}{scaling_}  {r['verdict']}")
 
 
 if __name__ == "__main__":

@@ -195,11 +195,52 @@ def validate(raw: dict[str, Any]) -> Config:
                               f"bucket_reso_steps = {values['bucket_reso_steps']}")
     _check_method_fields(values)
     _check_sampling(values)
+    _check_distributed(values)
     try:
         values["caption_extension"] = caption_extension(values["caption_extension"])
     except UnsafePath as e:
         raise ConfigError(f"caption_extension: {e}") from None
     return Config(values)
+
+
+LAUNCH_KEYS = ("num_processes", "gpu_ids", "num_machines", "machine_rank", "main_process_ip", "main_process_port")
+
+
+def _check_distributed(values: dict[str, Any]) -> None:
+    """The [distributed] table: what accelerate's launcher would refuse, or hang on, said before a launch."""
+    ids = values["gpu_ids"]
+    if ids is not None:
+        ids = values["gpu_ids"] = ids.strip().replace(" ", "")
+        parts = ids.split(",")
+        if ids.lower() == "all":
+            values["gpu_ids"] = "all"
+        elif not all(p.isdigit() for p in parts) or len(set(parts)) != len(parts):
+            raise ConfigError(f"gpu_ids = {ids!r} must be GPU ids separated by commas, each once (e.g. \"0,1\"), "
+                              "or \"all\"")
+    config_file = values["accelerate_config_file"]
+    if config_file is not None:
+        given = [k for k in LAUNCH_KEYS if values[k] is not None]
+        if given:
+            raise ConfigError(f"accelerate_config_file = {config_file!r} already says how to launch; unset "
+                              f"{' and '.join(given)} (or unset accelerate_config_file)")
+        if Path(config_file).suffix.lower() not in (".yaml", ".yml", ".json"):
+            raise ConfigError(f"accelerate_config_file = {config_file!r} must be a .yaml, .yml or .json file "
+                              "(what `accelerate config` writes)")
+        return
+    machines, rank = values["num_machines"] or 1, values["machine_rank"]
+    if rank is not None and rank >= machines:
+        raise ConfigError(f"machine_rank = {rank} must be below num_machines = {machines} (ranks count from 0, "
+                          "the main machine)")
+    if machines > 1 and not values["main_process_ip"]:
+        raise ConfigError(f"num_machines = {machines} needs main_process_ip, the address of the machine of rank 0 "
+                          "(or leave both unset and give python -m engine.cluster --nodes and --main-ip)")
+    total = values["num_processes"]
+    if total is not None and total % machines:
+        raise ConfigError(f"num_processes = {total} counts the processes of every machine together (as accelerate "
+                          f"does): it must be a multiple of num_machines = {machines}, e.g. {machines * max(1, total // machines)}")
+    if total is not None and ids not in (None, "all") and total // machines > len(ids.split(",")):
+        raise ConfigError(f"num_processes = {total} is {total // machines} per machine, but gpu_ids = {ids!r} lists "
+                          f"{len(ids.split(','))}: one process per GPU")
 
 
 def _check_sampling(values: dict[str, Any]) -> None:

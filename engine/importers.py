@@ -252,8 +252,9 @@ def _map_launcher(c: _Collector, launcher, given: set[str]) -> None:
             continue
         c.unmapped.append(source)
         if name in _LAUNCH_ONLY:
-            c.notes.append(f"{source}: how many processes or GPUs train is chosen when a run starts, not in "
-                           "the config (headless: accelerate launch --num_processes N -m engine.train CONFIG)")
+            c.notes.append(f"{source}: how many processes or GPUs train is this machine's choice, made when a run "
+                           "starts: set it in the [distributed] table (num_processes, gpu_ids; the studio's GPUs "
+                           "and machines settings), headless python -m engine.launch CONFIG")
 
 
 def _script_hints(c: _Collector, stem: str, given: set[str], args: dict, dit: str | None) -> None:

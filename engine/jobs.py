@@ -15,7 +15,6 @@ import re
 import secrets
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ from typing import Any
 from engine.config import (FIELD_BY_NAME, Config, ConfigError, atomic_write_bytes, flatten, load_config,
                            save_config, validate)
 from engine.home_lock import FolderBusy, FolderLock
+from engine.launch import launch_command
 from engine.paths import PROJECT_ROOT, runs_dir, safe_child
 from engine.progress import Progress, attempt_console, console_error, events_of, progress
 
@@ -82,11 +82,6 @@ class Job:
         if job.status not in STATUSES:
             raise ValueError(f"unknown status {job.status!r}")
         return job
-
-
-def launch_command(config_path: Path, mixed_precision: str = "no") -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-            "--mixed_precision", mixed_precision, "--dynamo_backend", "no", "-m", "engine.train", str(config_path)]
 
 
 class JobQueue:
@@ -247,7 +242,7 @@ class JobQueue:
         job.started, job.ended, job.returncode, job.reason, job.pid = time.time(), None, None, "", None
         try:
             cfg = load_config(job.config_path)
-            cmd = launch_command(job.config_path, cfg.mixed_precision)
+            cmd = launch_command(cfg, job.config_path)  # the config's [distributed] table: processes, GPUs
             env = {**os.environ, "PYTHONUNBUFFERED": "1",
                    "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)}
             with open(job.console_log, "ab") as console:

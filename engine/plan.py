@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.events import format_duration, iter_events
+from engine.launch import total_processes
 
 # Seconds per training image on the 2-core CPU the project is developed on (toy presets: 300 steps of 8
 # images in about 100 s with LoRA on attention, feed-forward and the text encoder). Used only until a run
@@ -59,7 +60,7 @@ def count_images(cfg) -> int | None:
 
 def _similar(run_cfg: dict, cfg) -> bool:
     keys = ("pretrained_model_name_or_path", "method", "resolution", "train_batch_size", "train_text_encoder",
-            "gradient_checkpointing", "mixed_precision", "cache_latents")
+            "gradient_checkpointing", "mixed_precision", "cache_latents", "num_processes", "num_machines")
     return all(run_cfg.get(k) == getattr(cfg, k) for k in keys)
 
 
@@ -89,12 +90,13 @@ def measured_seconds_per_step(cfg, runs_root: Path) -> float | None:
 
 
 def make_plan(cfg, runs_root: Path | None = None) -> Plan:
-    """Steps as the loop counts them (one process; buckets may add a few partial batches)."""
+    """Steps as the loop counts them (buckets may add a few partial batches)."""
     n = count_images(cfg)
     if n is None:
         steps_per_epoch = total = epochs = None
     else:
-        batches = math.ceil(n / cfg.train_batch_size)
+        # each process loads its own share of the batches (accelerate's sharding), as the loop counts them
+        batches = math.ceil(math.ceil(n / cfg.train_batch_size) / total_processes(cfg))
         steps_per_epoch = max(1, math.ceil(batches / cfg.gradient_accumulation_steps))
         total = cfg.max_train_steps or cfg.num_train_epochs * steps_per_epoch
         epochs = math.ceil(total / steps_per_epoch)

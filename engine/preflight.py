@@ -111,6 +111,33 @@ def check_machine(cfg, out: list[Problem]) -> None:
         out.append(Problem("report_to", 'report_to = "wandb" needs wandb: pip install wandb, or use "tensorboard"'))
     if cfg.dataset_name is not None and not _has("datasets"):
         out.append(Problem("dataset_name", "dataset_name needs the datasets package: pip install datasets"))
+    check_launch(cfg, out, cuda)
+
+
+def check_launch(cfg, out: list[Problem], cuda: bool) -> None:
+    """The [distributed] table against this machine: the GPUs it names exist, the config file is there."""
+    from engine.launch import processes_per_machine, visible_gpus
+    if cfg.accelerate_config_file:
+        if not Path(cfg.accelerate_config_file).expanduser().is_file():
+            out.append(Problem("accelerate_config_file", f"accelerate_config_file = {cfg.accelerate_config_file!r} "
+                                                         "does not exist; write one with `accelerate config`"))
+        return
+    if not cuda:  # each process a CPU core at least (the studio's API must not start thousands)
+        per, cores = processes_per_machine(cfg, 0), os.cpu_count() or 1
+        if per > cores:
+            out.append(Problem("num_processes", f"{per} processes on a CPU with {cores} cores: at most {cores} here"))
+        return
+    here = [g["id"] for g in visible_gpus()]
+    if not here:  # no nvidia-smi to count them: the launch finds out
+        return
+    missing = [i for i in (cfg.gpu_ids or "").split(",") if i and i != "all" and i not in here]
+    if missing:
+        out.append(Problem("gpu_ids", f"gpu_ids = {cfg.gpu_ids!r}: this machine has no GPU {', '.join(missing)} "
+                                      f"(it has {', '.join(here)})"))
+    per = processes_per_machine(cfg, len(here))
+    if per > len(here):
+        out.append(Problem("num_processes", f"{per} processes per machine need {per} GPUs, one each; this machine "
+                                            f"has {len(here)}"))
 
 
 def _hub(name: str, key: str, out: list[Problem], repo_type: str = "model") -> None:

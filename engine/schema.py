@@ -293,6 +293,26 @@ FIELDS: list[Field] = [
     _f("overwrite", bool, False, "output", "Replace an adaptor that already exists in the run folder."),
     _f("report_to", str, "tensorboard", "output", "Experiment tracker.",
        choices=("none", "tensorboard", "wandb")),
+    # --- distributed: how many processes, GPUs and machines train (engine/launch.py turns these into
+    # `accelerate launch` flags, spelt as accelerate spells them). Empty in presets: a config never hard-codes
+    # a machine's GPU count; unset means one process on one machine.
+    _f("num_processes", int, None, "distributed", "Training processes in total, over every machine (as accelerate "
+       "counts them; one per GPU). Unset: one per machine, or one per GPU of gpu_ids. Each process trains "
+       "train_batch_size images per step.", optional=True, min=1, max=4096),
+    _f("gpu_ids", str, None, "distributed", "GPUs of this machine to train on, by id: \"0,1\" or \"all\" "
+       "(accelerate's --gpu_ids). Unset: the first GPU.", optional=True),
+    _f("num_machines", int, None, "distributed", "Machines (nodes) training together; more than one needs "
+       "main_process_ip, and each machine its machine_rank (python -m engine.cluster writes both).",
+       optional=True, min=1, max=1024),
+    _f("machine_rank", int, None, "distributed", "This machine's rank, 0 on the main machine (the one at "
+       "main_process_ip) to num_machines - 1.", optional=True, min=0, max=1023),
+    _f("main_process_ip", str, None, "distributed", "Address of the machine of rank 0, reachable from every "
+       "machine.", optional=True),
+    _f("main_process_port", int, None, "distributed", "Port on the main machine the processes meet at (unset: "
+       "29500, accelerate's).", optional=True, min=1, max=65535),
+    _f("accelerate_config_file", str, None, "distributed", "An accelerate config file (.yaml or .json, from "
+       "`accelerate config`) to launch with instead; the other launch settings here stay unset.",
+       optional=True),
 ]
 
 
@@ -346,7 +366,10 @@ LABELS = {
     "guidance_scale": "Sample guidance scale", "adaptor_name": "Output name", "output_dir": "Runs folder",
     "checkpointing_steps": "Checkpoint every N steps", "checkpoints_total_limit": "Checkpoints kept",
     "resume_from_checkpoint": "Resume from checkpoint", "overwrite": "Overwrite an existing adaptor",
-    "report_to": "Experiment tracker",
+    "report_to": "Experiment tracker", "num_processes": "Processes (GPUs) in total",
+    "gpu_ids": "GPU ids", "num_machines": "Machines", "machine_rank": "This machine's rank",
+    "main_process_ip": "Main machine's address", "main_process_port": "Main machine's port",
+    "accelerate_config_file": "accelerate config file",
 }
 _WORDS = {"lr": "LR", "ema": "EMA", "snr": "SNR", "vae": "VAE", "adam": "Adam", "huber": "Huber",
           "lora": "LoRA", "reso": "resolution", "num": "number of"}

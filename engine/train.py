@@ -58,6 +58,15 @@ def _check(cfg) -> int:
     return 0 if report.ok else 2
 
 
+def _note_launch(cfg) -> None:
+    """The [distributed] table takes effect through the launch (python -m engine.launch, the studio, engine.cluster):
+    say so when this process's launch runs another number of processes than the config asks for."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.num_processes is not None and cfg.num_processes != world and os.environ.get("RANK", "0") == "0":
+        print(f"note: the config asks for num_processes = {cfg.num_processes} but this launch runs {world}; "
+              "`python -m engine.launch CONFIG` launches with the config's [distributed] table", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from engine.config import ConfigError, describe_fields, load_config
@@ -76,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check:
         return _check(cfg)
+    _note_launch(cfg)
 
     _quiet_libraries()
     from engine.atomic import DiskFull

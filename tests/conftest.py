@@ -66,13 +66,11 @@ def tiny_data(tmp_path):
 
 
 def accelerate_cmd(num_processes: int = 1) -> list[str]:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no"]
-    if num_processes > 1:
-        cmd += ["--multi_gpu", "--num_processes", str(num_processes)]
-    else:
-        cmd += ["--num_processes", "1"]
-    return cmd
+    """The launcher and its flags as the studio builds them (engine.launch) for num_processes, GPU ids unset:
+    several processes on a CPU train data-parallel over gloo."""
+    from engine.config import validate
+    from engine.launch import LAUNCHER, launch_flags
+    return [*LAUNCHER, *launch_flags(validate({"train_data_dir": ".", "num_processes": num_processes}))]
 
 
 def run_training(config_args: list[str], num_processes: int = 1, expect_rc: int = 0, timeout: int = 600,

@@ -153,13 +153,24 @@ def test_two_jobs_run_one_after_the_other(tmp_path, tiny_data):
         q.submit(values(tiny_data, adaptor_name="a", max_train_steps=4))
 
 
+def _runs(pid: str, config_path) -> bool:
+    try:
+        return str(config_path) in open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
 def test_cancel_queued_and_running(tmp_path, tiny_data):
+    """The long job trains data-parallel (num_processes = 2, GPU ids unset: gloo on a CPU); cancel ends both."""
     q = JobQueue(tmp_path / "runs")
-    long = q.submit(values(tiny_data, adaptor_name="long", max_train_steps=5000))
+    long = q.submit(values(tiny_data, adaptor_name="long", max_train_steps=5000, num_processes=2))
     waiting = q.submit(values(tiny_data, adaptor_name="waiting", max_train_steps=2))
     wait_for(q, lambda: progress(long).step >= 1, "the first training step")
     assert waiting.status == "queued"
+    assert "--multi_gpu --num_processes 2 --num_machines 1" in long.console_log.read_text().splitlines()[0]
+    start = next(e for e in iter_events(long.run_dir / "events.jsonl") if e["type"] == "start")
+    assert start["num_processes"] == 2
     q.cancel(waiting.id)
     assert waiting.status == "cancelled" and waiting.attempts == 0 and waiting.pid is None
 
@@ -168,6 +179,7 @@ def test_cancel_queued_and_running(tmp_path, tiny_data):
     t0 = time.time()
     q.cancel(long.id)
     assert long.status == "cancelled" and not group_alive(pgid)
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _runs(p, long.config_path)], "a worker outlived it"
     assert time.time() - t0 < 5, "SIGTERM should stop it without waiting for SIGKILL"
     q.poll()
     assert waiting.status == "cancelled" and waiting.started is None, "a cancelled job must never start"

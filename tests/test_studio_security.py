@@ -36,7 +36,8 @@ TEXT_INPUTS = {"dataset-caption", "dataset-caption-stamp", "dataset-bulk-text", 
                "dataset-status", "caption-status",
                "caption-trigger", "caption-undesired-tags", "caption-tag-separator", "training-import-text",
                "compare-prompts", "compare-negative", "compare-xy-scales", "compare-xy-prompt"}
-PATH_FIELDS = {"caption_extension", "output_dir", "class_data_dir", "resume_from_checkpoint", "adaptor_name"}
+PATH_FIELDS = {"caption_extension", "output_dir", "class_data_dir", "resume_from_checkpoint", "adaptor_name",
+               "accelerate_config_file"}
 FOLDER_FIELDS = {"train_data_dir", "dataset_name", "pretrained_model_name_or_path",
                  "pretrained_vae_model_name_or_path"}
 NOT_FUZZED = {"number", "checkbox", "slider"}  # gradio checks their type and range itself

@@ -66,3 +66,35 @@ def test_the_painted_layer_becomes_a_white_mask(tmp_path):
     assert mask[15, 10] == 255 and mask[30, 30] == 0 and (mask == 255).sum() == 100
     with pytest.raises(ValueError, match="upload an image"):
         _editor_to_files({"background": None, "layers": []}, tmp_path)
+
+
+def test_the_gpus_and_machines_group_and_the_effective_batch_line_follow_the_fields(tmp_path):
+    """The Training tab built in-process: the [distributed] fields in their own accordion under the machine's GPUs
+    (or a CPU note), and the effective batch line that the form's refresh (every field's change) rewrites."""
+    import gradio as gr
+
+    from ui import training_tab
+    from ui.run_device import training_gpus
+    from ui.studio import Studio
+
+    with gr.Blocks() as demo:
+        with gr.Tabs() as tabs, gr.Tab("Training"):
+            studio = Studio(home=tmp_path, shared={"tabs": tabs})
+            form = training_tab.build(studio)
+    assert "distributed" in form.accordions
+    assert {"num_processes", "gpu_ids", "num_machines", "machine_rank", "main_process_ip", "main_process_port",
+            "accelerate_config_file"} <= set(form.widgets)
+    note = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "group-note-distributed").value
+    assert ("GPUs on this machine" if training_gpus() else "No CUDA GPU here") in note
+    unit = "GPU" if training_gpus() else "process"
+
+    refresh = next(f for f in demo.fns.values() if f.api_name == "refresh_form").fn
+    values = {**{n: w.value for n, w in form.widgets.items()}, "train_data_dir": str(tmp_path)}
+    assert f"= 1 per {unit} × 1 {unit} × 1 accumulation = **1** image" in refresh(*values.values())[-1]
+    values.update(train_batch_size=2, num_processes="2", gradient_accumulation_steps=4)
+    assert f"= 2 per {unit} × 2 {unit}{'es' if unit == 'process' else 's'} × 4 accumulation = **16** images" in \
+        refresh(*values.values())[-1]
+    values.update(num_processes="3", num_machines="2", main_process_ip="10.0.0.1")  # not a multiple: the field says why
+    out = refresh(*values.values())
+    assert out[-1].startswith("Effective batch: shown once")
+    assert "multiple of num_machines" in out[form.names.index("num_processes")]["value"]

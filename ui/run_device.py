@@ -8,11 +8,11 @@ from __future__ import annotations
 import html
 import importlib.metadata
 import os
-import shutil
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
+
+from engine.launch import nvidia_smi, visible_gpus
 
 CACHE_S = 3.0
 
@@ -44,16 +44,13 @@ def gpus() -> list[Gpu]:
         if time.monotonic() - _cache[0] < CACHE_S:
             return _cache[1]
         found: list[Gpu] = []
-        index, exe = _visible_index(), shutil.which("nvidia-smi")
-        if index is not None and exe:
+        index = _visible_index()
+        for row in nvidia_smi("name,memory.used,memory.total", index) if index is not None else []:
             try:
-                out = subprocess.run([exe, f"--id={index}", "--query-gpu=name,memory.used,memory.total",
-                                      "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5)
-                for line in out.stdout.splitlines() if out.returncode == 0 else []:
-                    name, used, total = (x.strip() for x in line.rsplit(",", 2))
-                    found.append(Gpu(name, float(used), float(total)))
-            except (OSError, ValueError, subprocess.TimeoutExpired):
+                found.append(Gpu(",".join(row[:-2]), float(row[-2]), float(row[-1])))
+            except (IndexError, ValueError):
                 found = []
+                break
         _cache = (time.monotonic(), found)
         return found
 
@@ -81,3 +78,28 @@ def device_badge(device: dict | None = None) -> str:
     if kind == "mps":
         return '<span class="device-badge gpu" data-device="mps">GPU: Apple (MPS)</span>'
     return '<span class="device-badge cpu" data-device="cpu">training on CPU</span>'
+
+
+def training_gpus() -> list[dict]:
+    """The GPUs a run could train on here ([] with a CPU-only torch, whatever the machine has)."""
+    return visible_gpus() if torch_has_cuda() else []
+
+
+def gpu_id_suggestions() -> list[str] | None:
+    """What the gpu_ids box offers: "all", each GPU, and the first two, three, ... together (None: a plain box)."""
+    ids = [g["id"] for g in training_gpus()]
+    if not ids:
+        return None
+    return ["all"] + ids + [",".join(ids[:n]) for n in range(2, len(ids) + 1)]
+
+
+def device_picker_html() -> str:
+    """Above the [distributed] settings: this machine's GPUs, or that it trains on the CPU."""
+    found = training_gpus()
+    if not found:
+        return ('<p class="device-picker cpu" data-gpus="0">No CUDA GPU here: runs train on the CPU. Several '
+                "processes (num_processes) still train data-parallel there (gloo), each on its own batch.</p>")
+    items = "".join(f"<li><code>{html.escape(g['id'])}</code> {html.escape(g['name'])} ({g['memory_gb']:g} GB)</li>"
+                    for g in found)
+    return (f'<div class="device-picker gpu" data-gpus="{len(found)}"><p>GPUs on this machine (gpu_ids picks '
+            f"them; one training process per GPU):</p><ul>{items}</ul></div>")

@@ -25,7 +25,8 @@ from engine.schema import BASIC, MULTILINE, applies, label
 
 UNSET = "(unset)"  # how a dropdown spells "leave it to the default / the model"
 GROUP_TITLES = {"model": "Model", "dataset": "Dataset", "training": "Training", "lora": "LoRA",
-                "validation": "Validation samples", "output": "Output and checkpoints"}
+                "validation": "Validation samples", "output": "Output and checkpoints",
+                "distributed": "GPUs and machines (distributed)"}
 FIELD_MIN_WIDTH = 300  # px: four fields side by side on a 1400 px window; a hidden one leaves no hole
 
 
@@ -185,9 +186,11 @@ class SchemaForm:
                 for key in self.accordions]
 
 
-def build_form(values: dict[str, Any], suggestions: dict[str, list[str]] | None = None) -> SchemaForm:
-    """The Basic view (BASIC, in that order), then Advanced: one closed accordion per schema group."""
-    suggestions = suggestions or {}
+def build_form(values: dict[str, Any], suggestions: dict[str, list[str]] | None = None,
+               notes: dict[str, str] | None = None) -> SchemaForm:
+    """The Basic view (BASIC, in that order), then Advanced: one closed accordion per schema group, with
+    notes[group] (HTML, e.g. the machine's GPUs) at its top."""
+    suggestions, notes = suggestions or {}, notes or {}
     form = SchemaForm()
     with gr.Row(equal_height=False, elem_id="training-basic"):
         for name in BASIC:
@@ -202,6 +205,8 @@ def build_form(values: dict[str, Any], suggestions: dict[str, list[str]] | None 
             with gr.Accordion(GROUP_TITLES.get(group, group.replace("_", " ").capitalize()), open=False,
                               elem_id=f"group-{group}") as acc:
                 form.accordions[group] = acc
+                if group in notes:
+                    gr.HTML(notes[group], elem_id=f"group-note-{group}", padding=False)
                 with gr.Row(equal_height=False):
                     for f in fields:
                         form.add(f, values.get(f.name, f.default), values, suggestions.get(f.name))

@@ -12,15 +12,17 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.config import FIELD_BY_NAME, ConfigError, validate
+from engine.config import FIELD_BY_NAME, LAUNCH_KEYS, ConfigError, validate
 from engine.paths import UnsafePath, inside
 from engine.plan import counted
 from engine.schema import BASIC, label
+from ui.run_device import training_gpus
 from ui.schema_form import SchemaForm, field_for_error
 
 # Folders a run writes to (or loads training state from): they stay inside the studio's home, so a call to
 # the studio's API cannot have a run write files, or read a checkpoint, anywhere else on the disk.
-HOME_FOLDERS = ("output_dir", "class_data_dir", "resume_from_checkpoint")
+# An accelerate config file decides how a run launches: it too is one of the home's files.
+HOME_FOLDERS = ("output_dir", "class_data_dir", "resume_from_checkpoint", "accelerate_config_file")
 
 
 def for_run(cfg, home: Path):
@@ -135,3 +137,24 @@ def training_on(raw: dict) -> str:
     except (OSError, ValueError) as e:  # DataError and UnsafePath are ValueErrors
         return f"Training on: {shown} (⚠ {html.escape(str(e))})"
     return f"Training on: {shown} ({counted(n, 'image')}, {captioned} captioned)"
+
+
+_BATCH_KEYS = ("train_batch_size", "gradient_accumulation_steps", "accelerate_config_file", *LAUNCH_KEYS)
+
+
+def effective_batch_text(raw: dict, home: Path) -> str:
+    """"Effective batch = 2 per GPU x 4 GPUs x 2 accumulation = 16 images per optimizer step", from the batch
+    and [distributed] values alone (a problem elsewhere in the form does not hide it). An accelerate config
+    file is read for its process count only inside the studio's home."""
+    from engine.launch import effective_batch
+    try:
+        cfg = for_run(validate({"train_data_dir": ".", **{k: raw[k] for k in _BATCH_KEYS if raw.get(k) is not None}}),
+                      home)
+    except (ConfigError, UnsafePath):
+        return "Effective batch: shown once the batch size and the GPUs and machines settings are valid."
+    per, procs, accum, total = effective_batch(cfg)
+    unit = "GPU" if training_gpus() else "process"
+    where = " (from the accelerate config file)" if cfg.accelerate_config_file else ""
+    units = unit if procs == 1 else f"{unit}es" if unit == "process" else f"{unit}s"
+    return (f"Effective batch = {per} per {unit} × {procs} {units}{where} × {accum} accumulation = "
+            f"**{total}** {'image' if total == 1 else 'images'} per optimizer step.")

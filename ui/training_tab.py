@@ -10,8 +10,9 @@ elem_ids: training-actions (the sticky bar), training-preset, training-preset-lo
 training-presets-panel, training-preset-name, training-preset-save, training-preset-delete,
 training-preset-status, training-preset-data (hidden), training-use-preset-data, training-import-toggle,
 training-import-panel, training-import-text, training-import, training-import-status, training-check,
-training-start, training-start-status, training-on, training-summary, training-plan, training-basic,
-training-advanced, group-<group>, box-<name>, field-<name> and error-<name> for every field.
+training-start, training-start-status, training-on, training-summary, training-plan, training-effective-batch,
+training-basic, training-advanced, group-<group>, group-note-distributed (the machine's GPUs), box-<name>,
+field-<name> and error-<name> for every field.
 """
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ import gradio as gr
 from engine import presets
 from engine.builtin import builtin_names
 from engine.config import ConfigError
+from ui.run_device import device_picker_html, gpu_id_suggestions
 from ui.schema_form import SchemaForm, build_form
 from ui.studio import Studio
-from ui.training_checks import plan_text, settle, settle_values, summary_html, training_on
+from ui.training_checks import effective_batch_text, plan_text, settle, settle_values, summary_html, training_on
 
 DATA_KEYS = ("train_data_dir", "dataset_name")  # where a run's images come from: exactly one is set
 
@@ -120,16 +122,20 @@ def build(studio: Studio) -> SchemaForm:
         on_html = gr.HTML(training_on(values), elem_id="training-on", padding=False)
         summary = gr.HTML(summary_html(first), elem_id="training-summary", padding=False)
         plan_md = gr.Markdown(plan_text(first), elem_id="training-plan")
+        batch_md = gr.Markdown(effective_batch_text(values, studio.home), elem_id="training-effective-batch")
 
-    form = build_form(values, suggestions={"pretrained_model_name_or_path": builtin_names()})
+    form = build_form(values, suggestions={"pretrained_model_name_or_path": builtin_names(),
+                                           "gpu_ids": gpu_id_suggestions()},
+                      notes={"distributed": device_picker_html()})
     home = studio.home
     n = len(form.names)
-    derived = [summary, plan_md, on_html]  # what follows from the values
+    derived = [summary, plan_md, on_html, batch_md]  # what follows from the values
 
     # ---- what the settings say (engine.config and pre-flight): on every change, on Check and on Start
     def shown(widget_values, verdict):
         return (form.error_updates(verdict.errors, verdict.warnings) + form.box_updates(widget_values, verdict.flagged)
-                + [summary_html(verdict), plan_text(verdict), training_on(form.raw_values(widget_values))])
+                + [summary_html(verdict), plan_text(verdict), training_on(raw := form.raw_values(widget_values)),
+                   effective_batch_text(raw, home)])
 
     def refresh(*widget_values):
         return shown(widget_values, settle(form, widget_values, home))
