@@ -103,7 +103,9 @@ def test_a_config_naming_a_path_outside_the_home_is_refused(studio, token, tmp_p
     for key, value in [("train_data_dir", str(outside)), ("train_data_dir", "../../../../../../etc"),
                        ("output_dir", str(outside)), ("output_dir", "runs/.queue"), ("output_dir", "datasets"),
                        ("pretrained_model_name_or_path", "/usr"), ("validation_data_dir", "~/"),
-                       ("resume_from_checkpoint", str(outside))]:
+                       ("resume_from_checkpoint", str(outside)),
+                       ("pretrained_transformer_model_name_or_path", "/usr/flux1-dev.safetensors"),
+                       ("accelerate_config_file", str(outside / "accelerate.yaml"))]:
         status, body = api(studio, "POST", "/jobs", token, {"toml": toml, "set": [f"{key}={value}"]})
         assert status == 400 and body["detail"].startswith(f"{key} = "), (key, value, body)
     status, body = api(studio, "POST", "/jobs", token, {"values": {"train_data_dir": str(outside / "datasets")}})
@@ -112,6 +114,11 @@ def test_a_config_naming_a_path_outside_the_home_is_refused(studio, token, tmp_p
     assert status == 400 and "learning_rate" in body["detail"]  # validated as the engine would
     assert api(studio, "POST", "/jobs", token, {"toml": "#" * (2 << 20)})[0] == 413  # read no further
     assert api(studio, "GET", "/jobs", token) == (200, {"jobs": []})  # nothing was queued
+    # every setting that names a file or folder is one confine() places (a new one must be added there)
+    from engine.schema import FIELDS
+    from ui.api_config import LOCAL_KEYS, SOURCE_KEYS
+    named = {f.name for f in FIELDS if f.type is str and f.name.endswith(("_dir", "_path", "_file", "_checkpoint"))}
+    assert named <= {*LOCAL_KEYS, *SOURCE_KEYS, "output_dir"}, named - {*LOCAL_KEYS, *SOURCE_KEYS}
 
 
 def read_events_until(response: http.client.HTTPResponse, kind: str) -> list[dict]:

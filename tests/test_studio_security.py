@@ -39,7 +39,7 @@ TEXT_INPUTS = {"dataset-caption", "dataset-caption-stamp", "dataset-bulk-text", 
 PATH_FIELDS = {"caption_extension", "output_dir", "class_data_dir", "resume_from_checkpoint", "adaptor_name",
                "accelerate_config_file"}
 FOLDER_FIELDS = {"train_data_dir", "dataset_name", "pretrained_model_name_or_path",
-                 "pretrained_vae_model_name_or_path"}
+                 "pretrained_vae_model_name_or_path", "pretrained_transformer_model_name_or_path"}
 NOT_FUZZED = {"number", "checkbox", "slider"}  # gradio checks their type and range itself
 # what a real page would send where the initial value is empty, so that only the fuzzed input is wrong
 REALISTIC = {"dataset-selected": "0000.png", "dataset-caption": "a red star", "dataset-upload-name": "fuzzed",

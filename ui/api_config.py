@@ -18,7 +18,8 @@ from engine.config import Config, ConfigError, flatten, load_config
 from engine.paths import PROJECT_ROOT, UnsafePath, inside
 
 # always local folders
-LOCAL_KEYS = ("train_data_dir", "class_data_dir", "validation_data_dir", "resume_from_checkpoint")
+LOCAL_KEYS = ("train_data_dir", "class_data_dir", "validation_data_dir", "resume_from_checkpoint",
+              "pretrained_transformer_model_name_or_path", "accelerate_config_file")
 # a local folder, or else a built-in (models only) or a hub id owner/name
 SOURCE_KEYS = ("pretrained_model_name_or_path", "pretrained_vae_model_name_or_path", "dataset_name")
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
