@@ -5,8 +5,8 @@ processes) or "deepspeed" (ZeRO stage 2 or 3, an optional extra). The launch is 
 
 Whatever shards the weights, a run's outputs look like any other run's: before anything is written the whole
 weights are gathered (every process takes part) into plain modules on the main process, which alone writes.
-Checkpoints keep accelerate's own sharded model and optimizer state (resumable with another process count:
-torch.distributed.checkpoint reshards) plus the gathered weights and outputs every checkpoint has.
+Checkpoints keep accelerate's own sharded model and optimizer state, plus the gathered weights and outputs every
+checkpoint has.
 """
 from __future__ import annotations
 
@@ -104,11 +104,14 @@ def accelerator_kwargs(cfg) -> dict:
     if cfg.distributed_strategy == "deepspeed":
         from accelerate import DeepSpeedPlugin
         offload = "cpu" if cfg.deepspeed_offload else "none"
-        return {"deepspeed_plugin": DeepSpeedPlugin(
+        plugin = DeepSpeedPlugin(
             zero_stage=cfg.deepspeed_stage, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             gradient_clipping=cfg.max_grad_norm or None, offload_optimizer_device=offload,
             offload_param_device=offload if cfg.deepspeed_stage == 3 else "none",
-            zero3_save_16bit_model=cfg.deepspeed_stage == 3)}  # stage 3: gathered for saving (get_state_dict)
+            zero3_save_16bit_model=cfg.deepspeed_stage == 3)  # stage 3: gathered for saving (get_state_dict)
+        # accelerate reads it from the data loader's batch_size, which a bucketed (batch-sampler) loader lacks
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.train_batch_size
+        return {"deepspeed_plugin": plugin}
     return {}
 
 

@@ -302,7 +302,7 @@ FIELDS: list[Field] = [
        choices=("full", "shard_grad_op", "hybrid")),
     _f("fsdp_cpu_offload", bool, False, "distributed",
        "fsdp: keep the sharded weights, gradients and optimizer state in CPU memory between uses (slower, "
-       "much less GPU memory)."),
+       "much less GPU memory; CPU processes hold them there anyway)."),
     _f("fsdp_activation_checkpointing", bool, False, "distributed",
        "fsdp: recompute each wrapped block's activations in the backward pass (FSDP's own form of "
        "gradient_checkpointing; use one or the other)."),
