@@ -83,7 +83,7 @@ def machine_problems(cfg) -> list[tuple[str, str]]:
 
 
 def accelerator_kwargs(cfg) -> dict:
-    """The plugin accelerate's Accelerator takes for the strategy (none for ddp)."""
+    """What accelerate's Accelerator takes for the strategy: its plugin (none for ddp), and HSDP's mesh."""
     if cfg.distributed_strategy == "fsdp":
         import torch
         from accelerate import FullyShardedDataParallelPlugin
@@ -100,7 +100,9 @@ def accelerator_kwargs(cfg) -> dict:
             auto_wrap_policy="transformer_based_wrap",
             activation_checkpointing=cfg.fsdp_activation_checkpointing,
             state_dict_type="SHARDED_STATE_DICT",
-            cpu_ram_efficient_loading=False)}
+            cpu_ram_efficient_loading=False),
+            # accelerate refuses a ParallelismConfig on CPU processes: activate() sets that one up itself
+            **(_hybrid(cfg) if torch.cuda.is_available() else {})}
     if cfg.distributed_strategy == "deepspeed":
         from accelerate import DeepSpeedPlugin
         offload = "cpu" if cfg.deepspeed_offload else "none"
@@ -115,14 +117,15 @@ def accelerator_kwargs(cfg) -> dict:
     return {}
 
 
-def hybrid_mesh_kwargs(cfg) -> dict:
+def _hybrid(cfg) -> dict:
     """fsdp_sharding = "hybrid": shard within a machine, replicate across machines (HSDP), as a
-    ParallelismConfig; one machine alone is plain full sharding."""
-    if cfg.distributed_strategy != "fsdp" or cfg.fsdp_sharding != "hybrid":
+    ParallelismConfig. One machine, or one process per machine (accelerate builds no mesh without a shard
+    dimension), is plain full sharding."""
+    if cfg.fsdp_sharding != "hybrid":
         return {}
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    if world <= local:
+    if world <= local or local == 1:
         return {}
     from accelerate.parallelism_config import ParallelismConfig
     return {"parallelism_config": ParallelismConfig(dp_replicate_size=world // local, dp_shard_size=local)}
@@ -134,9 +137,13 @@ def activate(accelerator, cfg) -> None:
     from accelerate import PartialState
     from accelerate.utils import DistributedType
     if cfg.distributed_strategy == "fsdp" and accelerator.distributed_type == DistributedType.MULTI_CPU:
-        accelerator.state.fsdp_plugin = accelerator_kwargs(cfg)["fsdp_plugin"]
+        state = accelerator.state
+        state.fsdp_plugin = accelerator_kwargs(cfg)["fsdp_plugin"]
         # both shared states: each later AcceleratorState() copies PartialState's over its own
-        PartialState().distributed_type = accelerator.state.distributed_type = DistributedType.FSDP
+        PartialState().distributed_type = state.distributed_type = DistributedType.FSDP
+        hybrid = _hybrid(cfg).get("parallelism_config")
+        if hybrid is not None:  # the (replicate, shard) mesh fully_shard then spans
+            state.parallelism_config, state.device_mesh = hybrid, hybrid.get_device_mesh("cpu")
 
 
 def is_sharded(accelerator) -> bool:

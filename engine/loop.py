@@ -68,7 +68,7 @@ def train(cfg) -> dict:
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
         # non_blocking: pinned batches (pin_memory on CUDA) copy to the GPU while the step before still runs
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=torch.cuda.is_available()),
-        **distributed.accelerator_kwargs(cfg), **distributed.hybrid_mesh_kwargs(cfg),
+        **distributed.accelerator_kwargs(cfg),
     )
     distributed.activate(accelerator, cfg)
     main = accelerator.is_main_process

@@ -298,7 +298,8 @@ FIELDS: list[Field] = [
     _f("fsdp_sharding", str, "full", "distributed",
        "fsdp: full (weights sharded, gathered for each block's forward and again for its backward: least "
        "memory), shard_grad_op (weights kept gathered from forward to backward: more memory, less traffic; "
-       "ZeRO-2-like) or hybrid (sharded within a machine, replicated across machines).",
+       "ZeRO-2-like) or hybrid (HSDP: sharded within a machine, replicated across machines; with one machine, or "
+       "one process per machine, the same as full).",
        choices=("full", "shard_grad_op", "hybrid")),
     _f("fsdp_cpu_offload", bool, False, "distributed",
        "fsdp: keep the sharded weights, gradients and optimizer state in CPU memory between uses (slower, "
