@@ -70,16 +70,8 @@ def deepspeed_missing() -> str | None:
 
 def machine_problems(cfg) -> list[tuple[str, str]]:
     """(field, message) for what this machine lacks (engine.preflight and the loop both ask)."""
-    out = []
-    if cfg.distributed_strategy == "deepspeed":
-        import torch
-        missing = deepspeed_missing()
-        if missing:
-            out.append(("distributed_strategy", missing))
-        elif not torch.cuda.is_available():
-            out.append(("distributed_strategy", "distributed_strategy = \"deepspeed\" needs CUDA GPUs (accelerate "
-                                                "runs DeepSpeed only there); use \"fsdp\" or \"ddp\" here"))
-    return out
+    missing = deepspeed_missing() if cfg.distributed_strategy == "deepspeed" else None
+    return [("distributed_strategy", missing)] if missing else []
 
 
 def accelerator_kwargs(cfg) -> dict:
@@ -108,9 +100,10 @@ def accelerator_kwargs(cfg) -> dict:
         offload = "cpu" if cfg.deepspeed_offload else "none"
         plugin = DeepSpeedPlugin(
             zero_stage=cfg.deepspeed_stage, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-            gradient_clipping=cfg.max_grad_norm or None, offload_optimizer_device=offload,
+            gradient_clipping=float(cfg.max_grad_norm), offload_optimizer_device=offload,  # 0: none
             offload_param_device=offload if cfg.deepspeed_stage == 3 else "none",
-            zero3_save_16bit_model=cfg.deepspeed_stage == 3)  # stage 3: gathered for saving (get_state_dict)
+            zero3_save_16bit_model=cfg.deepspeed_stage == 3,  # stage 3: gathered for saving (get_state_dict)
+            zero3_init_flag=False)  # see activate()
         # accelerate reads it from the data loader's batch_size, which a bucketed (batch-sampler) loader lacks
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.train_batch_size
         return {"deepspeed_plugin": plugin}
@@ -132,8 +125,9 @@ def _hybrid(cfg) -> dict:
 
 
 def activate(accelerator, cfg) -> None:
-    """accelerate sets up FSDP only on accelerators; on CPU processes (gloo) it silently falls back to DDP.
-    FSDP2 itself runs on CPU with gloo, so the plugin is switched on here (tests and CPU-only machines)."""
+    """accelerate sets up FSDP and DeepSpeed only on accelerators; on CPU processes (gloo) it silently falls back
+    to DDP. FSDP2 runs on CPU with gloo, and so does DeepSpeed (its CPU accelerator, chosen by itself without a
+    GPU), so the plugin is switched on here (tests and CPU-only machines)."""
     from accelerate import PartialState
     from accelerate.utils import DistributedType
     if cfg.distributed_strategy == "fsdp" and accelerator.distributed_type == DistributedType.MULTI_CPU:
@@ -144,6 +138,19 @@ def activate(accelerator, cfg) -> None:
         hybrid = _hybrid(cfg).get("parallelism_config")
         if hybrid is not None:  # the (replicate, shard) mesh fully_shard then spans
             state.parallelism_config, state.device_mesh = hybrid, hybrid.get_device_mesh("cpu")
+    if cfg.distributed_strategy == "deepspeed" and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        state = accelerator.state
+        plugin = accelerator_kwargs(cfg)["deepspeed_plugin"]
+        plugin.set_mixed_precision(cfg.mixed_precision)
+        plugin.select(_from_accelerator_state=True)
+        state.deepspeed_plugins = plugin
+        PartialState().distributed_type = state.distributed_type = DistributedType.DEEPSPEED
+    if cfg.distributed_strategy == "deepspeed" and accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # accelerate registers its DeepSpeed config with transformers whatever zero3_init_flag says, and with
+        # stage 3 transformers then loads every model partitioned (zero.Init): the frozen text encoders, which
+        # DeepSpeed never prepares, would be empty placeholders. Models load whole; prepare() partitions the UNet.
+        from transformers.integrations import unset_hf_deepspeed_config
+        unset_hf_deepspeed_config()
 
 
 def is_sharded(accelerator) -> bool:
@@ -168,7 +175,9 @@ def _whole_state(accelerator, module) -> dict:
     """The whole state dict on the main process's CPU. accelerate's get_state_dict does it on GPUs; with CPU
     processes (gloo) torch leaves its "full" state dict as DTensors, so each is gathered here, one at a time."""
     from accelerate.utils import DistributedType
-    if accelerator.device.type != "cpu" or accelerator.distributed_type != DistributedType.FSDP:
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:  # ZeRO-3 gathers through its engine
+        return accelerator.get_state_dict(next(m for m in accelerator._models if m.module is module))
+    if accelerator.device.type != "cpu":
         return accelerator.get_state_dict(module)
     state = {}
     for key, value in module.state_dict().items():  # the same keys in the same order on every process

@@ -1,5 +1,6 @@
-"""distributed_strategy: FSDP2 and DDP with two CPU processes (gloo) train, checkpoint and resume, and end on the
-weights one process reaches with the same global batch; the strategy options' rules; DeepSpeed's absence.
+"""distributed_strategy: FSDP2, DeepSpeed ZeRO (when installed) and DDP with two CPU processes (gloo) train,
+checkpoint and resume exactly, and end on the weights one process reaches with the same global batch; the
+strategy options' rules; DeepSpeed's absence refused before training.
 
 The one-process run accumulates two micro-batches of 2 per step, which are the two processes' batches of that
 step (accelerate deals batch N*s+p to process p; engine.objective.step_generator numbers the draws the same way).
@@ -7,8 +8,9 @@ Tolerance: the only difference left is float32 summation order (the gradient sum
 or as two halves all-reduced / reduce-scattered). adam_epsilon = 1e-3 keeps Adam well-conditioned: with 1e-8
 (the default) weights whose gradient is ~1e-8 get an update set by the gradient's last bits, and the same runs
 differ by up to half a learning-rate step (measured 5.6e-4 of 4.0e-3 moved, FSDP); with 1e-3 FSDP's measured
-difference is 1.2e-7 (3e-5 of the largest move; norm ratio 1.8e-6) and DDP's 0, so the bounds below hold them
-with a 30-50x margin and still fail on any real difference (a wrong batch, draw or shard is ~1e-1 of the move).
+difference is 1.2e-7 (3e-5 of the largest move; norm ratio 1.8e-6), ZeRO-2's and ZeRO-3's the same, DDP's 0,
+so the bounds below hold them with a 30-50x margin and still fail on any real difference (a wrong batch, draw or
+shard is ~1e-1 of the move).
 """
 import json
 
@@ -62,20 +64,29 @@ def one_process(data, tmp_path_factory):
     return out / "one"
 
 
-def test_fsdp_two_processes_checkpoint_resume_exactly_and_match_one_process(data, one_process, tmp_path):
-    args = dict(COMMON, train_data_dir=data, output_dir=tmp_path, adaptor_name="fsdp", checkpointing_steps=2,
-                distributed_strategy="fsdp", fsdp_activation_checkpointing=True)
+# each strategy's own options, and the files that show it sharded for real (beside the gathered weights)
+SHARDED = {"fsdp": (dict(fsdp_activation_checkpointing=True), "pytorch_model_fsdp_0/*.distcp"),  # DCP shards
+           "deepspeed": (dict(deepspeed_stage=3), "pytorch_model/zero_pp_rank_1_*_model_states.pt")}
+
+
+@pytest.mark.parametrize("strategy", [
+    "fsdp", pytest.param("deepspeed", marks=pytest.mark.skipif(deepspeed_missing() is not None,
+                                                               reason="DeepSpeed is an optional extra"))])
+def test_sharded_two_processes_checkpoint_resume_exactly_and_match_one_process(strategy, data, one_process,
+                                                                               tmp_path):
+    options, shards = SHARDED[strategy]
+    args = dict(COMMON, train_data_dir=data, output_dir=tmp_path, adaptor_name="s", checkpointing_steps=2,
+                distributed_strategy=strategy, **options)
     run_training(sets(**args), num_processes=2)
-    run = tmp_path / "fsdp"
+    run = tmp_path / "s"
     start = next(e for e in read_events(run / "events.jsonl") if e["type"] == "start")
     assert start["num_processes"] == 2
-    # sharded for real: accelerate wrote the FSDP shards (torch.distributed.checkpoint), beside the gathered weights
     checkpoint = run / "checkpoints" / "checkpoint-2"
-    assert any((checkpoint / "pytorch_model_fsdp_0").glob("*.distcp"))
+    assert any(checkpoint.glob(shards))
     assert (checkpoint / "diffusers" / "model_index.json").is_file()
     # the outputs look like any run's: a whole pipeline and the single file, all keys present
     assert json.loads((run / "diffusers" / "model_index.json").read_text())["unet"][1] == "UNet2DConditionModel"
-    assert (run / "fsdp.safetensors").is_file()
+    assert (run / "s.safetensors").is_file()
     uninterrupted, losses = _unet(run), _losses(run)
     _assert_close(uninterrupted, _unet(one_process))
     assert [s for s, _ in losses] == [1, 2, 3]
