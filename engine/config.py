@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 import tomli_w
 
+from engine import distributed
 from engine.paths import UnsafePath, caption_extension
 from engine.atomic import write_bytes as atomic_write_bytes  # noqa: F401 - the name other modules import
 from engine.sampling import prompts, samplers
@@ -194,6 +195,9 @@ def validate(raw: dict[str, Any]) -> Config:
             raise ConfigError(f"min_bucket_reso = {lo} and max_bucket_reso = {hi} must be multiples of "
                               f"bucket_reso_steps = {values['bucket_reso_steps']}")
     _check_method_fields(values)
+    sharding = distributed.field_problem(values, {f.name: f.default for f in FIELDS})
+    if sharding:
+        raise ConfigError(sharding)
     _check_sampling(values)
     _check_distributed(values)
     try:

@@ -72,7 +72,7 @@ def trained_tensors(modules: dict[str, torch.nn.Module]) -> Iterator[tuple[str, 
     for component, module in modules.items():
         for name, p in module.named_parameters():
             if p.requires_grad:
-                yield f"{component}.{name}", p.detach()
+                yield f"{component}.{name}", _local(p.detach())
 
 
 def optimizer_tensors(optimizer) -> Iterator[tuple[str, torch.Tensor]]:
@@ -80,7 +80,12 @@ def optimizer_tensors(optimizer) -> Iterator[tuple[str, torch.Tensor]]:
     for state in optimizer.state.values():
         for key, v in state.items():
             if torch.is_tensor(v) and v.is_floating_point():
-                yield f"optimizer.{key}", v
+                yield f"optimizer.{key}", _local(v)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A sharded (FSDP2) tensor's own shard: each process counts its part and the counts are summed."""
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def count_nonfinite(named: Named) -> torch.Tensor:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine import block_swap, export, finite, quantize, run_files
+from engine import block_swap, distributed, export, finite, quantize, run_files
 from engine import checkpoints as ckpt
 from engine.atomic import DiskFull, disk_full_guard, is_disk_full
 from engine.caches import TextEncoderCache, latent_encoder, text_encoders_key, vae_key
@@ -55,6 +55,8 @@ def train(cfg) -> dict:
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision = \"fp16\" needs a CUDA GPU; use \"bf16\" or \"no\" on this machine")
     quantize.check(cfg)  # CUDA-only memory options: refused before anything loads
+    for _, message in distributed.machine_problems(cfg):  # e.g. deepspeed chosen but not installed
+        raise ConfigError(message)
     run_dir = run_dir_for(cfg)
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
@@ -66,7 +68,9 @@ def train(cfg) -> dict:
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
         # non_blocking: pinned batches (pin_memory on CUDA) copy to the GPU while the step before still runs
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=torch.cuda.is_available()),
+        **distributed.accelerator_kwargs(cfg),
     )
+    distributed.activate(accelerator, cfg)
     main = accelerator.is_main_process
     resuming = cfg.resume_from_checkpoint is not None
     if main:  # a killed write's temps go; a killed run's folder is settled (run_files)
@@ -297,23 +301,28 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     def saved_bytes() -> int:  # counted only to say how much to free when a disk is full
         return sum(v.numel() * v.element_size() for sd in method.state_dicts(unwrapped).values() for v in sd.values())
 
-    def write_outputs(folder: Path) -> dict[str, str]:
+    def write_outputs(folder: Path, whole: dict) -> dict[str, str]:
         stats["finished_at"] = time.time()
-        return method.write_outputs(folder, cfg, comps, unwrapped, stats)
+        return method.write_outputs(folder, cfg, comps, whole, stats)
 
-    # ---- checkpoint hooks: save only the trained weights, never the frozen rest
+    # ---- checkpoint hooks: save only the trained weights, never the frozen rest. Sharded (distributed.py),
+    # accelerate saves and loads the model and optimizer shards itself; the hooks add the gathered weights.
+    sharded = distributed.is_sharded(accelerator)
+
     def save_hook(models, weights, output_dir):
         while weights:
             weights.pop()
+        whole = distributed.gathered(accelerator, unwrapped)  # every process takes part
         if accelerator.is_main_process:
             folder = Path(output_dir)
-            ckpt.save_trained_state(folder / ckpt.STATE_FILE, method.state_dicts(unwrapped))
-            write_outputs(folder)
+            ckpt.save_trained_state(folder / ckpt.STATE_FILE, method.state_dicts(whole))
+            write_outputs(folder, whole)
 
     def load_hook(models, input_dir):
         while models:
             models.pop()
-        method.load_state(unwrapped, ckpt.load_trained_state(Path(input_dir) / ckpt.STATE_FILE))
+        if not sharded:
+            method.load_state(unwrapped, ckpt.load_trained_state(Path(input_dir) / ckpt.STATE_FILE))
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
@@ -379,7 +388,7 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
         for batch in epoch_loader:
             if global_step >= total_steps:  # e.g. resumed from a checkpoint at the very end
                 break
-            gen = step_generator(cfg.seed, micro_step, accelerator.process_index, device)
+            gen = step_generator(cfg.seed, micro_step, accelerator.process_index, device, accelerator.num_processes)
             micro_step += 1
             with accelerator.accumulate(*trained):
                 loss = loss_fn(batch, comps, unet, encode_text, cfg, device, weight_dtype, prediction_type,
@@ -441,9 +450,10 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
     accelerator.wait_for_everyone()
     finite.check_before_save(accelerator, unwrapped, None, global_step, ckpt_dir)
     outputs: dict[str, str] = {"run_dir": str(run_dir)}
+    whole = distributed.gathered(accelerator, unwrapped)
 
     def write_set(folder: Path) -> dict[str, str]:
-        made = write_outputs(folder)
+        made = write_outputs(folder, whole)
         final = {k: str(run_dir / Path(v).relative_to(folder)) for k, v in made.items()}  # what the card names
         card = method.model_card(cfg, comps, stats, {**outputs, **final}, periodic.samples)
         return {**made, "model_card": str(export.write_model_card(folder, card))}

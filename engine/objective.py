@@ -8,11 +8,13 @@ import random
 import torch
 
 
-def step_generator(seed: int, micro_step: int, process_index: int, device) -> torch.Generator:
-    """Noise and timesteps come from (seed, micro step, process) alone, not from the global RNG's history,
-    so a resumed run draws exactly what the uninterrupted run would have drawn."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + micro_step * 101 + process_index)
-                                                      % (2**63 - 1))
+def step_generator(seed: int, micro_step: int, process_index: int, device, num_processes: int = 1) -> torch.Generator:
+    """Noise and timesteps come from (seed, micro-batch) alone, not from the global RNG's history, so a resumed
+    run draws exactly what the uninterrupted run would have drawn. The micro-batch is counted across processes
+    in the order the data loader deals them out (process p of N gets batch N * micro_step + p), so N processes
+    draw what one process accumulating N micro-batches per step draws for the same batches."""
+    batch = micro_step * num_processes + process_index
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + batch * 101) % (2**63 - 1))
 
 
 def posterior_generator(gen: torch.Generator) -> torch.Generator:

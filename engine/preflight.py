@@ -93,6 +93,8 @@ def check_machine(cfg, out: list[Problem]) -> None:
                                             "(or pip install -e '.[gpu]')"))
     from engine.quantize import machine_problems
     out.extend(Problem(key, message) for key, message in machine_problems(cfg))
+    from engine import distributed
+    out.extend(Problem(key, message) for key, message in distributed.machine_problems(cfg))
     if cfg.mixed_precision == "fp16" and not cuda:
         out.append(Problem("mixed_precision", 'mixed_precision = "fp16" needs a CUDA GPU and this machine has none; '
                                               'use "bf16" or "no" here'))

@@ -313,6 +313,28 @@ FIELDS: list[Field] = [
     _f("accelerate_config_file", str, None, "distributed", "An accelerate config file (.yaml or .json, from "
        "`accelerate config`) to launch with instead; the other launch settings here stay unset.",
        optional=True),
+    # --- distributed: how several processes share the model inside the loop (engine/distributed.py)
+    _f("distributed_strategy", str, "ddp", "distributed",
+       "How several processes (accelerate launch --num_processes N) share the work: ddp (each holds the whole "
+       "model; the default), fsdp (PyTorch FSDP2: weights, gradients and optimizer state sharded across them) or "
+       "deepspeed (ZeRO stage 2 or 3; an optional extra: pip install -e '.[deepspeed]'). fsdp and deepspeed need "
+       "method = \"full\"; the written model is the same whichever is used.", choices=("ddp", "fsdp", "deepspeed")),
+    _f("fsdp_sharding", str, "full", "distributed",
+       "fsdp: full (weights sharded, gathered for each block's forward and again for its backward: least "
+       "memory), shard_grad_op (weights kept gathered from forward to backward: more memory, less traffic; "
+       "ZeRO-2-like) or hybrid (HSDP: sharded within a machine, replicated across machines; with one machine, or "
+       "one process per machine, the same as full).",
+       choices=("full", "shard_grad_op", "hybrid")),
+    _f("fsdp_cpu_offload", bool, False, "distributed",
+       "fsdp: keep the sharded weights, gradients and optimizer state in CPU memory between uses (slower, "
+       "much less GPU memory; CPU processes hold them there anyway)."),
+    _f("fsdp_activation_checkpointing", bool, False, "distributed",
+       "fsdp: recompute each wrapped block's activations in the backward pass (FSDP's own form of "
+       "gradient_checkpointing; use one or the other)."),
+    _f("deepspeed_stage", int, 2, "distributed",
+       "deepspeed: ZeRO stage 2 (optimizer state and gradients sharded) or 3 (the weights too).", min=2, max=3),
+    _f("deepspeed_offload", bool, False, "distributed",
+       "deepspeed: optimizer state (and with stage 3 the weights) in CPU memory (ZeRO-Offload)."),
 ]
 
 
@@ -395,6 +417,9 @@ APPLIES: dict[str, dict[str, tuple]] = {
     **{name: {"method": ("textual_inversion",)} for name in ("placeholder_token", "initializer_token",
                                                              "num_vectors", "learnable_property")},
     **{name: {"method": ("full",)} for name in ("use_ema", "ema_decay", "offload_ema")},
+    **{name: {"distributed_strategy": ("fsdp",)} for name in ("fsdp_sharding", "fsdp_cpu_offload",
+                                                             "fsdp_activation_checkpointing")},
+    **{name: {"distributed_strategy": ("deepspeed",)} for name in ("deepspeed_stage", "deepspeed_offload")},
     "adam_beta1": {"optimizer": ("adamw", "adamw8bit", "prodigy", "lion")},
     "adam_beta2": {"optimizer": ("adamw", "adamw8bit", "prodigy", "lion")},
     "adam_epsilon": {"optimizer": ("adamw", "adamw8bit", "prodigy")},

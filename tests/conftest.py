@@ -78,7 +78,8 @@ def run_training(config_args: list[str], num_processes: int = 1, expect_rc: int 
     """`accelerate launch -m engine.train --set k=v ...`; returns the CompletedProcess. launch=False runs
     `python -m engine.train` itself (one process), sparing the launcher's own interpreter start (~2.5 s)."""
     cmd = (accelerate_cmd(num_processes) if launch else [sys.executable]) + ["-m", "engine.train"] + config_args
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # the worktree first; then what the caller added (e.g. an optional package installed to a folder)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != expect_rc:
         raise AssertionError(f"exit {proc.returncode} (wanted {expect_rc})\nstdout:\n{proc.stdout[-4000:]}\n"
