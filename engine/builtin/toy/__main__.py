@@ -1,4 +1,5 @@
-"""python -m engine.builtin.toy build|build-dit [--out DIR] [--work DIR] [--resume] [--smoke]  |  examples [--out DIR]"""
+"""python -m engine.builtin.toy build|build-dit [--out DIR] [--work DIR] [--resume] [--smoke]
+python -m engine.builtin.toy examples [--out DIR]"""
 from __future__ import annotations
 
 import argparse

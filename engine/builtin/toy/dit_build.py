@@ -20,8 +20,9 @@ from engine.builtin.toy.build import Stages, write_model
 from engine.builtin.toy.dit_arch import save_initial_pipeline
 from engine.builtin.toy.scoring import adherence
 
-# (training images, training steps, batch, judged images): the real recipe, and a smoke test of every stage
-RECIPE = {"full": (16000, 1800, 16, 128), "smoke": (32, 3, 8, 2)}
+# (training images, training steps, batch, judged images, their sampling steps: None = the pipeline's default):
+# the real recipe, and a smoke test of every stage
+RECIPE = {"full": (16000, 900, 16, 96, None), "smoke": (32, 3, 8, 2, 2)}
 LEARNING_RATE = 1e-3
 
 
@@ -34,7 +35,7 @@ def training_config(data_dir: Path, base: Path, runs: Path, steps: int, batch: i
         "pretrained_model_name_or_path": str(base), "method": "full", "train_text_encoder": True,
         "text_encoder_lr": LEARNING_RATE / 10, "train_data_dir": str(data_dir), "resolution": world.SIZE,
         "cache_latents": True, "center_crop": True, "caption_dropout_rate": 0.1, "train_batch_size": batch,
-        "max_train_steps": steps, "learning_rate": LEARNING_RATE, "lr_scheduler": "cosine", "lr_warmup_steps": 100,
+        "max_train_steps": steps, "learning_rate": LEARNING_RATE, "lr_scheduler": "cosine", "lr_warmup_steps": 50,
         "weighting_scheme": "logit_normal", "adam_weight_decay": 0.0, "seed": 0, "report_to": "none",
         "output_dir": str(runs), "adaptor_name": "toy-dit", "checkpointing_steps": 500,
         "checkpoints_total_limit": 1, "logging_steps": 10, "overwrite": True,
@@ -52,7 +53,7 @@ def build(out: Path = SHIPPED_DIT, work: Path | None = None, recipe: str = "full
 
     work = Path(work or cache_root() / "toy-dit-build")
     work.mkdir(parents=True, exist_ok=True)
-    num_images, steps, batch, n = RECIPE[recipe]
+    num_images, steps, batch, n, sample_steps = RECIPE[recipe]
     stages = Stages(work, resume, log)
     data, base, runs = work / "data", work / "initial", work / "runs"
     judge = load_judge(toy / JUDGE_FILE)
@@ -70,8 +71,10 @@ def build(out: Path = SHIPPED_DIT, work: Path | None = None, recipe: str = "full
 
     pipe = FluxPipeline.from_pretrained(trained)  # stored in fp32
     pipe.set_progress_bar_config(disable=True)
-    quality = stages.run("quality", lambda: {"quality": adherence(pipe, judge, n=n), "quality_with_unknown_words":
-                                             adherence(pipe, judge, n=n, prefixed=True)}, always=True)
+    judged = dict(n=n, steps=sample_steps)
+    quality = stages.run("quality", lambda: {"quality": adherence(pipe, judge, **judged),
+                                             "quality_with_unknown_words": adherence(pipe, judge, **judged, prefixed=True)},
+                         always=True)
     log(f"quality (judged, {n} prompts, the sampler and call settings of dit_arch.call_kwargs): {quality}")
     chance = {"shape": 1 / len(world.BASE_SHAPES), "colour": 1 / len(world.COLOURS),
               "background": 1 / len(world.BACKGROUNDS)}
