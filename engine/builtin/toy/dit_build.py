@@ -87,9 +87,9 @@ def build(out: Path = SHIPPED_DIT, work: Path | None = None, recipe: str = "full
     pipe = FluxPipeline.from_pretrained(trained)  # stored in fp32
     pipe.set_progress_bar_config(disable=True)
     judged = dict(n=n, steps=sample_steps)
-    quality = stages.run("quality", lambda: {"quality": adherence(pipe, judge, **judged),
-                                             "quality_with_unknown_words": adherence(pipe, judge, **judged, prefixed=True)},
-                         always=True)
+    quality = stages.run("quality", lambda: {
+        "quality": adherence(pipe, judge, **judged),
+        "quality_with_unknown_words": adherence(pipe, judge, **judged, prefixed=True)}, always=True)
     log(f"quality (judged, {n} prompts, the sampler and call settings of dit_arch.call_kwargs): {quality}")
     chance = {"shape": 1 / len(world.BASE_SHAPES), "colour": 1 / len(world.COLOURS),
               "background": 1 / len(world.BACKGROUNDS)}
