@@ -16,7 +16,8 @@ prompt, at the best placement), and the strict judge's (classifier and pixel jud
 - base_/adaptor_colour, base_/adaptor_background: ordinary prompts: colour, background right (classifier);
 - base_/adaptor_adherence_strict: ordinary prompts: shape (both judges), colour and background right.
 The concept (a shape such as star, or a fill such as striped) is read from the dataset's captions.
-Sampling uses the pipeline's own sampler, 50 steps (the diffusers default) unless --steps, guidance 7.5.
+Sampling uses the pipeline's own sampler and default steps unless --steps: builtin:toy's DPM-Solver++, 50 steps,
+guidance 7.5; builtin:toy-dit's flow-matching Euler, 28 steps, true CFG against the empty prompt (toy/dit_arch.py).
 With --json the last line is one JSON object with exactly those keys. --examples writes a PNG of 16 trigger
 and base images the strict judge calls the concept and 16 it does not, for checking it by eye.
 A DreamBooth preset is judged by bench/dreambooth_quality.py, a textual-inversion one by bench/ti_reach.py.
@@ -103,7 +104,7 @@ def concept_figures(readings, attribute: str, value: str) -> dict[str, float]:
 
 def measure(preset: Path, adaptor: Path | None, samples: int, steps: int | None, examples: Path | None = None,
             log=print) -> dict:
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
     from engine.builtin import resolve_builtin
     from engine.builtin.toy import JUDGE_FILE
@@ -124,7 +125,7 @@ def measure(preset: Path, adaptor: Path | None, samples: int, steps: int | None,
             log(f"trained {preset} in {result['train_seconds']:.1f} s")
         base_dir = resolve_builtin(cfg.pretrained_model_name_or_path)
         judge = load_judge(base_dir / JUDGE_FILE)
-        pipe = StableDiffusionPipeline.from_pretrained(base_dir)
+        pipe = DiffusionPipeline.from_pretrained(base_dir)  # the base's class: builtin:toy SD, builtin:toy-dit Flux
         pipe.set_progress_bar_config(disable=True)
         scenes = concept_scenes(attribute, value, samples)
         concept = [s.caption() for s in scenes]

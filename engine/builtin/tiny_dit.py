@@ -23,14 +23,15 @@ FLUX_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=
 SD3_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)
 
 
-def build_t5_tokenizer():
-    """A small Unigram T5 tokenizer: pad 0, eos 1, unk 2, "▁word" pieces and single characters."""
+def build_t5_tokenizer(extra_words: tuple[str, ...] = (), max_length: int = T5_MAX_LENGTH):
+    """A small Unigram T5 tokenizer: pad 0, eos 1, unk 2, "▁word" pieces (the built-in list, then extra_words)
+    and single characters."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import T5TokenizerFast
 
     chars = sorted({c for w in _WORDS for c in w} | set("0123456789,.;:!?'\"-()"))
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    pieces += [("▁" + w, -1.0) for w in dict.fromkeys(_WORDS)]
+    pieces += [("▁" + w, -1.0) for w in dict.fromkeys((*_WORDS, *extra_words))]
     pieces += [(c, -5.0) for c in chars] + [("▁" + c, -4.0) for c in chars]
     tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
     tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Strip()])
@@ -40,7 +41,7 @@ def build_t5_tokenizer():
     tok.post_processor = TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
                                             special_tokens=[("</s>", 1)])
     return T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                           extra_ids=0, model_max_length=T5_MAX_LENGTH)
+                           extra_ids=0, model_max_length=max_length)
 
 
 def _t5(tokenizer):

@@ -71,7 +71,7 @@ def second_stage_config(data_dir: Path, base: Path, runs: Path, steps: int):
 RECIPE = {"full": (1500, 700, NUM_TRAIN_IMAGES, DEFAULT_STEPS, STAGE2_STEPS, 192), "smoke": (4, 4, 32, 3, 2, 2)}
 
 
-class _Stages:
+class Stages:
     """Each stage's output lives in the work folder with its timing; with resume, finished stages are reused,
     so an interrupted hour-long build picks up where it stopped."""
 
@@ -103,6 +103,26 @@ def _cpu_seconds() -> float:
                for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
 
 
+def write_model(out: Path, pipe, judge, report: dict) -> None:
+    """The pipeline, the judge and the report into `out`, atomically: a half-written model must never be what a
+    built-in name resolves to."""
+    from engine.builtin.toy.judge import save_judge
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic.temp_dir(out.parent, out.name)
+    try:
+        pipe.save_pretrained(tmp / "model", safe_serialization=True)
+        save_judge(judge, tmp / "model" / JUDGE_FILE)
+        (tmp / "model" / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        atomic.normal_modes(tmp / "model")  # safetensors writes 0600 files
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp / "model", out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def build(out: Path = SHIPPED, work: Path | None = None, recipe: str = "full", resume: bool = False,
           log=print) -> dict:
     from diffusers import AutoencoderKL, StableDiffusionPipeline
@@ -115,7 +135,7 @@ def build(out: Path = SHIPPED, work: Path | None = None, recipe: str = "full", r
     work = Path(work or cache_root() / "toy-build")
     work.mkdir(parents=True, exist_ok=True)
     vae_steps, judge_steps, num_images, steps1, steps2, n = RECIPE[recipe]
-    stages = _Stages(work, resume, log)
+    stages = Stages(work, resume, log)
     data, base, runs = work / "data", work / "initial", work / "runs"
 
     def vae_stage():
@@ -164,19 +184,6 @@ def build(out: Path = SHIPPED, work: Path | None = None, recipe: str = "full", r
               "stage_seconds": seconds, "build_seconds": round(sum(seconds.values()), 1),
               "stage_cpu_seconds": stages.seconds("cpu_seconds")}
 
-    # Into place atomically: a half-written model must never be what builtin:toy resolves to.
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic.temp_dir(out.parent, "toy")
-    try:
-        pipe.save_pretrained(tmp / "model", safe_serialization=True)
-        save_judge(judge, tmp / "model" / JUDGE_FILE)
-        (tmp / "model" / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-        atomic.normal_modes(tmp / "model")  # safetensors writes 0600 files
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp / "model", out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_model(out, pipe, judge, report)
     log(f"builtin:toy written to {out}; the stages took {report['build_seconds']:.0f} s in all")
     return report

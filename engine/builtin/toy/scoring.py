@@ -24,6 +24,17 @@ def world_prompts(n: int = 64, seed: int = 777) -> list[world.Scene]:
             for s, c in (combos[i % len(combos)] for i in range(n))]
 
 
+def call_kwargs(pipe, n: int) -> dict:
+    """A toy pipeline's call settings beyond the prompt: none for builtin:toy (StableDiffusionPipeline's defaults);
+    builtin:toy-dit's for a Flux pipeline (dit_arch.call_kwargs), with one negative prompt per image."""
+    if not type(pipe).__name__.startswith("Flux"):
+        return {}
+    from engine.builtin.toy.dit_arch import call_kwargs as flux_kwargs
+
+    kw = flux_kwargs(pipe)
+    return {**kw, "negative_prompt": [kw["negative_prompt"]] * n}
+
+
 def sample(pipe, prompts: list[str], steps: int | None = None, seed: int = 0, batch: int = 32):
     """Images for prompts, image i from seed + i, with the pipeline's own sampler (its default steps unless
     `steps`)."""
@@ -32,7 +43,7 @@ def sample(pipe, prompts: list[str], steps: int | None = None, seed: int = 0, ba
     for start in range(0, len(prompts), batch):
         chunk = prompts[start:start + batch]
         gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
-        images += pipe(chunk, generator=gens, **kw).images
+        images += pipe(chunk, generator=gens, **kw, **call_kwargs(pipe, len(chunk))).images
     return images
 
 
