@@ -140,7 +140,7 @@ case "$cmd" in
     if [ $# -eq 0 ]; then
       workers="${ADAPTOR_STUDIO_TEST_WORKERS:-$(nproc 2>/dev/null || echo 1)}"
       [ "$workers" -le 4 ] || workers=4
-      [ "$workers" -le 1 ] || set -- -n "$workers" --dist loadfile
+      [ "$workers" -le 1 ] || set -- -n "$workers" --dist loadfile --no-loadscope-reorder  # conftest orders them
     fi
     exec "$VENV/bin/python" -m pytest "$@" ;;
   train)

@@ -45,6 +45,19 @@ def pytest_sessionfinish(session, exitstatus):
             shutil.rmtree(own, ignore_errors=True)
 
 
+# The files that take longest (minutes: trained module fixtures, studios in a browser), measured on 2 cores.
+# Under `./launch.sh test` whole files go to the workers in collection order: these go first, so the run does not
+# end waiting on one long file while the other worker idles.
+LONGEST_FIRST = ("test_dit_families", "test_studio_newcomer", "test_studio_browser", "test_run_compare_browser",
+                 "test_cli", "test_toy", "test_speed_features", "test_memory", "test_tools_browser", "test_bench",
+                 "test_install", "test_train", "test_jobs", "test_studio_security", "test_distributed_fsdp")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: the rest keep their order
+
+
 def make_images(folder: Path, n: int = 4, size=(64, 64), captions=True, seed=0):
     """n solid-ish coloured images with a square of another colour, and sidecar captions."""
     rng = np.random.default_rng(seed)
