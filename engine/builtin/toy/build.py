@@ -94,6 +94,18 @@ class Stages:
         return {k: v.get(key, 0.0) for k, v in self.done.items()}
 
 
+def data_stage(stages: Stages, data: Path, base: Path, num_images: int, save_initial) -> None:
+    """The training images (seed 1) and the untrained pipeline `save_initial(base)` writes: every build's
+    "data" stage."""
+    def run():
+        shutil.rmtree(data, ignore_errors=True)
+        world.write_dataset(data, world.scenes(num_images, seed=1))
+        shutil.rmtree(base, ignore_errors=True)
+        save_initial(base)
+
+    stages.run("data", run, data, base / "model_index.json")
+
+
 def _cpu_seconds() -> float:
     """CPU time of this process and its finished children: on a shared machine, wall time measures the
     neighbours too; CPU time / threads is what the stage would take alone."""
@@ -157,13 +169,7 @@ def build(out: Path = SHIPPED, work: Path | None = None, recipe: str = "full", r
     judge = load_judge(work / JUDGE_FILE)
     log(f"judge accuracy: {judge_info['judge_accuracy']}, after the VAE: {judge_info['judge_accuracy_vae_round_trip']}")
 
-    def data_stage():
-        shutil.rmtree(data, ignore_errors=True)
-        world.write_dataset(data, world.scenes(num_images, seed=1))
-        shutil.rmtree(base, ignore_errors=True)
-        save_initial_pipeline(base, vae)
-
-    stages.run("data", data_stage, data, base / "model_index.json")
+    data_stage(stages, data, base, num_images, lambda path: save_initial_pipeline(path, vae))
     batch = {"train_batch_size": min(32, num_images)}
     stage1 = runs / "toy" / "diffusers"
     stages.run("stage1", lambda: train(training_config(data, base, runs, steps1).replace(**batch)) and None,

@@ -12,13 +12,12 @@ in three stages, 2362 CPU-s = 20 minutes of two cores) colour and background are
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 
 from engine.builtin.toy import JUDGE_FILE, REPORT_FILE, SHIPPED, SHIPPED_DIT, world
-from engine.builtin.toy.build import Stages, write_model
+from engine.builtin.toy.build import Stages, data_stage, write_model
 from engine.builtin.toy.dit_arch import save_initial_pipeline
 from engine.builtin.toy.scoring import adherence
 
@@ -70,13 +69,7 @@ def build(out: Path = SHIPPED_DIT, work: Path | None = None, recipe: str = "full
     data, base, runs = work / "data", work / "initial", work / "runs"
     judge = load_judge(toy / JUDGE_FILE)
 
-    def data_stage():
-        shutil.rmtree(data, ignore_errors=True)
-        world.write_dataset(data, world.scenes(num_images, seed=1))
-        shutil.rmtree(base, ignore_errors=True)
-        save_initial_pipeline(base, toy)
-
-    stages.run("data", data_stage, data, base / "model_index.json")
+    data_stage(stages, data, base, num_images, lambda path: save_initial_pipeline(path, toy))
     batch = min(batch, num_images)
     trained = base
     for i, steps in enumerate(stage_steps, start=1):
