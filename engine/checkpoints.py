@@ -71,6 +71,18 @@ def read_progress(folder: Path) -> dict:
     return json.loads((folder / PROGRESS_FILE).read_text())
 
 
+def check_strategy(folder: Path, cfg) -> None:
+    """A checkpoint's model and optimizer state are laid out by the strategy that saved it (sharded for fsdp and
+    deepspeed): resuming it under another would fail deep in accelerate. Checkpoints from before the key: ddp."""
+    from engine.config import ConfigError
+
+    saved = read_progress(folder).get("distributed_strategy", "ddp")
+    if saved != cfg.distributed_strategy:
+        raise ConfigError(f"resume_from_checkpoint: {folder} was saved under distributed_strategy = {saved!r}, and "
+                          f"this run sets distributed_strategy = {cfg.distributed_strategy!r}: resume with "
+                          f"{saved!r}, or start afresh without resume_from_checkpoint")
+
+
 def prune(ckpt_dir: Path, keep: int | None) -> list[Path]:
     if not keep:
         return []
@@ -100,7 +112,8 @@ def save_checkpoint(accelerator, ckpt_dir: Path, step: int, epoch: int, cfg, eve
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if main:
-            write_progress(tmp, {"step": step, "epoch": epoch, "finite": True})
+            write_progress(tmp, {"step": step, "epoch": epoch, "finite": True,
+                                 "distributed_strategy": cfg.distributed_strategy})
             atomic.normal_modes(tmp)  # safetensors writes 0600 files
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)

@@ -335,6 +335,7 @@ def _train(cfg, accelerator, events: EventLog, run_dir: Path) -> dict:
         if folder is None:
             events.emit("warning", message=f"no checkpoint in {ckpt_dir}; starting from the beginning")
         else:
+            ckpt.check_strategy(folder, cfg)
             accelerator.load_state(str(folder))
             global_step = ckpt.read_progress(folder)["step"]
             first_epoch = global_step // steps_per_epoch

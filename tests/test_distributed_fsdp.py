@@ -98,6 +98,15 @@ def test_sharded_two_processes_checkpoint_resume_exactly_and_match_one_process(s
     resumed = _unet(run)
     assert max((resumed[k] - uninterrupted[k]).abs().max().item() for k in resumed) == 0
 
+    # the sharded checkpoint under DDP: refused by name before accelerate tries to read it, nothing changed
+    args["distributed_strategy"] = "ddp"
+    args = {k: v for k, v in args.items() if k not in options}
+    # (each process exits 2 with the message; torch's multi-process launcher then exits 1 and prints its own report)
+    refused = run_training(sets(**args, resume_from_checkpoint="latest"), num_processes=2, expect_rc=1)
+    assert f"error: resume_from_checkpoint: {run / 'checkpoints' / 'checkpoint-2'} was saved under " \
+           f"distributed_strategy = '{strategy}'" in refused.stderr
+    assert _unet(run).keys() == resumed.keys() and all(torch.equal(_unet(run)[k], resumed[k]) for k in resumed)
+
 
 def test_ddp_two_processes_match_one_process(data, one_process, tmp_path):
     run_training(sets(**COMMON, train_data_dir=data, output_dir=tmp_path, adaptor_name="ddp"), num_processes=2)
