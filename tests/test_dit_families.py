@@ -167,7 +167,6 @@ def test_compare_grid_draws_a_dit_run(family, trained, tmp_path):
     ("flux1", "prediction_type", "v_prediction", "flow matching"),
     ("flux1", "noise_offset", 0.1, "flow matching"),
     ("flux1", "method", "textual_inversion", "not yet available"),
-    ("zimage", "method", "full", "not yet available"),
     ("zimage", "train_text_encoder", True, "LLM"),
     ("qwenimage", "train_text_encoder", True, "LLM"),
 ])

@@ -1,16 +1,19 @@
 """A full fine-tune of a DiT: the whole pipeline folder loads in diffusers and draws differently from the base,
 the frozen T5 is written unchanged, Compare draws the run, and the single file holds the transformer under
 the names ComfyUI and diffusers' converter read (checked against ComfyUI's Flux mapping on the tiny model and
-against diffusers' own converter on the full-size architecture, on the meta device)."""
+against diffusers' own converter on the full-size architecture, on the meta device). Z-Image and Qwen-Image: a
+full fine-tune trains, and its single file (ComfyUI's names) reads back through diffusers' from_single_file to
+the trained transformer, and is detected as its family by ComfyUI's rules (tests/comfy_detect.py)."""
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import comfy_lora_rules as comfy
+from comfy_detect import image_model
 from conftest import make_images, run_training, sets
 from engine.builtin import resolve_builtin
-from engine.families.keys.checkpoints import flux1_checkpoint
+from engine.families.keys.checkpoints import flux1_checkpoint, zimage_checkpoint
 
 
 def _image(pipe) -> np.ndarray:
@@ -69,3 +72,64 @@ def test_flux_single_file_round_trips_through_diffusers_converter_at_full_size()
     back = convert_flux_transformer_checkpoint_to_diffusers(dict(flux1_checkpoint(state)))
     assert back.keys() == state.keys()
     assert all(back[k].shape == state[k].shape for k in state)
+
+
+# family -> (tiny built-in, diffusers transformer class, ComfyUI's config and Linear weights for that config)
+LLM_DITS = {"zimage": ("builtin:tiny-zimage", "ZImageTransformer2DModel", comfy.zimage_config, comfy.zimage_weights),
+            "qwenimage": ("builtin:tiny-qwenimage", "QwenImageTransformer2DModel", comfy.qwenimage_config,
+                          comfy.qwenimage_weights)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(LLM_DITS))
+def test_llm_dit_full_fine_tune_writes_a_pipeline_and_a_comfyui_file(family, tmp_path):
+    import diffusers
+    from safetensors import safe_open
+
+    builtin, cls_name, comfy_config, comfy_weights = LLM_DITS[family]
+    cls = getattr(diffusers, cls_name)
+    data = make_images(tmp_path / "data", n=2)
+    run_training(sets(pretrained_model_name_or_path=builtin, train_data_dir=data, output_dir=tmp_path,
+                      adaptor_name="full", method="full", resolution=64, max_train_steps=2, train_batch_size=2,
+                      learning_rate=1e-3, seed=1, report_to="none"), launch=False)
+    run = tmp_path / "full"
+    assert (run / "diffusers" / "model_index.json").is_file()
+    model = cls.from_pretrained(run / "diffusers", subfolder="transformer")
+    trained = model.state_dict()
+    base = cls.from_pretrained(resolve_builtin(builtin), subfolder="transformer").state_dict()
+    moved = [k for k in base if not torch.equal(trained[k], base[k])]
+    assert len(moved) > len(base) // 2, moved  # it trained: most tensors moved in two steps at lr 1e-3
+
+    # the single file reads back through diffusers' from_single_file (its ComfyUI-name converter) to the
+    # trained transformer, tensor for tensor
+    single = run / "full.safetensors"
+    back = cls.from_single_file(str(single), config=str(run / "diffusers"), subfolder="transformer").state_dict()
+    assert back.keys() == trained.keys() and all(torch.equal(back[k], trained[k]) for k in trained)
+    # ComfyUI's names and shapes: its model's every Linear weight, and its family detection
+    stored = load_file(str(single))
+    expected = comfy_weights(comfy_config(model.config))
+    assert {k: tuple(stored[k].shape) for k in expected if k in stored} == expected
+    assert image_model(stored) == {"zimage": "lumina2", "qwenimage": "qwen_image"}[family]  # lumina2: tiny width
+    with safe_open(str(single), "pt") as f:
+        assert f.metadata()["modelspec.architecture"] == {"zimage": "Z-Image", "qwenimage": "qwen-image"}[family]
+
+
+def test_llm_dit_single_files_at_full_size_are_detected_and_read_back():
+    """The released architectures on the meta device: ComfyUI's rules detect Z-Image (width 3840, pad tokens)
+    and Qwen-Image from our files' keys, and diffusers' own single-file mapping reads them back to the model's
+    every key and shape."""
+    from diffusers import QwenImageTransformer2DModel, ZImageTransformer2DModel
+    from diffusers.loaders.single_file_model import SINGLE_FILE_LOADABLE_CLASSES
+
+    from engine.families import FAMILIES
+
+    with torch.device("meta"):
+        models = {"zimage": ZImageTransformer2DModel(), "qwenimage": QwenImageTransformer2DModel()}
+    for family, model in models.items():
+        state = model.state_dict()
+        ours = FAMILIES[family].checkpoint_state_dict(model)
+        assert image_model(ours) == {"zimage": "z_image", "qwenimage": "qwen_image"}[family]
+        convert = SINGLE_FILE_LOADABLE_CLASSES[type(model).__name__]["checkpoint_mapping_fn"]
+        back = convert(dict(ours))
+        assert back.keys() == state.keys() and all(back[k].shape == state[k].shape for k in state)
+    assert zimage_checkpoint(models["zimage"].state_dict())["layers.0.attention.qkv.weight"].shape == (3 * 3840, 3840)

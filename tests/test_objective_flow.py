@@ -10,7 +10,7 @@ from diffusers.training_utils import compute_density_for_timestep_sampling, comp
 
 from engine.config import validate
 from engine.families import FAMILIES
-from engine.objective_flow import draw_sigmas, loss_weighting, shift_sigmas
+from engine.objective_flow import draw_sigmas, loss_weighting, option_problems, shift_sigmas
 
 
 def cfg(**kw):
@@ -115,3 +115,17 @@ def test_zimage_loss_is_the_scripts():
         pred = -torch.stack(pred).squeeze(2)
         theirs = ((pred - (noise - latents)) ** 2).mean()
     assert torch.allclose(ours, theirs, rtol=1e-5), (ours, theirs)
+
+
+@pytest.mark.parametrize("family", ["flux1", "sd3", "zimage", "qwenimage"])
+def test_a_full_fine_tune_is_accepted_for_every_dit_family_with_a_checkpoint_writer(family):
+    """method = "full" and dreambooth_full pass for every DiT family (each writes its transformer's single file);
+    an LLM text encoder is still not trained; a flow family without a writer would be refused by name."""
+    from engine.families.dit import FlowFamily
+
+    for full in ({"method": "full"}, {"method": "dreambooth", "dreambooth_full": True, "instance_prompt": "sks"}):
+        assert option_problems(cfg(**full), FAMILIES[family]) == []
+        keys = [k for k, _ in option_problems(cfg(**full, train_text_encoder=True), FAMILIES[family])]
+        assert keys == ([] if FAMILIES[family].kohya_te_prefixes else ["train_text_encoder"])
+        refused = option_problems(cfg(**full), FlowFamily())
+        assert [k for k, _ in refused] == ["method"] and "not yet available" in refused[0][1]

@@ -98,6 +98,11 @@ class QwenImageFamily(FlowFamily):
         """The transformer in kohya's layout with diffusers' module names (keys_qwenimage); no text encoder."""
         return keys_qwenimage.to_single_file(state_dicts["unet"], alphas["unet"])
 
+    def checkpoint_state_dict(self, transformer) -> dict:
+        """A full fine-tune's single file: diffusers' names, which are the release's and ComfyUI's own (Comfy-Org's
+        qwen_image_bf16; comfy/ldm/qwen_image/model.py), with no prefix."""
+        return {k: v.contiguous() for k, v in transformer.state_dict().items()}
+
     def image_tokens(self, latent_h, latent_w) -> int:
         return (latent_h // 2) * (latent_w // 2)
 

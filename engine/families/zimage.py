@@ -19,6 +19,7 @@ import torch
 
 from .dit import FlowFamily
 from .keys import zimage as keys_zimage
+from .keys.checkpoints import zimage_checkpoint
 
 
 class ZImageFamily(FlowFamily):
@@ -69,6 +70,10 @@ class ZImageFamily(FlowFamily):
         """The transformer's LoRA as `diffusion_model.<diffusers module>` + alpha (keys_zimage): what ComfyUI and
         ZImagePipeline both load. No text encoder trains here."""
         return keys_zimage.to_single_file(state_dicts["unet"], alphas["unet"])
+
+    def checkpoint_state_dict(self, transformer) -> dict:
+        """A full fine-tune's single file: ComfyUI's names, as Comfy-Org's z_image_turbo_bf16 (keys/checkpoints.py)."""
+        return zimage_checkpoint(transformer.state_dict())
 
     def image_tokens(self, latent_h, latent_w) -> int:
         return (latent_h // 2) * (latent_w // 2)

@@ -4,7 +4,16 @@
 Flux.1: BFL's names (keys/flux1.bfl_module for every Linear), q/k/v (and single blocks' proj_mlp) fused in
 BFL's row order, the q/k RMSNorm scales under `.norm.query_norm.scale` / `.key_norm.scale`, and the final
 modulation's halves swapped back to (shift, scale). SD3 has no fused-module writer yet: its file keeps
-diffusers' names (ComfyUI's loader converts diffusers MMDiT state dicts itself).
+diffusers' names (ComfyUI's loader converts diffusers MMDiT state dicts itself). Qwen-Image's release names are
+diffusers' own (ComfyUI's comfy/ldm/qwen_image/model.py keeps them; from_single_file maps them as they are).
+
+Z-Image: the names of Comfy-Org's z_image_turbo_bf16.safetensors, ComfyUI's Lumina2 NextDiT
+(comfy/ldm/lumina/model.py): each attention's to_q/k/v fused into `attention.qkv` (rows q, k, v), to_out.0 ->
+`attention.out`, norm_q/norm_k -> `q_norm`/`k_norm`, the patch-2 embedder and final layer without their
+`all_..2-1` wrapper; the rest (feed_forward, adaLN_modulation, norms, t_embedder, cap_embedder, the pad
+tokens) as diffusers names it. The exact inverse of diffusers' convert_z_image_transformer_checkpoint_to_diffusers.
+ComfyUI's model_detection reads `cap_embedder.1.weight` + `noise_refiner.0.attention.k_norm.weight` as Lumina2,
+its width 3840 as Z-Image, and `cap_pad_token` as Z-Image rather than Ming-Image: all of them are written.
 """
 from __future__ import annotations
 
@@ -43,4 +52,32 @@ def flux1_checkpoint(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
             fused.setdefault(f"{bfl}.{param}", {})[part] = value
     for key, parts in fused.items():
         out[key] = torch.cat([parts[i] for i in sorted(parts)])
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+_ZIMAGE_RENAMES = ((".attention.to_out.0.", ".attention.out."), (".attention.norm_q.", ".attention.q_norm."),
+                   (".attention.norm_k.", ".attention.k_norm."))
+_ZIMAGE_QKV = re.compile(r"(.+\.attention)\.to_([qkv])\.weight")
+
+
+def zimage_checkpoint(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ZImageTransformer2DModel state dict -> ComfyUI's Z-Image names (no prefix, as Comfy-Org's file)."""
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        if m := _ZIMAGE_QKV.fullmatch(key):
+            qkv.setdefault(f"{m.group(1)}.qkv.weight", {})[m.group(2)] = value
+            continue
+        if key.startswith(("all_x_embedder.", "all_final_layer.")):
+            wrapper, _, rest = key.partition(".")
+            size, _, rest = rest.partition(".")
+            if size != "2-1":  # ComfyUI's NextDiT has one patch embedder and one final layer: patch 2, one frame
+                raise ValueError(f"{key}: Z-Image's single file holds the patch-2 embedder only (ComfyUI's "
+                                 "NextDiT); this model has another patch size")
+            key = f"{wrapper.removeprefix('all_')}.{rest}"
+        for old, new in _ZIMAGE_RENAMES:
+            key = key.replace(old, new)
+        out[key] = value
+    for key, parts in qkv.items():
+        out[key] = torch.cat([parts["q"], parts["k"], parts["v"]])
     return {k: v.contiguous() for k, v in out.items()}
