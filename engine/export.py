@@ -76,10 +76,12 @@ def kohya_module(parts: dict[str, torch.Tensor], a: float, rank: int | None) -> 
     LoHa / LoKr keep their names (`hada_w1_a`, `lokr_w1` ...); DoRA's magnitude becomes kohya's `dora_scale`
     (one value per output channel, shaped [out, 1, ...])."""
     if "lokr_w1" in parts and "lokr_w2" in parts:
-        # LyCORIS loaders (ComfyUI, AUTOMATIC1111) scale a LoKr by alpha / rank only when a factor is split
-        # (`_a`/`_b`), by 1 otherwise; PEFT always scales by alpha / r: fold PEFT's scale into lokr_w1.
+        # LyCORIS loaders (AUTOMATIC1111, ComfyUI's calculate_weight) scale a LoKr by alpha / rank only when a factor
+        # is split (`_a`/`_b`), by 1 otherwise; PEFT always scales by alpha / r: fold PEFT's scale into lokr_w1.
+        # alpha = w2 rows / w1 rows, the "rank" other ComfyUI versions divide an unsplit LoKr's alpha by: scale 1
+        # in every reading.
         parts = {**parts, "lokr_w1": parts["lokr_w1"] * (a / rank)}
-        a = float(rank)
+        a = float(max(1, parts["lokr_w2"].shape[0] // parts["lokr_w1"].shape[0]))
     out = {}
     for part, value in parts.items():
         if part == "lora_magnitude_vector":
@@ -89,9 +91,16 @@ def kohya_module(parts: dict[str, torch.Tensor], a: float, rank: int | None) -> 
     return out
 
 
+def is_lycoris(state_dicts: dict[str, dict[str, torch.Tensor]]) -> bool:
+    """Any component trained as LoHa, LoKr or DoRA (not plain LoRA)."""
+    return any(_split_key(k)[1] in (*_LYCORIS_NAMES, "lora_magnitude_vector") for sd in state_dicts.values() for k in sd)
+
+
 def kohya_state_dict(family, state_dicts: dict[str, dict[str, torch.Tensor]], alpha) -> dict:
     """alpha: one value for every module, or {component: {module path: (alpha, rank)}}. A DiT family writes its
-    own layout (Flux.1: BFL's fused modules; SD3: diffusers' names)."""
+    own layout (Flux.1: BFL's fused modules; SD3: diffusers' names); its LoHa / LoKr / DoRA, LyCORIS' layout."""
+    if is_lycoris(state_dicts) and hasattr(family, "lycoris_state_dict"):
+        return family.lycoris_state_dict(state_dicts, alpha)  # a DiT's LoHa / LoKr / DoRA (keys/lycoris.py)
     own = getattr(family, "single_file_state_dict", None)
     if own is not None:
         return own(state_dicts, alpha)
