@@ -208,10 +208,13 @@ def kohya_metadata(cfg, comps, stats: dict) -> dict[str, str]:
 def model_card(cfg, comps, stats: dict, outputs: dict[str, str], samples: list[str]) -> str:
     fam = comps.family
     trig = cfg.trigger_word
+    kind = {"loha": "LoHa", "lokr": "LoKr"}.get(cfg.lora_type, "DoRA" if cfg.use_dora else "LoRA")
+    where = "ComfyUI" if fam.objective == "flow" else "ComfyUI and AUTOMATIC1111"  # A1111 loads no DiT
+    layout = "LyCORIS" if kind in ("LoHa", "LoKr") or (kind == "DoRA" and fam.objective == "flow") else "kohya"
     lines = [
         f"# {cfg.adaptor_name}",
         "",
-        f"A LoRA for **{comps.source.name}** ({fam.label}), trained with Adaptor Studio.",
+        f"A {kind} for **{comps.source.name}** ({fam.label}), trained with Adaptor Studio.",
         "",
         f"- Trigger word: `{trig}`" if trig else "- Trigger word: none",
         f"- Steps: {stats.get('step')} ({stats.get('epoch')} epochs) on {stats.get('num_train_images')} images",
@@ -222,13 +225,16 @@ def model_card(cfg, comps, stats: dict, outputs: dict[str, str], samples: list[s
         f"- Text encoder trained: {'yes' if cfg.train_text_encoder else 'no'}",
         "",
         "## Files",
-        f"- `{cfg.adaptor_name}.safetensors`: kohya format, for ComfyUI and AUTOMATIC1111 (`models/loras/`).",
-        "- `diffusers/pytorch_lora_weights.safetensors`: diffusers format.",
+        f"- `{cfg.adaptor_name}.safetensors`: {layout} format, for {where} (`models/loras/`).",
+        "- `diffusers/pytorch_lora_weights.safetensors`: diffusers format." if "peft" not in outputs else
+        "- `peft/<component>/`: peft's own adapter folders (diffusers has no LoHa / LoKr loader).",
         "- `config.toml`: the exact settings; `python -m engine.train config.toml` trains it again.",
     ]
+    run = outputs.get('run_dir', '.')
+    load = (f"pipe.load_lora_weights(\"{run}/diffusers\")" if "peft" not in outputs else
+            f"engine.methods.lora.load_peft_folders(pipe, \"{run}/peft\", \"{cfg.adaptor_name}\")  # Adaptor Studio's")
     return finish_card(lines, [
-        f"pipe = {fam.pipeline_class.__name__}.from_pretrained(BASE_MODEL)",
-        f"pipe.load_lora_weights(\"{outputs.get('run_dir', '.')}/diffusers\")",
+        f"pipe = {fam.pipeline_class.__name__}.from_pretrained(BASE_MODEL)", load,
         f"image = pipe(\"{(trig + ', ') if trig else ''}{cfg.validation_prompt or 'your prompt'}\").images[0]",
     ], samples)
 
