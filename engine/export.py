@@ -93,7 +93,8 @@ def kohya_module(parts: dict[str, torch.Tensor], a: float, rank: int | None) -> 
 
 def is_lycoris(state_dicts: dict[str, dict[str, torch.Tensor]]) -> bool:
     """Any component trained as LoHa, LoKr or DoRA (not plain LoRA)."""
-    return any(_split_key(k)[1] in (*_LYCORIS_NAMES, "lora_magnitude_vector") for sd in state_dicts.values() for k in sd)
+    kinds = (*_LYCORIS_NAMES, "lora_magnitude_vector")
+    return any(_split_key(k)[1] in kinds for sd in state_dicts.values() for k in sd)
 
 
 def kohya_state_dict(family, state_dicts: dict[str, dict[str, torch.Tensor]], alpha) -> dict:

@@ -332,6 +332,7 @@ def load_lora(lora: dict, key_map: dict) -> tuple[dict, list[str]]:
         alpha = lora.get(f"{stem}.alpha")
         alpha = None if alpha is None else float(alpha.item())
         dora = lora.get(f"{stem}.dora_scale")
+        loaded |= {f"{stem}.alpha", f"{stem}.dora_scale"}  # taken for every mapped stem, an adapter or not
         found = None
         for up_name, down_name in _NAMES:
             if up_name.format(stem) in lora:
@@ -346,13 +347,8 @@ def load_lora(lora: dict, key_map: dict) -> tuple[dict, list[str]]:
             found = Patch(target, "lokr", lokr, alpha, dora)
         if found is not None:
             patches[stem] = found
-            loaded |= {f"{stem}.{n}" for n in (*_LOHA, *lokr, "alpha", "dora_scale")}
+            loaded |= {f"{stem}.{n}" for n in (*_LOHA, *lokr)}
     return patches, sorted(k for k in lora if k not in loaded)
-
-
-def lora_shape(up_shape, down_shape) -> tuple[int, int]:
-    """(rows, input numel) of the delta up @ down that ComfyUI reshapes onto the target."""
-    return up_shape[0], math.prod(down_shape[1:])
 
 
 def weight_decompose(dora_scale, weight, lora_diff, function, norm_of="weight"):

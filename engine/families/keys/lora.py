@@ -30,7 +30,8 @@ def lora_modules(state_dict: dict[str, torch.Tensor], alphas: dict[str, tuple[fl
     for path, parts in group_modules(state_dict).items():
         if set(parts) != {"lora_A.weight", "lora_B.weight"}:
             raise ValueError(f"{path}: only LoRA (lora_A / lora_B) has a single-file key map for this family, "
-                             f"got {sorted(parts)}; LoHa / LoKr / DoRA are written in LyCORIS' layout (keys/lycoris.py)")
+                             f"got {sorted(parts)}; LoHa / LoKr / DoRA are written in LyCORIS' layout "
+                             "(keys/lycoris.py)")
         if path not in alphas:
             raise ValueError(f"{path}: no (alpha, rank) given for this module")
         alpha, rank = alphas[path]

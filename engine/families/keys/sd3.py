@@ -59,5 +59,6 @@ def check_module(path: str) -> None:
 
 
 def comfy_swapped(path: str, parts: dict) -> bool:
-    """ComfyUI swaps (scale, shift) of norm_out.linear and of the last block's norm1_context.linear (mmdit_to_diffusers)."""
+    """ComfyUI swaps (scale, shift) of norm_out.linear and of the last block's norm1_context.linear
+    (mmdit_to_diffusers)."""
     return path == "norm_out.linear" or (path.endswith(".norm1_context.linear") and out_is_twice_in(parts))
