@@ -1,7 +1,8 @@
 """The DiT families (Flux.1, SD3) on their tiny built-ins: a LoRA trains through `accelerate launch`, both files
 load in diffusers and give the same image, the trained alpha is the scale, resume is exact, a text-encoder
 cache changes nothing, Flux runs in two processes, Compare draws, and options of the other objective are
-refused; the LoRA tools read their files."""
+refused; the LoRA tools read their files; LoHa, LoKr and DoRA train and their single file (LyCORIS' layout)
+gives the run's own output where ComfyUI's rules apply it."""
 import numpy as np
 import pytest
 import torch
@@ -206,6 +207,9 @@ def test_lycoris_and_dora_train_and_the_single_file_gives_the_trained_output(fam
     assert bool(te) == ("train_text_encoder" in kw)
     transformer_keys = {k: v for k, v in single.items() if k not in te}
     assert transformer_keys and all(k.startswith("lycoris_") for k in transformer_keys)
+    from engine.tools.inspect import inspect
+    report = inspect(run / f"{kind}.safetensors")  # the LoRA tools read the layout
+    assert report["family"] == family and report["kinds"] == [kind]
 
     pipe = pipeline(family)
     base = pipe.transformer
