@@ -76,10 +76,12 @@ def kohya_module(parts: dict[str, torch.Tensor], a: float, rank: int | None) -> 
     LoHa / LoKr keep their names (`hada_w1_a`, `lokr_w1` ...); DoRA's magnitude becomes kohya's `dora_scale`
     (one value per output channel, shaped [out, 1, ...])."""
     if "lokr_w1" in parts and "lokr_w2" in parts:
-        # LyCORIS loaders (ComfyUI, AUTOMATIC1111) scale a LoKr by alpha / rank only when a factor is split
-        # (`_a`/`_b`), by 1 otherwise; PEFT always scales by alpha / r: fold PEFT's scale into lokr_w1.
+        # LyCORIS loaders (AUTOMATIC1111, ComfyUI's calculate_weight) scale a LoKr by alpha / rank only when a factor
+        # is split (`_a`/`_b`), by 1 otherwise; PEFT always scales by alpha / r: fold PEFT's scale into lokr_w1.
+        # alpha = w2 rows / w1 rows, the "rank" other ComfyUI versions divide an unsplit LoKr's alpha by: scale 1
+        # in every reading.
         parts = {**parts, "lokr_w1": parts["lokr_w1"] * (a / rank)}
-        a = float(rank)
+        a = float(max(1, parts["lokr_w2"].shape[0] // parts["lokr_w1"].shape[0]))
     out = {}
     for part, value in parts.items():
         if part == "lora_magnitude_vector":
@@ -89,9 +91,17 @@ def kohya_module(parts: dict[str, torch.Tensor], a: float, rank: int | None) -> 
     return out
 
 
+def is_lycoris(state_dicts: dict[str, dict[str, torch.Tensor]]) -> bool:
+    """Any component trained as LoHa, LoKr or DoRA (not plain LoRA)."""
+    kinds = (*_LYCORIS_NAMES, "lora_magnitude_vector")
+    return any(_split_key(k)[1] in kinds for sd in state_dicts.values() for k in sd)
+
+
 def kohya_state_dict(family, state_dicts: dict[str, dict[str, torch.Tensor]], alpha) -> dict:
     """alpha: one value for every module, or {component: {module path: (alpha, rank)}}. A DiT family writes its
-    own layout (Flux.1: BFL's fused modules; SD3: diffusers' names)."""
+    own layout (Flux.1: BFL's fused modules; SD3: diffusers' names); its LoHa / LoKr / DoRA, LyCORIS' layout."""
+    if is_lycoris(state_dicts) and hasattr(family, "lycoris_state_dict"):
+        return family.lycoris_state_dict(state_dicts, alpha)  # a DiT's LoHa / LoKr / DoRA (keys/lycoris.py)
     own = getattr(family, "single_file_state_dict", None)
     if own is not None:
         return own(state_dicts, alpha)
@@ -199,10 +209,13 @@ def kohya_metadata(cfg, comps, stats: dict) -> dict[str, str]:
 def model_card(cfg, comps, stats: dict, outputs: dict[str, str], samples: list[str]) -> str:
     fam = comps.family
     trig = cfg.trigger_word
+    kind = {"loha": "LoHa", "lokr": "LoKr"}.get(cfg.lora_type, "DoRA" if cfg.use_dora else "LoRA")
+    where = "ComfyUI" if fam.objective == "flow" else "ComfyUI and AUTOMATIC1111"  # A1111 loads no DiT
+    layout = "LyCORIS" if kind in ("LoHa", "LoKr") or (kind == "DoRA" and fam.objective == "flow") else "kohya"
     lines = [
         f"# {cfg.adaptor_name}",
         "",
-        f"A LoRA for **{comps.source.name}** ({fam.label}), trained with Adaptor Studio.",
+        f"A {kind} for **{comps.source.name}** ({fam.label}), trained with Adaptor Studio.",
         "",
         f"- Trigger word: `{trig}`" if trig else "- Trigger word: none",
         f"- Steps: {stats.get('step')} ({stats.get('epoch')} epochs) on {stats.get('num_train_images')} images",
@@ -213,13 +226,16 @@ def model_card(cfg, comps, stats: dict, outputs: dict[str, str], samples: list[s
         f"- Text encoder trained: {'yes' if cfg.train_text_encoder else 'no'}",
         "",
         "## Files",
-        f"- `{cfg.adaptor_name}.safetensors`: kohya format, for ComfyUI and AUTOMATIC1111 (`models/loras/`).",
-        "- `diffusers/pytorch_lora_weights.safetensors`: diffusers format.",
+        f"- `{cfg.adaptor_name}.safetensors`: {layout} format, for {where} (`models/loras/`).",
+        "- `diffusers/pytorch_lora_weights.safetensors`: diffusers format." if "peft" not in outputs else
+        "- `peft/<component>/`: peft's own adapter folders (diffusers has no LoHa / LoKr loader).",
         "- `config.toml`: the exact settings; `python -m engine.train config.toml` trains it again.",
     ]
+    run = outputs.get('run_dir', '.')
+    load = (f"pipe.load_lora_weights(\"{run}/diffusers\")" if "peft" not in outputs else
+            f"engine.methods.lora.load_peft_folders(pipe, \"{run}/peft\", \"{cfg.adaptor_name}\")  # Adaptor Studio's")
     return finish_card(lines, [
-        f"pipe = {fam.pipeline_class.__name__}.from_pretrained(BASE_MODEL)",
-        f"pipe.load_lora_weights(\"{outputs.get('run_dir', '.')}/diffusers\")",
+        f"pipe = {fam.pipeline_class.__name__}.from_pretrained(BASE_MODEL)", load,
         f"image = pipe(\"{(trig + ', ') if trig else ''}{cfg.validation_prompt or 'your prompt'}\").images[0]",
     ], samples)
 

@@ -125,11 +125,11 @@ def option_problems(cfg, family) -> list[tuple[str, str]]:
     if adaptor and cfg.conv_rank:
         out.append(("conv_rank", f"conv_rank = {cfg.conv_rank} trains the UNet's convolutions; {family.label}'s "
                                  "transformer has none: remove conv_rank"))
-    if adaptor and (cfg.lora_type != "lora" or cfg.use_dora):
-        kind = "DoRA" if cfg.use_dora else cfg.lora_type
-        out.append(("use_dora" if cfg.use_dora else "lora_type",
-                    f"{kind} is not yet written for {family.label} (its single file fuses layers that {kind} cannot "
-                    "be fused in): use lora_type = \"lora\" without use_dora"))
+    if adaptor and cfg.lora_type != "lora" and cfg.quantize_base == "nf4":
+        # peft's LoHa / LoKr layers size their factors from the base weight's shape, which nf4 packs
+        out.append(("lora_type", f"lora_type = {cfg.lora_type!r} cannot train on {family.label}'s nf4-quantized "
+                                 "transformer (peft's LoHa / LoKr layers read the weight's shape, which nf4 packs): "
+                                 "use quantize_base = \"int8\" or \"none\", or lora_type = \"lora\""))
     if cfg.method == "textual_inversion":
         out.append(("method", f"method = \"textual_inversion\" is not yet available for {family.label}: train a "
                               "LoRA (method = \"lora\") instead"))

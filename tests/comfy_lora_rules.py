@@ -9,6 +9,10 @@ Ported from Comfy-Org/ComfyUI (GPL-3.0), as stored at:
 - comfy/weight_adapter/lora.py @ 6f98b150e065f1ffc788558574a887835068bd40: the LoRA name variants and the
   scale alpha / down.shape[0] (1 without alpha).
 - comfy/model_patcher.py add_patches: a target is a key, (key, (dim, start, length)) or (key, None, function).
+- comfy/lora.py calculate_weight (same commit): a patch with an offset works on weight.narrow(*offset), in place.
+- comfy/weight_adapter/loha.py @ 183b377588102d00131247aec399f8b34e1122b4, lokr.py @
+  2bffe2f4ce5763dcb83df6a670657b6d5c8f85a5 (Comfy-Org), base.py @ 9c0cf36cd7964978850fd40f8cf76ac2cf9f9e15:
+  LoHa / LoKr load and calculate_weight, and weight_decompose (DoRA's dora_scale).
 The BFL / SAI weight shapes follow comfy/ldm/flux/layers.py and comfy/ldm/modules/diffusionmodules/mmdit.py; Z-Image's
 are the released checkpoint's (ComfyUI loads it as is; diffusers' convert_z_image_transformer_checkpoint_to_diffusers
 only renames it and splits attention.qkv).
@@ -17,6 +21,7 @@ Qwen-Image's follow comfy/ldm/qwen_image/model.py (comfyanonymous/ComfyUI @ 01f4
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -274,46 +279,143 @@ def split_target(target) -> tuple[str, tuple | None, object]:
 
 
 _NAMES = [("{}.lora_up.weight", "{}.lora_down.weight"), ("{}.lora_B.weight", "{}.lora_A.weight")]
+_LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+_LOKR = ("lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b")
+
+
+@dataclass
+class Patch:
+    """One loaded adapter as comfy/weight_adapter holds it: the file's tensors by their LyCORIS / kohya names."""
+    target: object  # a weight key, (key, (dim, start, length)) or (key, None, function)
+    kind: str  # lora | loha | lokr
+    w: dict
+    alpha: float | None
+    dora_scale: torch.Tensor | None = None
+
+    def shape(self) -> tuple[int, int]:
+        """(rows, input numel) of the weight change (shapes only: works on meta tensors)."""
+        w = self.w
+        if self.kind == "lora":
+            return w["up"].shape[0], math.prod(w["down"].shape[1:])
+        if self.kind == "loha":
+            return w["hada_w1_a"].shape[0], math.prod(w["hada_w1_b"].shape[1:])
+        w1 = w["lokr_w1"].shape if "lokr_w1" in w else (w["lokr_w1_a"].shape[0], w["lokr_w1_b"].shape[1])
+        w2 = w["lokr_w2"].shape if "lokr_w2" in w else (w["lokr_w2_a"].shape[0], *w["lokr_w2_b"].shape[1:])
+        return w1[0] * w2[0], w1[1] * math.prod(w2[1:])
+
+    def diff(self) -> tuple[torch.Tensor, float]:
+        """(the unscaled weight change [rows, in], its scale) as each adapter's calculate_weight computes them:
+        lora.py alpha / down.shape[0]; loha.py alpha / hada_w1_b.shape[0]; lokr.py alpha / the split factor's
+        rank, 1 when neither factor is split (dim None); no alpha: 1."""
+        w = {k: v.double() for k, v in self.w.items()}
+        if self.kind == "lora":
+            d, dim = w["up"].flatten(1) @ w["down"].flatten(1), w["down"].shape[0]
+        elif self.kind == "loha":
+            d, dim = (w["hada_w1_a"] @ w["hada_w1_b"]) * (w["hada_w2_a"] @ w["hada_w2_b"]), w["hada_w1_b"].shape[0]
+        else:
+            dim = None
+            w1, w2 = w.get("lokr_w1"), w.get("lokr_w2")
+            if w1 is None:
+                dim, w1 = w["lokr_w1_b"].shape[0], w["lokr_w1_a"] @ w["lokr_w1_b"]
+            if w2 is None:
+                dim, w2 = w["lokr_w2_b"].shape[0], w["lokr_w2_a"] @ w["lokr_w2_b"]
+            d = torch.kron(w1, w2.flatten(1))
+        scale = 1.0 if self.alpha is None or dim is None else self.alpha / dim
+        return d, scale
 
 
 def load_lora(lora: dict, key_map: dict) -> tuple[dict, list[str]]:
-    """{stem: (target, up, down, alpha or None)} and the file keys ComfyUI would log as "lora key not loaded"."""
+    """{stem: Patch} and the file keys ComfyUI would log as "lora key not loaded" (comfy/lora.py load_lora: alpha,
+    dora_scale, then each weight_adapter's load: LoRA's up/down names, LoHa's hada_*, LoKr's lokr_*)."""
     patches, loaded = {}, set()
     for stem, target in key_map.items():
         alpha = lora.get(f"{stem}.alpha")
+        alpha = None if alpha is None else float(alpha.item())
+        dora = lora.get(f"{stem}.dora_scale")
+        loaded |= {f"{stem}.alpha", f"{stem}.dora_scale"}  # taken for every mapped stem, an adapter or not
+        found = None
         for up_name, down_name in _NAMES:
             if up_name.format(stem) in lora:
-                patches[stem] = (target, lora[up_name.format(stem)], lora[down_name.format(stem)],
-                                 None if alpha is None else float(alpha.item()))
-                loaded |= {up_name.format(stem), down_name.format(stem), f"{stem}.alpha"}
+                found = Patch(target, "lora", {"up": lora[up_name.format(stem)], "down": lora[down_name.format(stem)]},
+                              alpha, dora)
+                loaded |= {up_name.format(stem), down_name.format(stem)}
                 break
+        if found is None and f"{stem}.hada_w1_a" in lora:
+            found = Patch(target, "loha", {n: lora[f"{stem}.{n}"] for n in _LOHA}, alpha, dora)
+        lokr = {n: lora[f"{stem}.{n}"] for n in _LOKR if f"{stem}.{n}" in lora}
+        if found is None and lokr:
+            found = Patch(target, "lokr", lokr, alpha, dora)
+        if found is not None:
+            patches[stem] = found
+            loaded |= {f"{stem}.{n}" for n in (*_LOHA, *lokr)}
     return patches, sorted(k for k in lora if k not in loaded)
 
 
-def lora_shape(up_shape, down_shape) -> tuple[int, int]:
-    """(rows, input numel) of the delta up @ down that ComfyUI reshapes onto the target."""
-    return up_shape[0], math.prod(down_shape[1:])
+def weight_decompose(dora_scale, weight, lora_diff, function, norm_of="weight"):
+    """comfy/weight_adapter/base.py weight_decompose at strength 1, output-axis magnitude (dora_scale [rows, 1]), in
+    place. ComfyUI divides by the base weight's row norms (`norm_of="weight"`); DoRA, peft, LyCORIS and ComfyUI's open
+    PR #15458 divide by those of the adapted weight W + dW (`norm_of="adapted"`)."""
+    assert dora_scale.shape[0] == weight.shape[0], "ComfyUI reads a magnitude of another length per input column"
+    calc = weight + function(lora_diff)
+    norm = (weight if norm_of == "weight" else calc).flatten(1).norm(dim=1).reshape(-1, *[1] * (weight.dim() - 1))
+    weight[:] = calc * (dora_scale.double().reshape(norm.shape) / (norm + torch.finfo(torch.float32).eps))
+
+
+def apply(patches: dict, weights: dict[str, torch.Tensor], dora_norm="weight") -> dict[str, torch.Tensor]:
+    """The model weights after every patch at strength 1 (comfy/lora.py calculate_weight: the weight narrowed to the
+    patch's slice, the adapter's change added to it, or DoRA's decomposition of it). `weights`: float tensors."""
+    out = {k: v.double().clone() for k, v in weights.items()}
+    for patch in patches.values():
+        key, offset, function = split_target(patch.target)
+        function = function or (lambda a: a)
+        view = out[key] if offset is None else out[key].narrow(*offset)
+        d, scale = patch.diff()
+        d = (scale * d).reshape(view.shape)
+        if patch.dora_scale is not None:
+            weight_decompose(patch.dora_scale, view, d, function, dora_norm)
+        else:
+            view += function(d)
+    return out
 
 
 def deltas(patches: dict, weights: dict) -> dict[str, torch.Tensor]:
-    """The weight deltas ComfyUI adds (strength 1): alpha / rank * up @ down, into its slice, through function."""
-    out = {}
-    for target, up, down, alpha in patches.values():
-        key, offset, function = split_target(target)
-        full = out.setdefault(key, torch.zeros(weights[key]))
+    """The weight deltas ComfyUI adds (strength 1) to zero weights: scale x the adapter's change, into its slice,
+    through function (not for DoRA, whose result depends on the base weight: apply)."""
+    base = {split_target(p.target)[0]: torch.zeros(weights[split_target(p.target)[0]]) for p in patches.values()}
+    return {k: v.float() for k, v in apply(patches, base).items()}
+
+
+def place(modules: dict[str, torch.Tensor], diffusers_map: dict, weights: dict, base: dict | None = None) -> dict:
+    """Tensors of diffusers modules ({module path: weight or delta}) where ComfyUI's diffusers map puts them (a slice
+    of a fused weight, through its function), on zeros or on a copy of `base` (ComfyUI-named weights)."""
+    out = {} if base is None else {k: v.double().clone() for k, v in base.items()}
+    for module, value in modules.items():
+        key, offset, function = split_target(diffusers_map[f"{module}.weight"])
+        full = out.setdefault(key, torch.zeros(weights[key], dtype=torch.float64))
         view = full if offset is None else full.narrow(*offset)
-        scale = 1.0 if alpha is None else alpha / down.shape[0]
-        diff = (scale * (up.flatten(1).double() @ down.flatten(1).double())).float().reshape(view.shape)
-        view += diff if function is None else function(diff)
+        view += (value if function is None else function(value)).reshape(view.shape).double()
     return out
+
+
+def unplace(comfy_weights: dict, diffusers_map: dict, modules) -> dict[str, torch.Tensor]:
+    """The inverse of place for whole weights: each diffusers module's weight cut from ComfyUI's (swap_scale_shift,
+    the only function, is its own inverse)."""
+    out = {}
+    for module in modules:
+        key, offset, function = split_target(diffusers_map[f"{module}.weight"])
+        view = comfy_weights[key] if offset is None else comfy_weights[key].narrow(*offset)
+        out[module] = view if function is None else function(view)
+    return out
+
+
+def merged_by_comfy(lora: dict, arch: str, c: dict, modules: dict[str, torch.Tensor], dora_norm="weight"):
+    """(each diffusers module's weight after ComfyUI loads `lora` onto the model holding `modules` ({module path:
+    weight}, placed as ComfyUI's diffusers map says), the keys ComfyUI would not load)."""
+    dmap, weights = diffusers_map(arch, c), model_weights(arch, c)
+    patches, not_loaded = load_lora(lora, lora_key_map(arch, c))
+    return unplace(apply(patches, place(modules, dmap, weights), dora_norm), dmap, modules), not_loaded
 
 
 def expected_deltas(module_deltas: dict[str, torch.Tensor], diffusers_map: dict, weights: dict) -> dict:
     """The trained diffusers modules' deltas placed where ComfyUI's diffusers map says they belong."""
-    out = {}
-    for module, delta in module_deltas.items():
-        key, offset, function = split_target(diffusers_map[f"{module}.weight"])
-        full = out.setdefault(key, torch.zeros(weights[key]))
-        view = full if offset is None else full.narrow(*offset)
-        view += (delta if function is None else function(delta)).reshape(view.shape)
-    return out
+    return {k: v.float() for k, v in place(module_deltas, diffusers_map, weights).items()}

@@ -1,7 +1,8 @@
 """The DiT families (Flux.1, SD3) on their tiny built-ins: a LoRA trains through `accelerate launch`, both files
 load in diffusers and give the same image, the trained alpha is the scale, resume is exact, a text-encoder
 cache changes nothing, Flux runs in two processes, Compare draws, and options of the other objective are
-refused; the LoRA tools read their files."""
+refused; the LoRA tools read their files; LoHa, LoKr and DoRA train and their single file (LyCORIS' layout)
+gives the run's own output where ComfyUI's rules apply it."""
 import numpy as np
 import pytest
 import torch
@@ -28,6 +29,10 @@ FLUX_CHECKED_TARGETS = ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.
 QWEN_CHECKED_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
                         "img_mod.1", "txt_mod.1", "net.0.proj", "net.2", "img_in", "txt_in", "linear_1", "linear_2",
                         "norm_out.linear", "proj_out"]
+# every Linear of Flux.1's transformer (norm_out.linear, whose halves ComfyUI swaps, included)
+FLUX_EVERY_LINEAR = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+                     "net.0.proj", "net.2", "norm1.linear", "norm1_context.linear", "norm.linear", "proj_mlp",
+                     "proj_out", "x_embedder", "context_embedder", "linear_1", "linear_2", "norm_out.linear"]
 CHECKED_TARGETS = {"flux1": FLUX_CHECKED_TARGETS, "qwenimage": QWEN_CHECKED_TARGETS}
 BASE = dict(resolution=64, rank=4, lora_alpha=2, learning_rate=2e-3, lr_warmup_steps=0, seed=3,
             train_batch_size=2, max_train_steps=4, report_to="none")
@@ -162,6 +167,68 @@ def test_compare_grid_draws_a_dit_run(family, trained, tmp_path):
         assert result["size"] == [64, 64] and Image.open(out).size == (64, 64)
 
 
+def transformer_inputs(family, config) -> dict:
+    """Fixed inputs for a tiny Flux.1 / Qwen-Image transformer: 16 image tokens, 5 text tokens."""
+    gen = torch.Generator().manual_seed(1)
+    text = torch.randn(1, 5, config.joint_attention_dim, generator=gen)
+    if family == "qwenimage":
+        return dict(hidden_states=torch.randn(1, 16, config.in_channels, generator=gen), encoder_hidden_states=text,
+                    timestep=torch.tensor([0.6]), img_shapes=[(1, 4, 4)], return_dict=False)
+    ids = torch.arange(16)
+    return dict(hidden_states=torch.randn(1, 16, config.in_channels, generator=gen), encoder_hidden_states=text,
+                pooled_projections=torch.randn(1, config.pooled_projection_dim, generator=gen),
+                timestep=torch.tensor([0.6]), img_ids=torch.stack([torch.zeros(16), ids // 4, ids % 4], dim=1).float(),
+                txt_ids=torch.zeros(5, 3), guidance=torch.tensor([1.0]), return_dict=False)
+
+
+@pytest.mark.parametrize("family", ["flux1", "qwenimage"])
+@pytest.mark.parametrize("kind", ["loha", "lokr", "dora"])
+def test_lycoris_and_dora_train_and_the_single_file_gives_the_trained_output(family, kind, data, tmp_path):
+    """Two steps of LoHa / LoKr / DoRA on every Linear: the run writes the single file (LyCORIS' layout) and peft's
+    own adaptor (`peft/transformer`; DoRA: `diffusers/`, which load_lora_weights reads). Every key of the single file
+    loads under ComfyUI's rules (tests/comfy_lora_rules.py), and the base weights with the file applied as ComfyUI
+    applies it (DoRA by its definition: tests/test_keys_dit.py) give the output of the run's own adaptor."""
+    import copy
+
+    from engine.config import load_config
+    from engine.methods.lora import load_into_pipeline
+    from tests import comfy_lora_rules as comfy
+
+    kw = dict(use_dora=True) if kind == "dora" else dict(lora_type=kind)
+    if family == "flux1" and kind == "dora":
+        kw["train_text_encoder"] = True  # the CLIP's DoRA goes under kohya's lora_te1_, which ComfyUI maps
+    targets = QWEN_CHECKED_TARGETS if family == "qwenimage" else FLUX_EVERY_LINEAR
+    train(data, tmp_path, kind, family, max_train_steps=2, learning_rate=1e-2, lora_target_modules=targets, **kw)
+    run = tmp_path / kind
+    assert (run / ("diffusers/pytorch_lora_weights.safetensors" if kind == "dora"
+                   else "peft/transformer/adapter_model.safetensors")).is_file()
+    single = load_file(str(run / f"{kind}.safetensors"))
+    te = {k for k in single if k.startswith("lora_te1_text_model_encoder_layers_")}
+    assert bool(te) == ("train_text_encoder" in kw)
+    transformer_keys = {k: v for k, v in single.items() if k not in te}
+    assert transformer_keys and all(k.startswith("lycoris_") for k in transformer_keys)
+    from engine.tools.inspect import inspect
+    report = inspect(run / f"{kind}.safetensors")  # the LoRA tools read the layout
+    assert report["family"] == family and report["kinds"] == [kind]
+
+    pipe = pipeline(family)
+    base = pipe.transformer
+    inputs = transformer_inputs(family, base.config)
+    modules = {n: m.weight.detach() for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
+    arch, comfy_cfg = {"flux1": ("flux", comfy.flux_config), "qwenimage": ("qwenimage", comfy.qwenimage_config)}[family]
+    merged, not_loaded = comfy.merged_by_comfy(transformer_keys, arch, comfy_cfg(base.config), modules, "adapted")
+    assert not_loaded == [], f"lora key not loaded: {not_loaded[:5]}"
+    from_file = copy.deepcopy(base)
+    from_file.load_state_dict({f"{m}.weight": w.float() for m, w in merged.items()}, strict=False)
+    with torch.no_grad():
+        before, got = base(**inputs)[0], from_file(**inputs)[0]
+    load_into_pipeline(pipe, run, load_config(run / "config.toml"))
+    with torch.no_grad():
+        want = pipe.transformer(**inputs)[0]
+    assert (want - before).abs().max() > 1e-3  # the adaptor changes the output: the comparison is not vacuous
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("family,key,value,says", [
     ("sd3", "snr_gamma", 5.0, "flow matching"),
     ("flux1", "prediction_type", "v_prediction", "flow matching"),
@@ -265,3 +332,19 @@ def test_the_transformer_can_come_from_its_own_single_file(data, tmp_path):
         load(FluxTransformer2DModel, MODELS["flux1"], tmp_path / "f.safetensors")
     cfg = validate({"train_data_dir": str(data), "pretrained_transformer_model_name_or_path": "x.safetensors"})
     assert [k for k, _ in option_problems(cfg, FAMILIES["sd1"])] == ["pretrained_transformer_model_name_or_path"]
+
+
+def test_lycoris_on_an_nf4_base_is_refused_by_name():
+    """peft's LoHa / LoKr layers size themselves from the base weight, which nf4 packs: refused before anything loads
+    (DoRA, which peft supports on bitsandbytes layers, and LoHa / LoKr on other bases are not)."""
+    from engine.config import validate
+    from engine.families import FAMILIES
+    from engine.objective_flow import option_problems
+
+    def problems(**kw):
+        cfg = validate({"pretrained_model_name_or_path": MODELS["flux1"], "train_data_dir": "unused", **kw})
+        return option_problems(cfg, FAMILIES["flux1"])
+
+    (key, message), = problems(lora_type="lokr", quantize_base="nf4")
+    assert key == "lora_type" and "Flux.1" in message and "nf4" in message and "lokr" in message
+    assert problems(lora_type="loha") == problems(use_dora=True, quantize_base="nf4") == []

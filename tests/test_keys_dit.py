@@ -7,9 +7,12 @@ import torch
 from diffusers import (FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel, QwenImagePipeline,
                        QwenImageTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline, ZImagePipeline,
                        ZImageTransformer2DModel)
-from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+from peft import LoHaConfig, LoKrConfig, LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import save_file
 
+from engine import export
+from engine.families import FAMILIES
 from engine.families.keys import flux1 as keys_flux1
 from engine.families.keys import qwenimage as keys_qwenimage
 from engine.families.keys import sd3 as keys_sd3
@@ -82,13 +85,16 @@ def assert_comfy_loads_all(file_sd: dict, arch: str, cfg: dict):
     patches, not_loaded = comfy.load_lora(file_sd, key_map)
     assert not_loaded == [], f"lora key not loaded: {not_loaded[:5]}"
     assert set(patches) == stems(file_sd)
-    for stem, (target, up, down, _) in patches.items():
-        key, offset, _fn = comfy.split_target(target)
+    for stem, patch in patches.items():
+        key, offset, _fn = comfy.split_target(patch.target)
         assert key in weights, f"{stem} -> {key}, which the model does not have"
         shape = weights[key]
         rows = shape[0] if offset is None else offset[2]
-        assert comfy.lora_shape(up.shape, down.shape) == (rows, int(torch.Size(shape[1:]).numel())), stem
-        assert up.shape[1] == down.shape[0], stem
+        assert patch.shape() == (rows, int(torch.Size(shape[1:]).numel())), stem
+        if patch.kind == "lora":
+            assert patch.w["up"].shape[1] == patch.w["down"].shape[0], stem
+        if patch.dora_scale is not None:  # per output row of its slice (ComfyUI's wd_on_output_axis)
+            assert tuple(patch.dora_scale.shape) == (rows, 1), stem
 
 
 # ---- full size, meta device: every key and shape --------------------------------------------------------------
@@ -166,7 +172,7 @@ def randomise_lora(model, seed=0):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "lora_" in name:
+            if any(part in name for part in ("lora_", "hada_", "lokr_")):
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
 
 
@@ -352,11 +358,86 @@ def test_unmappable_module_is_named(writer, module):
 
 
 @pytest.mark.parametrize("writer", [keys_flux1, keys_sd3, keys_zimage, keys_qwenimage])
-def test_lycoris_and_dora_are_refused(writer):
+def test_lora_writers_leave_lycoris_and_dora_to_their_own_layout(writer):
+    """The LoRA writers refuse LoHa / DoRA parts rather than drop them (export sends those to keys/lycoris.py)."""
     module = "transformer_blocks.0.attn.to_q"
     loha = {f"{module}.hada_w1_a": torch.zeros(8, 4), f"{module}.hada_w1_b": torch.zeros(4, 8)}
     dora = {f"{module}.lora_A.weight": torch.zeros(4, 8), f"{module}.lora_B.weight": torch.zeros(8, 4),
             f"{module}.lora_magnitude_vector": torch.ones(8)}
     for sd in (loha, dora):
-        with pytest.raises(ValueError, match="diffusers/PEFT names"):
+        with pytest.raises(ValueError, match="LyCORIS' layout"):
             writer.to_single_file(sd, {module: (2.0, 4)})
+
+
+# ---- LoHa, LoKr, DoRA: LyCORIS' layout (keys/lycoris.py), unfused ------------------------------------------------
+
+def lycoris_config(kind, targets, **patterns):
+    if kind == "loha":
+        return LoHaConfig(r=4, alpha=2, target_modules=targets, **patterns)
+    if kind == "lokr":
+        return LoKrConfig(r=4, alpha=2, target_modules=targets, **patterns)
+    return LoraConfig(r=4, lora_alpha=2, use_dora=True, target_modules=targets, **patterns)
+
+
+def lycoris_file(family, model):
+    """The single file export writes for `model`'s adaptor (its dispatch by kind included), and peft's state dict."""
+    sd = get_peft_model_state_dict(model)
+    return export.kohya_state_dict(FAMILIES[family], {"unet": sd}, {"unet": module_alphas(model)}), sd
+
+
+FULL_SIZE = {"flux1": (FluxTransformer2DModel, FLUX1_DEV, "flux", comfy.flux_config),
+             "sd3": (SD3Transformer2DModel, SD35_MEDIUM, "sd3", comfy.mmdit_config),
+             "zimage": (ZImageTransformer2DModel, Z_IMAGE, "zimage", comfy.zimage_config),
+             "qwenimage": (QwenImageTransformer2DModel, QWEN_IMAGE, "qwenimage", comfy.qwenimage_config)}
+
+
+@pytest.mark.parametrize("family, kind", [(f, k) for f in ("flux1", "sd3") for k in ("loha", "lokr", "dora")]
+                         + [("zimage", "lokr"), ("qwenimage", "dora")])
+def test_lycoris_every_key_loads_in_comfyui(family, kind):
+    """Every Linear of the full-size model (one part of each fused qkv at another rank and alpha): every key maps
+    onto a weight or slice ComfyUI holds, with its shape; DoRA's magnitude has one value per row of its slice."""
+    cls, config, arch, comfy_cfg = FULL_SIZE[family]
+    with torch.device("meta"):
+        model = cls(**config)
+        inject_adapter_in_model(lycoris_config(kind, adapted_layers(model),
+                                               **(ZIMAGE_PATTERNS if family == "zimage" else PATTERNS)), model)
+    out, sd = lycoris_file(family, model)
+    assert all(k.startswith("lycoris_") for k in out)
+    assert_comfy_loads_all(out, arch, comfy_cfg(model.config))
+    assert len(stems(out)) == len({k.rsplit(".", 2 if k.endswith(".weight") else 1)[0] for k in sd})
+    assert all(v.dtype == torch.float32 and v.dim() == 0 for k, v in out.items() if k.endswith(".alpha"))
+
+
+def merged_modules(model) -> dict[str, torch.Tensor]:
+    """Every Linear's weight with its adaptor merged as peft merges it (DoRA: m (W + dW) / ||W + dW|| per row)."""
+    merged = copy.deepcopy(model)
+    out = {}
+    for name, layer in merged.named_modules():
+        if isinstance(layer, BaseTunerLayer):
+            layer.merge(adapter_names=["default"])
+            out[name] = layer.get_base_layer().weight.detach()
+        elif isinstance(layer, torch.nn.Linear) and ".base_layer" not in name + ".":
+            out[name] = layer.weight.detach()
+    return out
+
+
+@pytest.mark.parametrize("family", ["flux1", "sd3"])
+@pytest.mark.parametrize("kind", ["loha", "lokr", "dora"])
+def test_lycoris_tiny_comfyui_weights_match_peft(family, kind):
+    """Every Linear of a tiny model (norm_out.linear and SD3's last norm1_context.linear, whose halves ComfyUI swaps,
+    included), random adaptor weights: ComfyUI's weights after loading the file are peft's merged weights. DoRA by
+    its definition (||W + dW||, as peft, LyCORIS and ComfyUI's open PR #15458); today's ComfyUI divides by ||W||."""
+    cls, config, arch, comfy_cfg = {"flux1": (FluxTransformer2DModel, TINY_FLUX, "flux", comfy.flux_config),
+                                    "sd3": (SD3Transformer2DModel, TINY_SD3, "sd3", comfy.mmdit_config)}[family]
+    torch.manual_seed(0)
+    model = cls(**config).eval()
+    base = {n: m.weight.detach() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    inject_adapter_in_model(lycoris_config(kind, list(base), **PATTERNS), model)
+    randomise_lora(model)
+    out, _ = lycoris_file(family, model)
+    got, not_loaded = comfy.merged_by_comfy(out, arch, comfy_cfg(model.config), base, dora_norm="adapted")
+    assert not_loaded == [] and got.keys() == base.keys()
+    want = merged_modules(model)
+    for name in base:
+        assert (want[name] - base[name]).abs().max() > 1e-3, name  # every module is changed: the check is not vacuous
+        torch.testing.assert_close(got[name].float(), want[name], atol=1e-5, rtol=0, msg=name)

@@ -84,9 +84,12 @@ def test_kohya_file_keys_and_weights_match_what_training_applies(kw):
         expected = layer.get_delta_weight("default")
         assert torch.allclose(_loader_delta(parts, base.shape), expected, atol=1e-5, rtol=1e-4), name
         if "conv1" in name:  # conv layers use conv_rank / conv_alpha
-            folded = "lokr_w1" in parts and "lokr_w2" in parts  # LoKr scale folded into lokr_w1: alpha = rank
+            # LoKr's scale folded into lokr_w1, alpha = w2 rows / w1 rows: scale 1 whether a loader divides an
+            # unsplit LoKr's alpha by that (some ComfyUI versions) or ignores it (LyCORIS, AUTOMATIC1111)
+            folded = "lokr_w1" in parts and "lokr_w2" in parts
             conv_alpha = 1.0 if cfg.conv_alpha is None else cfg.conv_alpha
-            assert layer.r["default"] == 4 and float(parts["alpha"]) == (4.0 if folded else conv_alpha)
+            want = parts["lokr_w2"].shape[0] // parts["lokr_w1"].shape[0] if folded else conv_alpha
+            assert layer.r["default"] == 4 and float(parts["alpha"]) == want
         checked += 1
     assert checked > 10
 

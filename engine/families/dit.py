@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import torch
 
+from engine.export import canonical_keys, peft_to_kohya
 from engine.objective_flow import flow_loss
 from engine.quantize import load_transformer
 
 from .base import Components, Family, ModelError, load_error, load_pretrained, load_vae, tokenize
+from .keys import lycoris as keys_lycoris
 
 
 class FlowFamily(Family):
@@ -24,6 +26,7 @@ class FlowFamily(Family):
     vae_class = "AutoencoderKL"  # a diffusers class name
     lora_default_targets: tuple[str, ...] = ()
     default_resolution = 1024
+    lora_keys = None  # the family's keys module: check_module(path) (and comfy_swapped(path, parts) where needed)
 
     def text_encoder_classes(self) -> list:
         raise NotImplementedError
@@ -92,6 +95,18 @@ class FlowFamily(Family):
             kwargs[name] = te
             kwargs[name.replace("text_encoder", "tokenizer")] = tok
         return self.pipeline_class(**kwargs)
+
+    def lycoris_state_dict(self, state_dicts, alphas) -> dict:
+        """A LoHa / LoKr / DoRA run's single file: the transformer in LyCORIS' layout (keys/lycoris.py), the CLIPs
+        under kohya's `lora_te1_` / `lora_te2_`, which ComfyUI maps onto clip_l / clip_g."""
+        keys = self.lora_keys
+        out = keys_lycoris.to_single_file(state_dicts["unet"], alphas["unet"], keys.check_module,
+                                          getattr(keys, "comfy_swapped", lambda path, parts: False))
+        for component, sd in state_dicts.items():
+            if component != "unet":
+                out.update(peft_to_kohya(canonical_keys(component, sd), self.kohya_te_prefixes[component],
+                                         canonical_keys(component, alphas[component])))
+        return out
 
     def call_kwargs(self, pipe) -> dict:
         """What every pipeline call adds: the T5 length training used."""

@@ -27,6 +27,7 @@ class Flux1Family(FlowFamily):
     default_max_sequence_length = 512
     t5_name = "text_encoder_2"
     lora_default_targets = tuple(keys_flux1.DEFAULT_TARGETS)  # diffusers' train_dreambooth_lora_flux.py
+    lora_keys = keys_flux1  # the single file's key map (LoHa / LoKr / DoRA: keys/lycoris.py)
 
     @property
     def pipeline_class(self):

@@ -35,6 +35,7 @@ class QwenImageFamily(FlowFamily):
     default_max_sequence_length = 512  # the script's default
     t5_name = "text_encoder"  # the sequence encoder: its tokenizer carries max_sequence_length
     lora_default_targets = tuple(keys_qwenimage.DEFAULT_TARGETS)  # diffusers' train_dreambooth_lora_qwen_image.py
+    lora_keys = keys_qwenimage  # the single file's key map (LoHa / LoKr / DoRA: keys/lycoris.py)
 
     @property
     def pipeline_class(self):

@@ -27,6 +27,7 @@ class SD3Family(FlowFamily):
     default_max_sequence_length = 256  # StableDiffusion3Pipeline's default
     t5_name = "text_encoder_3"
     lora_default_targets = tuple(keys_sd3.DEFAULT_TARGETS)  # diffusers' train_dreambooth_lora_sd3.py
+    lora_keys = keys_sd3  # the single file's key map (LoHa / LoKr / DoRA: keys/lycoris.py)
 
     @property
     def pipeline_class(self):

@@ -33,6 +33,7 @@ class ZImageFamily(FlowFamily):
     default_max_sequence_length = 512  # ZImagePipeline's and the script's
     t5_name = "text_encoder"  # the sequence encoder, whose tokenizer holds the length training and sampling use
     lora_default_targets = tuple(keys_zimage.DEFAULT_TARGETS)
+    lora_keys = keys_zimage  # the single file's key map (LoHa / LoKr / DoRA: keys/lycoris.py)
 
     @property
     def pipeline_class(self):

@@ -147,7 +147,7 @@ def write_outputs(folder: Path, cfg, comps, modules: dict, stats: dict) -> dict[
         meta = {n: adapter_metadata(m) for n, m in modules.items()}
         out["diffusers"] = str(export.write_diffusers_lora(Path(folder) / "diffusers", comps.family, sds, meta))
     else:
-        out["peft"] = str(_write_peft_folders(Path(folder) / PEFT_FOLDER, modules, sds))
+        out["peft"] = str(_write_peft_folders(Path(folder) / PEFT_FOLDER, modules, sds, comps.family))
     return out
 
 
@@ -164,9 +164,11 @@ def _network_metadata(cfg) -> dict[str, str]:
     return {"ss_network_module": "lycoris.kohya", "ss_network_args": json.dumps(args)}
 
 
-def _write_peft_folders(root: Path, modules: dict, sds: dict) -> Path:
+def _write_peft_folders(root: Path, modules: dict, sds: dict, family) -> Path:
+    """One folder per component, named as the pipeline calls it (`transformer` for a DiT: load_peft_folders)."""
     for name, module in modules.items():
-        write_peft_folder(root / name, adapter_metadata(module), sds[name])
+        write_peft_folder(root / (family.denoiser_name if name == "unet" else name), adapter_metadata(module),
+                          sds[name])
     return root
 
 

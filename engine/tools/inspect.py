@@ -171,7 +171,8 @@ def _dit_loader_verdicts(lf: lora_file.LoraFile) -> dict:
     except Exception as e:  # its own words (an assert has none: diffusers' Flux.1 conversion assumes the
         # full-size widths, so a LoRA of a narrower Flux, e.g. builtin:tiny-flux's, fails there)
         sd, error = {}, (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-    missing = list(state) if error else [k for k in sd if not k.startswith(("transformer.", "text_encoder"))]
+    # nothing back (Flux.1's converter drops `lycoris_` LoRA/DoRA keys silently) is nothing loaded, not all of it
+    missing = list(state) if error or not sd else [k for k in sd if not k.startswith(("transformer.", "text_encoder"))]
     return {"diffusers": {"all": not missing and not error, "not_loaded": missing[:50], "count": len(missing),
                           "total": len(state), "error": error}, "comfyui": comfy}
 

@@ -24,7 +24,7 @@ What diffusers 0.42.1's converter does with the file (ComfyUI loads all of it):
 Do not add diffusers' `lora_adapter_metadata` to this file: diffusers applies alpha / rank while converting
 and would scale again by the metadata's lora_alpha.
 
-LoRA only: LoHa / LoKr / DoRA for DiTs are written in diffusers/PEFT names instead (not here).
+LoRA only here: LoHa / LoKr / DoRA cannot be fused so; they are written in LyCORIS' layout (keys/lycoris.py).
 """
 from __future__ import annotations
 
@@ -141,3 +141,13 @@ def to_single_file(state_dict: dict[str, torch.Tensor], alphas: dict[str, tuple[
     for bfl, parts in fused.items():
         out.update(_fused(bfl, 4 if bfl.endswith(".linear1") else 3, parts))
     return out
+
+
+def check_module(path: str) -> None:
+    """ValueError naming a module ComfyUI's flux_to_diffusers does not map (the modules bfl_module knows)."""
+    bfl_module(path)
+
+
+def comfy_swapped(path: str, parts: dict) -> bool:
+    """ComfyUI swaps norm_out.linear's (scale, shift) halves (flux_to_diffusers' swap_scale_shift)."""
+    return path == "norm_out.linear"

@@ -24,13 +24,14 @@ class LoraModule:
 def lora_modules(state_dict: dict[str, torch.Tensor], alphas: dict[str, tuple[float, int]]) -> list[LoraModule]:
     """Every module of a PEFT LoRA state dict with its (alpha, rank); ValueError for anything but plain LoRA.
 
-    LoHa, LoKr and DoRA have no fused-weight layout ComfyUI and diffusers agree on for DiTs, so their files
-    keep diffusers/PEFT names (written elsewhere); these writers refuse them rather than drop a part."""
+    LoHa, LoKr and DoRA have no fused-weight layout ComfyUI and diffusers agree on for DiTs: keys/lycoris.py
+    writes them; these writers refuse them rather than drop a part."""
     out = []
     for path, parts in group_modules(state_dict).items():
         if set(parts) != {"lora_A.weight", "lora_B.weight"}:
             raise ValueError(f"{path}: only LoRA (lora_A / lora_B) has a single-file key map for this family, "
-                             f"got {sorted(parts)}; LoHa / LoKr / DoRA are written in diffusers/PEFT names")
+                             f"got {sorted(parts)}; LoHa / LoKr / DoRA are written in LyCORIS' layout "
+                             "(keys/lycoris.py)")
         if path not in alphas:
             raise ValueError(f"{path}: no (alpha, rank) given for this module")
         alpha, rank = alphas[path]
@@ -47,14 +48,19 @@ def alpha_tensor(alpha: float) -> torch.Tensor:
     return torch.tensor(float(alpha), dtype=torch.float32)
 
 
+def check_mappable(mappable, path: str, what: str) -> None:
+    """ValueError naming a module ComfyUI's map for the family (`mappable`, a regex) does not name."""
+    if not mappable.fullmatch(path):
+        raise ValueError(f"{path}: no {what} single-file key for this module")
+
+
 def unfused_single_file(state_dict: dict[str, torch.Tensor], alphas: dict[str, tuple[float, int]], mappable,
                         what: str, stem, names: tuple[str, str]) -> dict[str, torch.Tensor]:
     """A single file whose modules keep diffusers' names (Z-Image, Qwen-Image): `stem(path)` + the down / up
     names + a float32 `.alpha`; a module ComfyUI does not map (`mappable`, a regex) is refused by name."""
     out: dict[str, torch.Tensor] = {}
     for mod in lora_modules(state_dict, alphas):
-        if not mappable.fullmatch(mod.path):
-            raise ValueError(f"{mod.path}: no {what} single-file key for this module")
+        check_mappable(mappable, mod.path, what)
         s = stem(mod.path)
         out[f"{s}.{names[0]}"] = mod.down.contiguous()
         out[f"{s}.{names[1]}"] = mod.up.contiguous()

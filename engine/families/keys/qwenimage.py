@@ -14,7 +14,8 @@ Why not diffusers' own `transformer.<path>.lora_A/B` + alpha: the converter woul
 rank / alpha. Do not add diffusers' `lora_adapter_metadata` to this file: diffusers would scale twice.
 
 Every Linear of the model maps (the blocks' attention, MLPs and modulation, img_in, txt_in, the timestep
-embedder, norm_out.linear, proj_out); anything else raises. LoRA only: LoHa / LoKr / DoRA are refused.
+embedder, norm_out.linear, proj_out); anything else raises. LoRA only here: LoHa / LoKr / DoRA are written in
+LyCORIS' layout (keys/lycoris.py), checked by check_module.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import re
 
 import torch
 
-from .lora import unfused_single_file
+from .lora import check_mappable, unfused_single_file
 
 # diffusers' train_dreambooth_lora_qwen_image.py default (`--lora_layers` unset): the image stream's attention
 # (PEFT matches by suffix: `to_q` is every block's attn.to_q, not add_q_proj).
@@ -41,3 +42,7 @@ def to_single_file(state_dict: dict[str, torch.Tensor], alphas: dict[str, tuple[
     (kohya's `lora_unet_<path with _>`). Works on meta tensors (shapes only)."""
     return unfused_single_file(state_dict, alphas, _MAPPABLE, "Qwen-Image", lambda p: "lora_unet_" + p.replace(".", "_"),
                                ("lora_down.weight", "lora_up.weight"))
+
+
+def check_module(path: str) -> None:
+    check_mappable(_MAPPABLE, path, "Qwen-Image")

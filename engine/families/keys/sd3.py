@@ -15,7 +15,7 @@ the trained scale alpha / rank folded into lora_B. It is the only candidate both
 Every Linear of the model maps (joint blocks' attn / attn2 (SD3.5 Medium) / ff / ff_context / norm1(_context),
 the embedders, norm_out.linear, proj_out), and pos_embed.proj (a Conv2d) too; anything else raises.
 
-LoRA only: LoHa / LoKr / DoRA for DiTs are written in diffusers/PEFT names instead (not here).
+LoRA only here: LoHa / LoKr / DoRA are written in LyCORIS' layout (keys/lycoris.py), checked by check_module.
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ import re
 
 import torch
 
-from .lora import lora_modules
+from .lora import check_mappable, lora_modules
+from .lycoris import out_is_twice_in
 
 # diffusers' train_dreambooth_lora_sd3.py default (`--lora_layers` unset): the joint attention. It does not
 # match SD3.5 Medium's attn2 (`attn2.to_q` does not end in `.attn.to_q`).
@@ -46,8 +47,18 @@ def to_single_file(state_dict: dict[str, torch.Tensor], alphas: dict[str, tuple[
     Works on meta tensors (shapes only). check=False: a text encoder's modules (same folding, no SD3 map)."""
     out: dict[str, torch.Tensor] = {}
     for mod in lora_modules(state_dict, alphas):
-        if check and not _MAPPABLE.fullmatch(mod.path):
-            raise ValueError(f"{mod.path}: no SD3 single-file key for this module")
+        if check:
+            check_module(mod.path)
         out[f"transformer.{mod.path}.lora_A.weight"] = mod.down.contiguous()
         out[f"transformer.{mod.path}.lora_B.weight"] = (mod.up * mod.scale).contiguous()
     return out
+
+
+def check_module(path: str) -> None:
+    check_mappable(_MAPPABLE, path, "SD3")
+
+
+def comfy_swapped(path: str, parts: dict) -> bool:
+    """ComfyUI swaps (scale, shift) of norm_out.linear and of the last block's norm1_context.linear
+    (mmdit_to_diffusers)."""
+    return path == "norm_out.linear" or (path.endswith(".norm1_context.linear") and out_is_twice_in(parts))

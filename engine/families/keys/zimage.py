@@ -16,7 +16,7 @@ Every Linear of the transformer maps (the blocks' attention / feed_forward / ada
 noise_refiner and context_refiner; the embedders; the final layer): ComfyUI's map names them all. Anything else
 (norms, a patch size other than 2-1, which ComfyUI does not map) raises.
 
-LoRA only: LoHa / LoKr / DoRA for DiTs are written in diffusers/PEFT names instead (not here).
+LoRA only here: LoHa / LoKr / DoRA are written in LyCORIS' layout (keys/lycoris.py), checked by check_module.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import re
 
 import torch
 
-from .lora import unfused_single_file
+from .lora import check_mappable, unfused_single_file
 
 PREFIX = "diffusion_model."
 # diffusers' train_dreambooth_lora_z_image.py default (`--lora_layers` unset): every attention's projections,
@@ -45,3 +45,7 @@ def to_single_file(state_dict: dict[str, torch.Tensor], alphas: dict[str, tuple[
     embedder Linears only). Works on meta tensors (shapes only)."""
     return unfused_single_file(state_dict, alphas, _MAPPABLE, "Z-Image", lambda p: PREFIX + p,
                                ("lora_A.weight", "lora_B.weight"))
+
+
+def check_module(path: str) -> None:
+    check_mappable(_MAPPABLE, path, "Z-Image")
