@@ -139,7 +139,7 @@ def test_flux_trains_in_two_processes(data, tmp_path):
     assert (tmp_path / "ddp" / "ddp.safetensors").is_file()
 
 
-@pytest.mark.parametrize("family", ["flux1", "zimage", "qwenimage"])
+@pytest.mark.parametrize("family", ["flux1", "sd3", "zimage", "qwenimage"])
 def test_compare_grid_draws_a_dit_run(family, trained, tmp_path):
     from PIL import Image
 
@@ -265,3 +265,35 @@ def test_the_transformer_can_come_from_its_own_single_file(data, tmp_path):
         load(FluxTransformer2DModel, MODELS["flux1"], tmp_path / "f.safetensors")
     cfg = validate({"train_data_dir": str(data), "pretrained_transformer_model_name_or_path": "x.safetensors"})
     assert [k for k, _ in option_problems(cfg, FAMILIES["sd1"])] == ["pretrained_transformer_model_name_or_path"]
+
+
+# What sd-scripts (flux1, sd3: library/sai_model_spec.py, the trainers' model_version) and musubi-tuner (zimage,
+# qwenimage: architecture_full_name, sai_model_spec) write: tiny-sd3 has no qk-norm, so it is SD3 Medium's layout
+ARCHITECTURE_IDS = {"flux1": ("flux1", "flux-1-dev/lora"), "sd3": ("medium", "stable-diffusion-3-medium/lora"),
+                    "zimage": ("z_image", "Z-Image/lora"), "qwenimage": ("qwen_image", "Qwen-Image/lora")}
+
+
+@pytest.mark.parametrize("family", list(MODELS))
+def test_lora_files_name_the_architecture_as_sd_scripts_does(family, trained):
+    from safetensors import safe_open
+
+    with safe_open(str(trained / family / f"{family}.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert (meta["ss_base_model_version"], meta["modelspec.architecture"]) == ARCHITECTURE_IDS[family]
+    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2.0"
+
+
+@pytest.mark.parametrize("config,version", [
+    (dict(qk_norm="rms_norm", dual_attention_layers=()), "5-large"),  # stabilityai/stable-diffusion-3.5-large
+    (dict(qk_norm="rms_norm", dual_attention_layers=tuple(range(13))), "5-medium"),  # 3.5 Medium: MMDiT-X
+    (dict(qk_norm=None, dual_attention_layers=()), "medium"),  # stable-diffusion-3-medium
+])
+def test_sd3_versions_are_sd_scripts_model_types(config, version):
+    from types import SimpleNamespace
+
+    from diffusers.configuration_utils import FrozenDict
+
+    from engine.families import FAMILIES
+    comps = SimpleNamespace(unet=SimpleNamespace(config=FrozenDict(config)))
+    assert FAMILIES["sd3"].base_model_version(comps) == version
+    assert FAMILIES["sd3"].modelspec_architecture(comps) == f"stable-diffusion-3-{version}/lora"

@@ -111,7 +111,9 @@ def test_llm_dit_full_fine_tune_writes_a_pipeline_and_a_comfyui_file(family, tmp
     assert {k: tuple(stored[k].shape) for k in expected if k in stored} == expected
     assert image_model(stored) == {"zimage": "lumina2", "qwenimage": "qwen_image"}[family]  # lumina2: tiny width
     with safe_open(str(single), "pt") as f:
-        assert f.metadata()["modelspec.architecture"] == {"zimage": "Z-Image", "qwenimage": "qwen-image"}[family]
+        assert f.metadata()["modelspec.architecture"] == {"zimage": "Z-Image", "qwenimage": "Qwen-Image"}[family]
+    from engine.families import detect_family, resolve_source
+    assert detect_family(resolve_source(str(single))) == family  # the file as a base: our own detection reads it
 
 
 def test_llm_dit_single_files_at_full_size_are_detected_and_read_back():
