@@ -204,7 +204,8 @@ def test_dit_presets_train_on_the_tiny_builtin(preset, family, data, tmp_path):
         pretrained_model_name_or_path=MODELS[family], train_data_dir=data, output_dir=tmp_path, resolution=64,
         max_train_steps=2, gradient_accumulation_steps=1, validation_prompt="", report_to="none"), launch=False)
     name = {"flux1-dev-lora": "flux1-dev-sks-dog", "sd35-large-lora": "sd35-large-sks-dog",
-            "sd35-medium-lora": "sd35-medium-sks-dog", "zimage-lora": "zimage-sks-dog", "qwenimage-lora": "qwenimage-sks-dog"}[preset]
+            "sd35-medium-lora": "sd35-medium-sks-dog", "zimage-lora": "zimage-sks-dog",
+            "qwenimage-lora": "qwenimage-sks-dog"}[preset]
     assert read_events(tmp_path / name / "events.jsonl")[-1]["type"] == "done"
     assert "text-encoder cache: 4 captions encoded" in proc.stdout and "latent cache" in proc.stdout, proc.stdout
 
