@@ -1,8 +1,12 @@
-"""The DiT families (Flux.1, SD3) on their tiny built-ins: a LoRA trains through `accelerate launch`, both files
-load in diffusers and give the same image, the trained alpha is the scale, resume is exact, a text-encoder
-cache changes nothing, Flux runs in two processes, Compare draws, and options of the other objective are
-refused; the LoRA tools read their files; LoHa, LoKr and DoRA train and their single file (LyCORIS' layout)
-gives the run's own output where ComfyUI's rules apply it."""
+"""The DiT families (Flux.1, SD3, Z-Image, Qwen-Image) on their tiny built-ins: a LoRA trains through `accelerate
+launch`, both files load in diffusers and give the same image, the trained alpha is the scale, the single file
+names the architecture as sd-scripts / musubi-tuner do, resume is exact, a text-encoder cache changes nothing,
+Flux runs in two processes, validation images and Compare draw, CUDA-only switches and options of the other
+objective are refused; the LoRA tools read their files; Flux schnell and DreamBooth with prior preservation; LoHa,
+LoKr and DoRA train and their single file (LyCORIS' layout) gives the run's own output where ComfyUI's rules apply
+it."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -67,12 +71,15 @@ def _losses(run) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
-    """One LoRA per family through accelerate launch (Flux with its CLIP's LoRA too), alpha 2 != rank 4."""
+    """One LoRA per family through accelerate launch (Flux with its CLIP's LoRA too, Z-Image drawing validation
+    images), alpha 2 != rank 4."""
     out = tmp_path_factory.mktemp("runs")
     for family in MODELS:
         extra = dict(lora_target_modules=CHECKED_TARGETS[family]) if family in CHECKED_TARGETS else {}
         if family == "flux1":
             extra["train_text_encoder"] = True
+        if family == "zimage":  # validation images through the family's pipeline during training
+            extra.update(validation_prompt="a red square", num_validation_images=1, num_inference_steps=2)
         train(data, out, family, family, launch=True, **extra)
     return out
 
@@ -107,18 +114,19 @@ def test_lora_files_load_in_diffusers_and_give_the_same_image(family, trained):
     assert next(e for e in meta if e["type"] == "start")["model_family"] == family
 
 
-def test_resume_is_exact(data, tmp_path):
+@pytest.mark.parametrize("family", list(MODELS))
+def test_resume_is_exact(family, data, tmp_path):
     args = dict(checkpointing_steps=2, max_train_steps=4)
-    train(data, tmp_path, "r", "flux1", **args)
+    train(data, tmp_path, "r", family, **args)
     full = load_file(str(tmp_path / "r" / "diffusers" / "pytorch_lora_weights.safetensors"))
-    train(data, tmp_path, "r", "flux1", resume_from_checkpoint=tmp_path / "r" / "checkpoints" / "checkpoint-2", **args)
+    train(data, tmp_path, "r", family, resume_from_checkpoint=tmp_path / "r" / "checkpoints" / "checkpoint-2", **args)
     events = read_events(tmp_path / "r" / "events.jsonl")
     assert [e for e in events if e["type"] == "start"][-1]["first_step"] == 2
     resumed = load_file(str(tmp_path / "r" / "diffusers" / "pytorch_lora_weights.safetensors"))
     assert max((full[k] - resumed[k]).abs().max().item() for k in full) < 1e-6
 
 
-@pytest.mark.parametrize("family", ["sd3", "zimage", "qwenimage"])
+@pytest.mark.parametrize("family", list(MODELS))
 def test_text_encoder_cache_gives_the_same_losses(family, data, tmp_path):
     """Captions of different lengths: an LLM encoder's embeddings vary in length (Qwen-Image pads them and
     carries the mask), so batches mix lengths."""
@@ -144,7 +152,7 @@ def test_flux_trains_in_two_processes(data, tmp_path):
     assert (tmp_path / "ddp" / "ddp.safetensors").is_file()
 
 
-@pytest.mark.parametrize("family", ["flux1", "zimage", "qwenimage"])
+@pytest.mark.parametrize("family", ["flux1", "sd3", "zimage", "qwenimage"])
 def test_compare_grid_draws_a_dit_run(family, trained, tmp_path):
     from PIL import Image
 
@@ -253,7 +261,8 @@ def test_flow_options_are_refused_for_a_unet_family(data, tmp_path):
 
 
 @pytest.mark.parametrize("preset,family", [("flux1-dev-lora", "flux1"), ("sd35-large-lora", "sd3"),
-                                           ("zimage-lora", "zimage"), ("qwenimage-lora", "qwenimage")])
+                                           ("sd35-medium-lora", "sd3"), ("zimage-lora", "zimage"),
+                                           ("qwenimage-lora", "qwenimage")])
 def test_dit_presets_train_on_the_tiny_builtin(preset, family, data, tmp_path):
     """Every setting a DiT preset makes (bf16, cached text encoders and latents, gradient checkpointing, the
     flow options) is one its family trains with: the preset on the family's tiny built-in, two steps."""
@@ -263,17 +272,23 @@ def test_dit_presets_train_on_the_tiny_builtin(preset, family, data, tmp_path):
         pretrained_model_name_or_path=MODELS[family], train_data_dir=data, output_dir=tmp_path, resolution=64,
         max_train_steps=2, gradient_accumulation_steps=1, validation_prompt="", report_to="none"), launch=False)
     name = {"flux1-dev-lora": "flux1-dev-sks-dog", "sd35-large-lora": "sd35-large-sks-dog",
-            "zimage-lora": "zimage-sks-dog", "qwenimage-lora": "qwenimage-sks-dog"}[preset]
+            "sd35-medium-lora": "sd35-medium-sks-dog", "zimage-lora": "zimage-sks-dog",
+            "qwenimage-lora": "qwenimage-sks-dog"}[preset]
     assert read_events(tmp_path / name / "events.jsonl")[-1]["type"] == "done"
     assert "text-encoder cache: 4 captions encoded" in proc.stdout and "latent cache" in proc.stdout, proc.stdout
 
 
-def test_cuda_only_switch_fails_clearly_on_cpu(data, tmp_path):
+# Flux's quantize_base refusals: tests/test_memory.py
+@pytest.mark.parametrize("family,key,value", [("flux1", "optimizer", "adamw8bit")] + [
+    (family, key, value) for family in ("sd3", "zimage", "qwenimage")
+    for key, value in (("optimizer", "adamw8bit"), ("quantize_base", "nf4"))])
+def test_cuda_only_switch_fails_clearly_on_cpu(data, tmp_path, family, key, value):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    proc = train(data, tmp_path, "x", "flux1", expect_rc=2, optimizer="adamw8bit")
+    proc = train(data, tmp_path, "x", family, expect_rc=2, **{key: value})
     err = proc.stdout + proc.stderr
-    assert "needs a CUDA GPU" in err and "Traceback" not in err
+    assert f'{key} = "{value}" needs a CUDA GPU' in err and "Traceback" not in err, err
+    assert not (tmp_path / "x" / "x.safetensors").exists()
 
 
 @pytest.mark.parametrize("family", list(MODELS))
@@ -348,3 +363,97 @@ def test_lycoris_on_an_nf4_base_is_refused_by_name():
     (key, message), = problems(lora_type="lokr", quantize_base="nf4")
     assert key == "lora_type" and "Flux.1" in message and "nf4" in message and "lokr" in message
     assert problems(lora_type="loha") == problems(use_dora=True, quantize_base="nf4") == []
+
+
+# What sd-scripts (flux1, sd3: library/sai_model_spec.py, the trainers' model_version) and musubi-tuner (zimage,
+# qwenimage: architecture_full_name, sai_model_spec) write: tiny-sd3 has no qk-norm, so it is SD3 Medium's layout
+ARCHITECTURE_IDS = {"flux1": ("flux1", "flux-1-dev/lora"), "sd3": ("medium", "stable-diffusion-3-medium/lora"),
+                    "zimage": ("z_image", "Z-Image/lora"), "qwenimage": ("qwen_image", "Qwen-Image/lora")}
+
+
+@pytest.mark.parametrize("family", list(MODELS))
+def test_lora_files_name_the_architecture_as_sd_scripts_does(family, trained):
+    from safetensors import safe_open
+
+    with safe_open(str(trained / family / f"{family}.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert (meta["ss_base_model_version"], meta["modelspec.architecture"]) == ARCHITECTURE_IDS[family]
+    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2.0"
+
+
+@pytest.mark.parametrize("config,version", [
+    (dict(qk_norm="rms_norm", dual_attention_layers=()), "5-large"),  # stabilityai/stable-diffusion-3.5-large
+    (dict(qk_norm="rms_norm", dual_attention_layers=tuple(range(13))), "5-medium"),  # 3.5 Medium: MMDiT-X
+    (dict(qk_norm=None, dual_attention_layers=()), "medium"),  # stable-diffusion-3-medium
+])
+def test_sd3_versions_are_sd_scripts_model_types(config, version):
+    from types import SimpleNamespace
+
+    from diffusers.configuration_utils import FrozenDict
+
+    from engine.families import FAMILIES
+    comps = SimpleNamespace(unet=SimpleNamespace(config=FrozenDict(config)))
+    assert FAMILIES["sd3"].base_model_version(comps) == version
+    assert FAMILIES["sd3"].modelspec_architecture(comps) == f"stable-diffusion-3-{version}/lora"
+
+
+def test_a_dit_run_draws_its_validation_images(trained):
+    from PIL import Image
+
+    run = trained / "zimage"
+    samples = [e for e in read_events(run / "events.jsonl") if e["type"] == "sample"]
+    assert samples and {e["prompt"] for e in samples} == {"a red square"}
+    for e in samples:
+        path = run / "samples" / Path(e["path"]).name
+        assert path.is_file() and Image.open(path).size == (64, 64)
+        assert np.asarray(Image.open(path), dtype=float).std() > 0  # an image, not a blank
+    assert sorted(p.name for p in (run / "samples").glob("*.png")) == sorted(Path(e["path"]).name for e in samples)
+
+
+def test_a_flux_schnell_lora_says_schnell(data, tmp_path):
+    """Flux.1 schnell is Flux without the guidance embedding: tiny-flux's folder with its transformer rebuilt so,
+    a 2-step LoRA, and the file names the architecture as sd-scripts does."""
+    import json
+    import shutil
+
+    from diffusers import FluxTransformer2DModel
+
+    schnell = tmp_path / "tiny-flux-schnell"
+    shutil.copytree(resolve_builtin(MODELS["flux1"]), schnell, ignore=shutil.ignore_patterns("transformer"))
+    dev = FluxTransformer2DModel.from_pretrained(resolve_builtin(MODELS["flux1"]), subfolder="transformer")
+    model = FluxTransformer2DModel.from_config({**dev.config, "guidance_embeds": False})
+    missing, _ = model.load_state_dict(dev.state_dict(), strict=False)  # all but the guidance embedder
+    assert not missing
+    model.save_pretrained(schnell / "transformer")
+    assert json.loads((schnell / "transformer" / "config.json").read_text())["guidance_embeds"] is False
+
+    run_training(sets(**{**BASE, "max_train_steps": 2}, pretrained_model_name_or_path=schnell, train_data_dir=data,
+                      output_dir=tmp_path, adaptor_name="schnell"), launch=False)
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "schnell" / "schnell.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert (meta["ss_base_model_version"], meta["modelspec.architecture"]) == ("flux1", "flux-1-schnell/lora")
+
+
+def test_flux_dreambooth_lora_with_prior_preservation(data, tmp_path):
+    """DreamBooth-LoRA on tiny-flux: the class images are drawn by the Flux pipeline before training, each step's
+    loss is the subject's plus the prior's, and the LoRA's single file carries the instance prompt."""
+    from safetensors import safe_open
+
+    classes = tmp_path / "class"
+    cfg = {**BASE, "train_batch_size": 1, "max_train_steps": 2, "pretrained_model_name_or_path": MODELS["flux1"]}
+    run_training(sets(**cfg, method="dreambooth", train_data_dir=data, instance_prompt="a photo of sks square",
+                      with_prior_preservation=True, class_prompt="a photo of a square", class_data_dir=classes,
+                      num_class_images=2, sample_batch_size=2, num_inference_steps=2, output_dir=tmp_path,
+                      adaptor_name="db"), launch=False)
+    from PIL import Image
+    made = sorted(classes.glob("*.png"))
+    assert len(made) == 2 and all(Image.open(p).size == (64, 64) for p in made)
+    steps = [e for e in read_events(tmp_path / "db" / "events.jsonl") if e["type"] == "step"]
+    assert len(steps) == 2
+    assert all(e["prior_loss"] > 0 and e["loss"] == pytest.approx(e["instance_loss"] + e["prior_loss"], rel=1e-5)
+               for e in steps)
+    with safe_open(str(tmp_path / "db" / "db.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["modelspec.trigger_phrase"] == "a photo of sks square"
+    assert meta["modelspec.architecture"] == "flux-1-dev/lora"

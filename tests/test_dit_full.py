@@ -111,7 +111,9 @@ def test_llm_dit_full_fine_tune_writes_a_pipeline_and_a_comfyui_file(family, tmp
     assert {k: tuple(stored[k].shape) for k in expected if k in stored} == expected
     assert image_model(stored) == {"zimage": "lumina2", "qwenimage": "qwen_image"}[family]  # lumina2: tiny width
     with safe_open(str(single), "pt") as f:
-        assert f.metadata()["modelspec.architecture"] == {"zimage": "Z-Image", "qwenimage": "qwen-image"}[family]
+        assert f.metadata()["modelspec.architecture"] == {"zimage": "Z-Image", "qwenimage": "Qwen-Image"}[family]
+    from engine.families import detect_family, resolve_source
+    assert detect_family(resolve_source(str(single))) == family  # the file as a base: our own detection reads it
 
 
 def test_llm_dit_single_files_at_full_size_are_detected_and_read_back():
@@ -133,3 +135,25 @@ def test_llm_dit_single_files_at_full_size_are_detected_and_read_back():
         back = convert(dict(ours))
         assert back.keys() == state.keys() and all(back[k].shape == state[k].shape for k in state)
     assert zimage_checkpoint(models["zimage"].state_dict())["layers.0.attention.qkv.weight"].shape == (3 * 3840, 3840)
+
+
+@pytest.mark.slow
+def test_sd3_full_fine_tune_writes_its_single_file(tmp_path):
+    """Two full steps on tiny-sd3: the transformer trains, and the single file is the trained transformer in
+    diffusers' MMDiT names (ComfyUI's diffusion-model loader converts those: convert_diffusers_mmdit)."""
+    from diffusers import SD3Transformer2DModel
+    from safetensors import safe_open
+
+    data = make_images(tmp_path / "data", n=2)
+    run_training(sets(pretrained_model_name_or_path="builtin:tiny-sd3", train_data_dir=data, output_dir=tmp_path,
+                      adaptor_name="full", method="full", resolution=64, max_train_steps=2, train_batch_size=2,
+                      learning_rate=1e-3, seed=1, report_to="none"), launch=False)
+    run = tmp_path / "full"
+    trained = SD3Transformer2DModel.from_pretrained(run / "diffusers", subfolder="transformer").state_dict()
+    base = SD3Transformer2DModel.from_pretrained(resolve_builtin("builtin:tiny-sd3"), subfolder="transformer")
+    moved = [k for k, v in base.state_dict().items() if not torch.equal(trained[k], v)]
+    assert len(moved) > len(trained) // 2, moved
+    single = load_file(str(run / "full.safetensors"))
+    assert single.keys() == trained.keys() and all(torch.equal(single[k], trained[k]) for k in trained)
+    with safe_open(str(run / "full.safetensors"), "pt") as f:
+        assert f.metadata()["modelspec.architecture"] == "stable-diffusion-3-medium"  # sd-scripts' id, no qk-norm

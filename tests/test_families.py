@@ -29,10 +29,16 @@ def test_sd2_is_told_apart_by_its_1024_wide_text_encoder(tmp_path):
     ("cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", "sd2"),
     ("cond_stage_model.transformer.text_model.embeddings.position_ids", "sd1"),
     ("model.diffusion_model.transformer_blocks.0.img_mod.1.weight", "qwenimage"),  # ComfyUI's Qwen-Image file
+    ("double_blocks.0.img_attn.qkv.weight", "flux1"),  # BFL's flux1-dev.safetensors
+    ("model.diffusion_model.double_blocks.0.img_attn.qkv.weight", "flux1"),  # a checkpoint with its prefix
+    ("joint_blocks.0.x_block.attn.qkv.weight", "sd3"),  # SAI's sd3.5_large.safetensors
+    ("model.diffusion_model.joint_blocks.0.context_block.attn.qkv.weight", "sd3"),
+    (("cap_embedder.1.weight", "noise_refiner.0.attention.qkv.weight", "cap_pad_token"), "zimage"),  # Comfy-Org's
+    (("cap_embedder.1.weight", "noise_refiner.0.attention.qkv.weight"), None),  # Lumina 2: no pad tokens
 ])
 def test_single_file_family_from_its_keys(tmp_path, key, family):
     f = tmp_path / "model.safetensors"
-    save_file({key: torch.zeros(1)}, str(f))
+    save_file({k: torch.zeros(1) for k in ((key,) if isinstance(key, str) else key)}, str(f))
     assert detect_family(resolve_source(str(f))) == family
 
 

@@ -17,7 +17,7 @@ def cfg(**kw):
     return validate({"pretrained_model_name_or_path": "builtin:tiny-flux", "train_data_dir": "unused", **kw})
 
 
-@pytest.mark.parametrize("scheme", ["logit_normal", "mode", "none", "cosmap"])
+@pytest.mark.parametrize("scheme", ["logit_normal", "mode", "none", "sigma_sqrt", "cosmap"])
 def test_static_shift_draws_what_the_sd3_script_draws(scheme):
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     c = cfg(weighting_scheme=scheme, logit_mean=0.3, logit_std=1.2, flow_dynamic_shift=False)
@@ -27,6 +27,8 @@ def test_static_shift_draws_what_the_sd3_script_draws(scheme):
     theirs = scheduler.sigmas[(u * 1000).long()]
     assert torch.allclose(ours, theirs, atol=1e-5)
     assert torch.allclose(loss_weighting(scheme, ours), compute_loss_weighting_for_sd3(scheme, ours))
+    # sigma_sqrt and cosmap weight the loss per sample; the other schemes only shape the draw
+    assert (loss_weighting(scheme, ours).std() > 0) == (scheme in ("sigma_sqrt", "cosmap"))
 
 
 def test_resolution_dependent_shift_is_the_pipelines():

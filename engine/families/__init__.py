@@ -43,6 +43,13 @@ def _family_from_single_file(path: str) -> str | None:
     if any(k.startswith(("transformer_blocks.0.img_mod.", "model.diffusion_model.transformer_blocks.0.img_mod."))
            for k in keys):
         return "qwenimage"
+    # Z-Image (Comfy-Org's file, engine.families.keys.checkpoints.zimage_checkpoint): Lumina 2's NextDiT names
+    # (caption embedder, refiners with fused q/k/v) plus the pad tokens Lumina 2 has not (ComfyUI tells them apart
+    # by those and the 3840 width)
+    for prefix in ("", "model.diffusion_model."):
+        if {f"{prefix}cap_embedder.1.weight", f"{prefix}noise_refiner.0.attention.qkv.weight",
+                f"{prefix}cap_pad_token"} <= set(keys):
+            return "zimage"
     if any(k.startswith("conditioner.embedders.1") for k in keys):
         return "sdxl"
     if any(k.startswith("cond_stage_model.model.") for k in keys):

@@ -111,4 +111,4 @@ class QwenImageFamily(FlowFamily):
         return "qwen_image"
 
     def modelspec_architecture(self, comps, kind="lora"):
-        return f"qwen-image/{kind}"
+        return f"Qwen-Image/{kind}"  # musubi-tuner's sai_model_spec id

@@ -75,10 +75,12 @@ class SD3Family(FlowFamily):
         return (latent_h // 2) * (latent_w // 2)
 
     def base_model_version(self, comps):
-        return "sd3"
+        # sd-scripts' model_type (sd3_utils.load_mmdit): SD3.5 has qk-norm; its Medium adds MMDiT-X's
+        # dual-attention layers; SD3 is Medium only
+        config = comps.unet.config
+        if not config.qk_norm:
+            return "medium"
+        return "5-medium" if config.get("dual_attention_layers") else "5-large"
 
     def modelspec_architecture(self, comps, kind="lora"):
-        layers = comps.unet.config.num_layers
-        size = "large" if layers >= 38 else "medium"
-        version = "stable-diffusion-3.5" if comps.unet.config.qk_norm else "stable-diffusion-3"
-        return f"{version}-{size}/{kind}"
+        return f"stable-diffusion-3-{self.base_model_version(comps)}/{kind}"  # sd-scripts' sai_model_spec id

@@ -80,7 +80,7 @@ class ZImageFamily(FlowFamily):
         return (latent_h // 2) * (latent_w // 2)
 
     def base_model_version(self, comps):
-        return "zimage"
+        return "z_image"  # musubi-tuner's architecture_full_name
 
     def modelspec_architecture(self, comps, kind="lora"):
         return f"Z-Image/{kind}"  # musubi-tuner's sai_model_spec id

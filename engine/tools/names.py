@@ -76,7 +76,7 @@ FAMILY_LABELS = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "
 # The DiT families, by the words their files' ss_base_model_version / modelspec.architecture use (ours, sd-scripts',
 # musubi-tuner's, ai-toolkit's). Their denoiser is the component "transformer"; the tools read and inspect their
 # LoRAs, and the UNet-only tools (resize, merge, extract, convert) refuse them by name.
-DIT_WORDS = {"flux1": ("flux",), "sd3": ("stable-diffusion-3", "sd3"), "zimage": ("z-image", "zimage"),
+DIT_WORDS = {"flux1": ("flux",), "sd3": ("stable-diffusion-3", "sd3"), "zimage": ("z-image", "z_image", "zimage"),
              "qwenimage": ("qwen-image", "qwen_image")}
 
 
