@@ -1,4 +1,4 @@
-"""The flow-matching objective of the DiT families (Flux.1, SD3/SD3.5): x_t = (1 - s) x0 + s noise, the target is
+"""The flow-matching objective of the DiT families (Flux.1, SD3/SD3.5, Z-Image, Qwen-Image): x_t = (1 - s) x0 + s noise, the target is
 noise - x0, and s is drawn as diffusers' train_dreambooth_lora_{flux,sd3}.py draw it, under their names:
 
 - weighting_scheme: logit_normal (logit_mean, logit_std), mode (mode_scale), or uniform (none, sigma_sqrt,

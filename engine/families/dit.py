@@ -1,5 +1,6 @@
-"""What the flow-matching DiT families (Flux.1, SD3/SD3.5) share: a transformer denoiser, CLIP + T5 text
-encoders, a 16-channel VAE, FlowMatchEulerDiscreteScheduler, and LoRA files under `transformer.` names.
+"""What the flow-matching DiT families (Flux.1, SD3/SD3.5, Z-Image, Qwen-Image) share: a transformer denoiser,
+text encoders (CLIP + T5, or an LLM), a 16-channel VAE, FlowMatchEulerDiscreteScheduler, and LoRA files under
+`transformer.` names.
 
 Components.unet holds the denoiser whatever its kind (the name the UNet families gave the slot); the family's
 `denoiser_name` ("transformer") is what the pipeline and the diffusers LoRA file call it.
