@@ -8,7 +8,37 @@ import sys
 import pytest
 
 from conftest import ROOT
-from engine.builtin.toy import JUDGE_FILE, REPORT_FILE
+from engine.builtin import resolve_builtin
+from engine.builtin.toy import JUDGE_FILE, REPORT_FILE, SHIPPED_DIT
+
+
+def test_builtin_toy_dit_loads_offline_and_draws_the_shapes_it_is_asked_for():
+    """The committed builtin:toy-dit: plain FluxPipeline loads it, it stays under 25 MB, its build report says it
+    learned the world (shape far above chance 0.25), and it does so here too: 8 held-out prompts, two of each
+    shape, with the shipped sampler and settings, read by the toy judge."""
+    from diffusers import FluxPipeline
+
+    from engine.builtin.toy import world
+    from engine.builtin.toy.judge import load_judge, predict
+    from engine.builtin.toy.scoring import sample
+
+    folder = resolve_builtin("builtin:toy-dit")
+    assert folder == SHIPPED_DIT
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size <= 25 * 2**20, size
+    report = json.loads((folder / REPORT_FILE).read_text())
+    assert report["quality"]["shape"] >= 0.9 and report["quality"]["colour"] >= 0.9, report["quality"]
+    assert sum(report["stage_cpu_seconds"].get(k, 0) for k in ("train", "train2", "train3")) <= 30 * 60 * 2
+    pipe = FluxPipeline.from_pretrained(folder, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    scenes = [world.Scene(shape=s, colour=c, background=b) for s, c, b in zip(
+        [s for s in world.BASE_SHAPES for _ in (0, 1)], ["red", "blue", "green", "yellow", "purple", "orange",
+                                                         "red", "blue"], ["white", "black", "gray", "pink"] * 2)]
+    images = sample(pipe, [s.caption() for s in scenes], seed=1000)
+    assert all(im.size == (64, 64) for im in images)
+    read = predict(load_judge(folder / JUDGE_FILE), images)
+    shapes = sum(r["shape"] == s.shape for r, s in zip(read, scenes))
+    assert shapes >= 7 and sum(r["colour"] == s.colour for r, s in zip(read, scenes)) >= 7, read
 
 
 @pytest.mark.slow

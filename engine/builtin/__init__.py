@@ -2,7 +2,7 @@
 
 Random-weight built-ins are built on first use into cache_root()/builtin/<name> and reused after; adding
 one is a single entry in BUILTINS (short name -> function that writes a pipeline folder at a given path).
-Trained built-ins (builtin:toy) are committed folders, listed in SHIPPED.
+Trained built-ins (builtin:toy, builtin:toy-dit) are committed folders, listed in SHIPPED.
 """
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ BUILTINS: dict[str, Callable[[Path], None]] = {
 }
 
 # Trained built-ins ship in the repository: short name -> committed pipeline folder.
-SHIPPED: dict[str, Path] = {"toy": toy.SHIPPED}
+SHIPPED: dict[str, Path] = {"toy": toy.SHIPPED, "toy-dit": toy.SHIPPED_DIT}
+REBUILD = {"toy": "python -m engine.builtin.toy build", "toy-dit": "python -m engine.builtin.toy build-dit"}
 
 # Bump a recipe's version when its builder changes: caches built from an older recipe are rebuilt.
 RECIPE_VERSIONS: dict[str, int] = {"tiny-sd": 1, "tiny-sdxl": 1, "tiny-flux": 1, "tiny-sd3": 1, "tiny-qwenimage": 1,
@@ -66,7 +67,7 @@ def resolve_builtin(name: str) -> Path:
     if short in SHIPPED:
         if not (SHIPPED[short] / _MARKER).is_file():
             raise ValueError(f"{name} is missing from this checkout ({SHIPPED[short]}): restore it with git, or "
-                             f"rebuild it with `python -m engine.builtin.{short} build`")
+                             f"rebuild it with `{REBUILD[short]}`")
         return SHIPPED[short]
     if short not in BUILTINS:
         raise ValueError(f"unknown built-in model {name!r}; valid names: {', '.join(builtin_names())}")
