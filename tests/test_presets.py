@@ -12,7 +12,7 @@ from engine.config import FIELD_BY_NAME, FIELDS, GROUPS, ConfigError, validate
 from engine.paths import user_presets_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ["toy-dreambooth", "toy-full", "toy-lora", "toy-style-lora", "toy-textual-inversion", "flux1-dev-lora",
+SHIPPED = ["toy-dit-lora", "toy-dreambooth", "toy-full", "toy-lora", "toy-style-lora", "toy-textual-inversion", "flux1-dev-lora",
            "flux1-dev-lora-12gb", "qwenimage-lora", "sd15-lora", "sd15-transformerlab", "sd35-large-lora",
            "sd35-medium-lora", "sdxl-dreambooth-lora", "sdxl-lora", "zimage-lora"]
 

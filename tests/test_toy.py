@@ -108,14 +108,14 @@ def test_builtin_toy_loads_offline_and_draws_a_64px_image():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["toy-lora.toml", "toy-style-lora.toml"])
+@pytest.mark.parametrize("preset", ["toy-lora.toml", "toy-style-lora.toml", "toy-dit-lora.toml"])
 def test_each_toy_preset_trains_and_the_quality_bench_reads_it(tmp_path, preset):
     import subprocess
     import sys
 
     path = ROOT / "presets" / preset
     cfg = load_config(path)
-    assert cfg.pretrained_model_name_or_path == "builtin:toy" and cfg.trigger_word == "sks"
+    assert cfg.pretrained_model_name_or_path in ("builtin:toy", "builtin:toy-dit") and cfg.trigger_word == "sks"
     out = tmp_path / "runs"
     run_training([str(path)] + sets(max_train_steps=3, output_dir=out, num_validation_images=1, validation_epochs=1,
                                     num_inference_steps=2))
