@@ -71,12 +71,12 @@ def _losses(run) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
-    """One LoRA per family through accelerate launch (Flux with its CLIP's LoRA too, Z-Image drawing validation
-    images), alpha 2 != rank 4."""
+    """One LoRA per family through accelerate launch (Flux and SD3 with their CLIPs' LoRA too, Z-Image drawing
+    validation images), alpha 2 != rank 4."""
     out = tmp_path_factory.mktemp("runs")
     for family in MODELS:
         extra = dict(lora_target_modules=CHECKED_TARGETS[family]) if family in CHECKED_TARGETS else {}
-        if family == "flux1":
+        if family in ("flux1", "sd3"):  # the CLIPs' LoRA: Flux.1's one, SD3's two
             extra["train_text_encoder"] = True
         if family == "zimage":  # validation images through the family's pipeline during training
             extra.update(validation_prompt="a red square", num_validation_images=1, num_inference_steps=2)
@@ -100,15 +100,18 @@ def test_lora_files_load_in_diffusers_and_give_the_same_image(family, trained):
     from engine.families import FAMILIES
     from engine.methods.lora import TEXT_ENCODER_TARGETS
     sd = load_file(str(run / "diffusers" / "pytorch_lora_weights.safetensors"))
-    assert any(k.startswith("text_encoder.") for k in sd) == (family == "flux1")
+    assert any(k.startswith("text_encoder.") for k in sd) == (family in ("flux1", "sd3"))
+    assert any(k.startswith("text_encoder_2.") for k in sd) == (family == "sd3")  # SD3's CLIP-G; no T5 LoRA
     pipe = pipeline(family)
     for component, targets in (("transformer", CHECKED_TARGETS.get(family, FAMILIES[family].lora_default_targets)),
-                               ("text_encoder", TEXT_ENCODER_TARGETS)):
+                               ("text_encoder", TEXT_ENCODER_TARGETS), ("text_encoder_2", TEXT_ENCODER_TARGETS)):
         part = {k[len(component) + 1:]: v for k, v in sd.items() if k.startswith(component + ".")}
         if part:
             module = getattr(pipe, component)
             module.add_adapter(LoraConfig(r=4, lora_alpha=2, target_modules=list(targets)))
-            set_peft_model_state_dict(module, {k.removeprefix("text_model."): v for k, v in part.items()})
+            # CLIPTextModelWithProjection (SD3) keeps its text_model. prefix; CLIPTextModel's file names drop it
+            keep = type(module).__name__.endswith("WithProjection")
+            set_peft_model_state_dict(module, {k if keep else k.removeprefix("text_model."): v for k, v in part.items()})
     assert np.abs(image(pipe) - from_diffusers).max() < 1e-4
     meta = read_events(run / "events.jsonl")
     assert next(e for e in meta if e["type"] == "start")["model_family"] == family
