@@ -111,7 +111,8 @@ def test_lora_files_load_in_diffusers_and_give_the_same_image(family, trained):
             module.add_adapter(LoraConfig(r=4, lora_alpha=2, target_modules=list(targets)))
             # CLIPTextModelWithProjection (SD3) keeps its text_model. prefix; CLIPTextModel's file names drop it
             keep = type(module).__name__.endswith("WithProjection")
-            set_peft_model_state_dict(module, {k if keep else k.removeprefix("text_model."): v for k, v in part.items()})
+            set_peft_model_state_dict(module, {k if keep else k.removeprefix("text_model."): v
+                                               for k, v in part.items()})
     assert np.abs(image(pipe) - from_diffusers).max() < 1e-4
     meta = read_events(run / "events.jsonl")
     assert next(e for e in meta if e["type"] == "start")["model_family"] == family
