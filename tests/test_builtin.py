@@ -31,7 +31,7 @@ def tok():
 
 def test_names_and_prefix():
     assert BUILTIN_PREFIX == "builtin:"
-    assert builtin_names()[:3] == ["builtin:toy", "builtin:tiny-sd", "builtin:tiny-sdxl"]
+    assert builtin_names()[:4] == ["builtin:toy", "builtin:toy-dit", "builtin:tiny-sd", "builtin:tiny-sdxl"]
     assert is_builtin("builtin:tiny-sd") and is_builtin("builtin:typo")
     assert not is_builtin("runwayml/stable-diffusion-v1-5") and not is_builtin("/models/tiny-sd")
 
