@@ -5,6 +5,7 @@ Flux runs in two processes, validation images and Compare draw, CUDA-only switch
 objective are refused; the LoRA tools read their files; Flux schnell and DreamBooth with prior preservation; LoHa,
 LoKr and DoRA train and their single file (LyCORIS' layout) gives the run's own output where ComfyUI's rules apply
 it."""
+import re
 from pathlib import Path
 
 import numpy as np
@@ -279,7 +280,9 @@ def test_dit_presets_train_on_the_tiny_builtin(preset, family, data, tmp_path):
             "sd35-medium-lora": "sd35-medium-sks-dog", "zimage-lora": "zimage-sks-dog",
             "qwenimage-lora": "qwenimage-sks-dog"}[preset]
     assert read_events(tmp_path / name / "events.jsonl")[-1]["type"] == "done"
-    assert "text-encoder cache: 4 captions encoded" in proc.stdout and "latent cache" in proc.stdout, proc.stdout
+    # the two SD3.5 presets share tiny-sd3 and the data: the second reuses the first's caches (0 encoded)
+    assert re.search(r"text-encoder cache: [04] captions encoded", proc.stdout), proc.stdout
+    assert "latent cache" in proc.stdout, proc.stdout
 
 
 # Flux's quantize_base refusals: tests/test_memory.py
