@@ -159,6 +159,8 @@ def test_toy_run_shows_live_progress_and_a_loss_plot_then_the_comparison(page, s
     run_input = page.locator("#compare-run input")
     page.wait_for_function("() => document.querySelector('#compare-run input').value.includes('browser-toy')")
     assert "browser-toy" in run_input.input_value()
+    # the run's own sample settings come with it (the toy preset samples at guidance 4, not Compare's 7.5)
+    page.wait_for_function("() => document.querySelector('#compare-guidance input').value === '4'")
     page.locator("#compare-prompts textarea").fill("a red star on a white background\na blue star on a pink background")
     page.locator("#compare-steps input").fill("8")
     page.locator("#compare-generate").click()

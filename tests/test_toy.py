@@ -101,10 +101,33 @@ def test_builtin_toy_loads_offline_and_draws_a_64px_image():
     size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
     assert size <= 40 * 2**20, size
     report = json.loads((SHIPPED / REPORT_FILE).read_text())
-    # the build's own check: held-out prompts and seeds, the shipped sampler (the recipe's, as shipped)
-    assert all(report["quality"][k] >= 0.85 for k in ("shape", "colour", "background")), report["quality"]
+    # the build's own check: held-out prompts and seeds, the shipped sampler (the recipe's, as shipped) at
+    # builtin:toy's guidance; a trigger-like word in front of the prompt must not knock it off its world
+    for judged in ("quality", "quality_with_unknown_words"):
+        assert all(report[judged][k] >= 0.97 for k in ("shape", "colour", "background", "strict")), report[judged]
+    assert report["build_seconds"] <= 90 * 60 and report["stage3_steps"] > 0
     settings = {k: v for k, v in sampling_scheduler().config.items() if not k.startswith("_")}
     assert {k: pipe.scheduler.config[k] for k in settings} == settings
+
+
+def test_builtin_toy_draws_what_it_is_asked_even_after_a_trigger_word():
+    """Drawn here, not read from the report: 8 held-out prompts, two of each shape, half after an unknown word
+    ("sks, ..." as a LoRA's trigger puts it), with the shipped sampler and guidance, read by the toy judge."""
+    from diffusers import StableDiffusionPipeline
+
+    from engine.builtin.toy.judge import load_judge, predict
+    from engine.builtin.toy.scoring import PREFIXES, sample
+
+    pipe = StableDiffusionPipeline.from_pretrained(SHIPPED, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    scenes = [world.Scene(shape=s, colour=c, background=b) for s, c, b in zip(
+        [s for s in world.BASE_SHAPES for _ in (0, 1)], ["red", "blue", "green", "yellow", "purple", "orange",
+                                                         "red", "blue"], ["white", "black", "gray", "pink"] * 2)]
+    prompts = [(PREFIXES[i % 4] if i % 2 else "") + s.caption() for i, s in enumerate(scenes)]
+    read = predict(load_judge(SHIPPED / JUDGE_FILE), sample(pipe, prompts, seed=1000))
+    right = [r["shape"] == s.shape and r["colour"] == s.colour and r["background"] == s.background
+             for r, s in zip(read, scenes)]
+    assert sum(right) >= 7, list(zip(prompts, read))
 
 
 @pytest.mark.slow
@@ -164,12 +187,12 @@ def test_the_build_command_runs_every_stage_is_deterministic_and_resumes(tmp_pat
     for caption in (tmp_path / "model-work" / "data").glob("*.txt"):
         assert caption.read_text() == (tmp_path / "model-2-work" / "data" / caption.name).read_text()
     report = json.loads((tmp_path / "model" / REPORT_FILE).read_text())
-    stages = {"vae", "judge", "data", "stage1", "stage2", "quality"}
+    stages = {"vae", "judge", "data", "stage1", "stage2", "noisy captions", "stage3", "quality"}
     assert set(report["stage_seconds"]) == set(report["stage_cpu_seconds"]) == stages
     assert json.loads((tmp_path / "model" / "model_index.json").read_text())["scheduler"][1] == "DPMSolverMultistepScheduler"
     assert (tmp_path / "model" / JUDGE_FILE).is_file()
     _, again = build("model", "--resume")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("reusing the finished stage") == 5  # all but the quality check
+    assert again.stdout.count("reusing the finished stage") == 7  # all but the quality check
     refused = subprocess.run(cmd[:4] + ["--smoke"], cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode == 2 and "--smoke needs --out" in refused.stderr

@@ -41,6 +41,22 @@ def finished_runs(runs_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: (p / "events.jsonl").stat().st_mtime, reverse=True)
 
 
+def run_sampling(runs_dir: Path, run: str | None) -> tuple[int, float]:
+    """(steps, guidance) the run drew its training samples with, so Compare draws the same pictures (the toy
+    presets sample builtin:toy at guidance 4, other runs at the schema's 20 steps / 7.5 unless they say)."""
+    from engine.adaptor_ref import run_settings
+    from engine.generate import GenerationError
+
+    default = (20, 7.5)
+    if not run:
+        return default
+    try:
+        s = run_settings(inside(runs_dir, Path(run).expanduser(), "run"))
+    except (ValueError, GenerationError):
+        return default
+    return int(s["num_inference_steps"]), float(s["guidance_scale"])
+
+
 def _adaptor_and_base(runs_dir: Path, run: str | None, lora_file: str | None,
                       base: str | None) -> tuple[str, str | None]:
     """(adaptor, base): a LoRA .safetensors file anywhere (the user's ComfyUI folder, say), or a finished
@@ -197,10 +213,11 @@ def build(studio: Studio) -> None:
     prompts = gr.Textbox(lines=3, label="Prompts (one per line)", elem_id="compare-prompts",
                          value=studio.default_prompts)
     negative = gr.Textbox(label="Negative prompt", elem_id="compare-negative")
+    first_steps, first_guidance = run_sampling(studio.runs_dir, runs[0] if runs else None)
     with gr.Row():
         seed = gr.Number(0, precision=0, minimum=0, maximum=2**32 - 1, label="Seed", elem_id="compare-seed")
-        steps = gr.Number(20, precision=0, minimum=1, maximum=200, label="Steps", elem_id="compare-steps")
-        guidance = gr.Number(7.5, minimum=0, maximum=50, label="Guidance", elem_id="compare-guidance")
+        steps = gr.Number(first_steps, precision=0, minimum=1, maximum=200, label="Steps", elem_id="compare-steps")
+        guidance = gr.Number(first_guidance, minimum=0, maximum=50, label="Guidance", elem_id="compare-guidance")
         width = gr.Number(0, precision=0, minimum=0, maximum=MAX_SIDE, label="Width (0: the run's resolution)",
                           elem_id="compare-width")
         height = gr.Number(0, precision=0, minimum=0, maximum=MAX_SIDE, label="Height (0: the same)",
@@ -282,5 +299,6 @@ def build(studio: Studio) -> None:
         return gr.update(open=True), path, base, note
 
     refresh_btn.click(refresh, [], [run_box])
+    run_box.change(lambda run: run_sampling(studio.runs_dir, run), [run_box], [steps, guidance])
     studio.shared["compare_refresh"] = (refresh, run_box)
     studio.shared["compare_pick"] = (pick_file, [lora_accordion, lora_file, base_box, status])

@@ -7,6 +7,10 @@ TOY_WORDS = ("diamond", "striped")  # world words the general-purpose tokenizer 
 TEXT_HIDDEN = 64
 # DDPM's own schedule: at 16x16 latents, SD's scaled_linear leaves too much signal at the last step.
 BETAS = dict(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", num_train_timesteps=1000)
+# builtin:toy's guidance scale (its presets' guidance_scale): this small model overshoots at SD's 7.5, into
+# fringes and drifting colours. Over 64 held-out prompts, shape and colour both right: 69% at 7.5 (with the old
+# clipped sampler), 100% at 4 (DDIM at 3: 100%)
+GUIDANCE = 4.0
 
 
 def make_text_encoder(tokenizer):
@@ -32,12 +36,11 @@ def make_unet(latent_channels: int = 4):
 
 
 def sampling_scheduler():
-    """The shipped sampler: DPM-Solver++ (50 steps by default) with thresholding at 1.0, which clips each
-    predicted clean latent to +-1 (sample_max_value 1.0 keeps the threshold fixed). Unclipped, this small
-    epsilon model overshoots at high noise and colours drift: judged over 64 prompts it drew the right colour
-    39% of the time; clipped, 86%. (DDPM's clip_sample did as well, but StableDiffusionPipeline switches
-    clip_sample off when it loads a model; thresholding it leaves alone.)"""
+    """The shipped sampler: DPM-Solver++ 2M on the training schedule, 50 steps by default (the engine's default
+    sampler, dpmpp_2m, is the same), drawn at guidance GUIDANCE. An earlier, less trained model needed each
+    predicted clean latent clipped to +-1 (thresholding); the stage-3 model does better without: over 64
+    held-out prompts at guidance 4, shape 0.95 / colour 0.92 unclipped against 0.86 / 0.88 clipped (after
+    1300 stage-3 steps; the shipped 3500 draw 1.0 / 1.0 unclipped)."""
     from diffusers import DPMSolverMultistepScheduler
 
-    return DPMSolverMultistepScheduler(**BETAS, prediction_type="epsilon", steps_offset=1, thresholding=True,
-                                       sample_max_value=1.0)
+    return DPMSolverMultistepScheduler(**BETAS, prediction_type="epsilon", steps_offset=1)

@@ -25,10 +25,12 @@ def world_prompts(n: int = 64, seed: int = 777) -> list[world.Scene]:
 
 
 def call_kwargs(pipe, n: int) -> dict:
-    """A toy pipeline's call settings beyond the prompt: none for builtin:toy (StableDiffusionPipeline's defaults);
-    builtin:toy-dit's for a Flux pipeline (dit_arch.call_kwargs), with one negative prompt per image."""
+    """A toy pipeline's call settings beyond the prompt: builtin:toy's guidance (arch.GUIDANCE); builtin:toy-dit's
+    for a Flux pipeline (dit_arch.call_kwargs), with one negative prompt per image."""
     if not type(pipe).__name__.startswith("Flux"):
-        return {}
+        from engine.builtin.toy.arch import GUIDANCE
+
+        return {"guidance_scale": GUIDANCE}
     from engine.builtin.toy.dit_arch import call_kwargs as flux_kwargs
 
     kw = flux_kwargs(pipe)

@@ -122,8 +122,9 @@ def render_image(scene: Scene) -> Image.Image:
     return Image.fromarray(render(scene), "RGB")
 
 
-def write_dataset(folder, items: list[Scene], prefix: str = "", captions: bool = True) -> None:
-    """PNG + .txt caption pairs (the kohya layout) for the given scenes (PNGs alone without captions)."""
+def write_dataset(folder, items: list[Scene], prefix: str = "", captions: bool | list[str] = True) -> None:
+    """PNG + .txt caption pairs (the kohya layout) for the given scenes (PNGs alone without captions); the
+    scenes' own captions, or the given ones."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     width = max(4, len(str(len(items) - 1)))
@@ -131,7 +132,8 @@ def write_dataset(folder, items: list[Scene], prefix: str = "", captions: bool =
         stem = f"{prefix}{i:0{width}d}"
         render_image(s).save(folder / f"{stem}.png", optimize=True)
         if captions:
-            (folder / f"{stem}.txt").write_text(s.caption() + "\n")
+            text = captions[i] if isinstance(captions, list) else s.caption()
+            (folder / f"{stem}.txt").write_text(text + "\n")
 
 
 EXAMPLE_READMES = {
