@@ -3,13 +3,14 @@
 Starts the real studio in a temporary home. When the Run or Compare tab is asked for, it trains the toy preset
 from the Training tab with two sample prompts (the engine puts the trigger word in front of each), samples and a
 checkpoint every fifth of the run and an intermediate adaptor every other fifth; captures the Run tab mid-run (the samples as prompt x step and the
-intermediate adaptors), waits for the end, and makes a comparison grid. The other tabs are captured with
+intermediate adaptors), waits for the end, and makes a comparison grid (also copied to studio-compare-grid.png). The other tabs are captured with
 ui.testing.screenshot_tabs (the function the browser tests use) into docs/; the Training tab in its Basic view,
 as a fresh page shows it. Prints each PNG with its size (a full-page shot is as tall as the page).
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -77,6 +78,10 @@ def main() -> int:
             page.locator("#compare-generate").click()
             page.locator("#compare-status").get_by_text("prompts x 3 columns").wait_for(timeout=600_000)
             page.evaluate("window.scrollTo(0, 0)")
+            grids = sorted((Path(home) / "runs" / ".compare").glob("grid-*.png"), key=lambda p: p.stat().st_mtime)
+            if grids:  # the grid itself, for the README (base | adaptor | adaptor + trigger)
+                shots.append(out / "studio-compare-grid.png")
+                shutil.copyfile(grids[-1], shots[-1])
         shots += screenshot_tabs(page, out, prefix="studio-", labels=tuple(t for t in rest if t != "Training"))
         browser.close()
     for shot in shots:

@@ -88,7 +88,7 @@ def test_tabs_render_with_the_toy_defaults_and_screenshots(page, tmp_path):
     assert field_input(page, "pretrained_model_name_or_path").input_value() == "builtin:toy"
     assert float(field_input(page, "learning_rate").input_value()) == pytest.approx(1e-3)
     assert field_input(page, "train_data_dir").input_value().endswith("toy-star")
-    assert "300 steps" in page.locator("#training-plan").inner_text()
+    assert "600 steps" in page.locator("#training-plan").inner_text()
     shots = screenshot_tabs(page, tmp_path)
     assert [p.name for p in shots] == [f"tab-{t.lower()}.png" for t in TAB_LABELS]
     for shot in shots:
@@ -138,7 +138,7 @@ def test_a_bad_value_shows_next_to_its_field_and_starts_nothing(page, server):
 
 
 def test_toy_run_shows_live_progress_and_a_loss_plot_then_the_comparison(page, server):
-    start_toy_run(page, "browser-toy", steps=40)  # samples at its end (validation_epochs 50)
+    start_toy_run(page, "browser-toy", steps=40)  # samples at its end (validation_epochs 100)
     seen_steps, plot_sizes = [], []
     deadline = time.time() + 300
     while time.time() < deadline:
