@@ -3,7 +3,8 @@
 Starts the real studio in a temporary home. When the Run or Compare tab is asked for, it trains the toy preset
 from the Training tab with two sample prompts (the engine puts the trigger word in front of each), samples and a
 checkpoint every fifth of the run and an intermediate adaptor every other fifth; captures the Run tab mid-run (the samples as prompt x step and the
-intermediate adaptors), waits for the end, and makes a comparison grid (also copied to studio-compare-grid.png). The other tabs are captured with
+intermediate adaptors), waits for the end, and makes a comparison grid (also copied to studio-compare-grid.png).
+The other tabs are captured with
 ui.testing.screenshot_tabs (the function the browser tests use) into docs/; the Training tab in its Basic view,
 as a fresh page shows it. Prints each PNG with its size (a full-page shot is as tall as the page).
 """

@@ -196,3 +196,11 @@ def test_the_build_command_runs_every_stage_is_deterministic_and_resumes(tmp_pat
     assert again.stdout.count("reusing the finished stage") == 7  # all but the quality check
     refused = subprocess.run(cmd[:4] + ["--smoke"], cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode == 2 and "--smoke needs --out" in refused.stderr
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (ROOT / "presets").glob("toy-*.toml") if "dit" not in p.name))
+def test_the_toy_presets_sample_at_builtin_toys_guidance(preset):
+    from engine.builtin.toy.arch import GUIDANCE
+
+    cfg = load_config(ROOT / "presets" / preset)
+    assert cfg.pretrained_model_name_or_path == "builtin:toy" and cfg.guidance_scale == GUIDANCE

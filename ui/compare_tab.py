@@ -43,11 +43,12 @@ def finished_runs(runs_dir: Path) -> list[Path]:
 
 def run_sampling(runs_dir: Path, run: str | None) -> tuple[int, float]:
     """(steps, guidance) the run drew its training samples with, so Compare draws the same pictures (the toy
-    presets sample builtin:toy at guidance 4, other runs at the schema's 20 steps / 7.5 unless they say)."""
+    presets sample builtin:toy at guidance 4; the schema's defaults for a run that does not say, or none)."""
     from engine.adaptor_ref import run_settings
+    from engine.config import FIELD_BY_NAME
     from engine.generate import GenerationError
 
-    default = (20, 7.5)
+    default = (FIELD_BY_NAME["num_inference_steps"].default, FIELD_BY_NAME["guidance_scale"].default)
     if not run:
         return default
     try:

@@ -211,7 +211,8 @@ def build(out: Path = SHIPPED, work: Path | None = None, recipe: str = "full", r
     log(f"quality (judged, {n} prompts, the shipped sampler and its default steps): {quality}")
     seconds = stages.seconds()
     report = {"recipe": recipe, "torch_threads": torch.get_num_threads(), "train_images": num_images,
-              "stage1_steps": steps1, "stage2_steps": steps2, "stage3_steps": steps3, **vae_info, **judge_info, **quality,
+              "stage1_steps": steps1, "stage2_steps": steps2, "stage3_steps": steps3, **vae_info, **judge_info,
+              **quality,
               "stage_seconds": seconds, "build_seconds": round(sum(seconds.values()), 1),
               "stage_cpu_seconds": stages.seconds("cpu_seconds")}
 
