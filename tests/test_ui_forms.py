@@ -102,7 +102,8 @@ def test_the_gpus_and_machines_group_and_the_effective_batch_line_follow_the_fie
 
 def test_compare_draws_with_the_runs_own_sample_steps_and_guidance(tmp_path):
     """Compare's steps and guidance start from the picked run's sample settings (builtin:toy's presets sample
-    at guidance 4, not 7.5), so its grid shows what the Run tab's samples showed."""
+    at guidance 4, not 7.5), so its grid shows what the Run tab's samples showed; a value that names no run
+    inside the runs folder reads nothing (and the tab leaves its boxes alone)."""
     from ui.compare_tab import run_sampling
 
     run = tmp_path / "runs" / "toy-star"
@@ -113,5 +114,6 @@ def test_compare_draws_with_the_runs_own_sample_steps_and_guidance(tmp_path):
     run.joinpath("config.toml").write_text("[output]\nadaptor_name = \"x\"\n")
     assert run_sampling(tmp_path / "runs", "toy-star") == (20, 7.5)  # the schema's defaults
     tmp_path.joinpath("config.toml").write_text("[validation]\nguidance_scale = 9.0\n")
-    assert run_sampling(tmp_path / "runs", str(tmp_path)) == (20, 7.5)  # outside the runs folder: not read
-    assert run_sampling(tmp_path / "runs", None) == (20, 7.5)
+    assert run_sampling(tmp_path / "runs", str(tmp_path)) is None  # outside the runs folder: not read
+    assert run_sampling(tmp_path / "runs", "../config.toml") is None
+    assert run_sampling(tmp_path / "runs", None) is None

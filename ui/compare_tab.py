@@ -20,6 +20,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from engine.config import FIELD_BY_NAME
 from engine.events import iter_events
 from engine.paths import inside
 from ui.compare_grid import GridProgress
@@ -41,20 +42,19 @@ def finished_runs(runs_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: (p / "events.jsonl").stat().st_mtime, reverse=True)
 
 
-def run_sampling(runs_dir: Path, run: str | None) -> tuple[int, float]:
+def run_sampling(runs_dir: Path, run: str | None) -> tuple[int, float] | None:
     """(steps, guidance) the run drew its training samples with, so Compare draws the same pictures (the toy
-    presets sample builtin:toy at guidance 4; the schema's defaults for a run that does not say, or none)."""
+    presets sample builtin:toy at guidance 4; a run that does not say has the schema's defaults). None when
+    `run` names no readable run inside runs_dir: nothing outside it is read."""
     from engine.adaptor_ref import run_settings
-    from engine.config import FIELD_BY_NAME
     from engine.generate import GenerationError
 
-    default = (FIELD_BY_NAME["num_inference_steps"].default, FIELD_BY_NAME["guidance_scale"].default)
     if not run:
-        return default
+        return None
     try:
         s = run_settings(inside(runs_dir, Path(run).expanduser(), "run"))
     except (ValueError, GenerationError):
-        return default
+        return None
     return int(s["num_inference_steps"]), float(s["guidance_scale"])
 
 
@@ -214,7 +214,8 @@ def build(studio: Studio) -> None:
     prompts = gr.Textbox(lines=3, label="Prompts (one per line)", elem_id="compare-prompts",
                          value=studio.default_prompts)
     negative = gr.Textbox(label="Negative prompt", elem_id="compare-negative")
-    first_steps, first_guidance = run_sampling(studio.runs_dir, runs[0] if runs else None)
+    first_steps, first_guidance = run_sampling(studio.runs_dir, runs[0] if runs else None) or (
+        FIELD_BY_NAME["num_inference_steps"].default, FIELD_BY_NAME["guidance_scale"].default)
     with gr.Row():
         seed = gr.Number(0, precision=0, minimum=0, maximum=2**32 - 1, label="Seed", elem_id="compare-seed")
         steps = gr.Number(first_steps, precision=0, minimum=1, maximum=200, label="Steps", elem_id="compare-steps")
@@ -300,6 +301,11 @@ def build(studio: Studio) -> None:
         return gr.update(open=True), path, base, note
 
     refresh_btn.click(refresh, [], [run_box])
-    run_box.change(lambda run: run_sampling(studio.runs_dir, run), [run_box], [steps, guidance])
+
+    def follow_run(run):
+        """The picked run's sample settings; anything else leaves the boxes as they are."""
+        return run_sampling(studio.runs_dir, run) or (gr.skip(), gr.skip())
+
+    run_box.change(follow_run, [run_box], [steps, guidance])
     studio.shared["compare_refresh"] = (refresh, run_box)
     studio.shared["compare_pick"] = (pick_file, [lora_accordion, lora_file, base_box, status])
