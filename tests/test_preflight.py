@@ -35,7 +35,7 @@ def test_check_names_what_would_fail_and_exits_2(tmp_path):
     assert f"# Not ready: {len(cases)} problems would stop the run." in p.stdout
     p = check()
     assert p.returncode == 0, p.stderr[-1500:]
-    assert "# Ready: 600 steps, about " in p.stdout and 'pretrained_model_name_or_path = "builtin:toy"' in p.stdout
+    assert "# Ready: 1000 steps, about " in p.stdout and 'pretrained_model_name_or_path = "builtin:toy"' in p.stdout
 
 
 def test_disk_space_for_checkpoints_is_counted(tmp_path):

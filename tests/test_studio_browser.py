@@ -86,9 +86,9 @@ def test_tabs_render_with_the_toy_defaults_and_screenshots(page, tmp_path):
         assert page.get_by_role("tab", name=label, exact=True).is_visible()
     open_tab(page, "Training")
     assert field_input(page, "pretrained_model_name_or_path").input_value() == "builtin:toy"
-    assert float(field_input(page, "learning_rate").input_value()) == pytest.approx(2e-3)
+    assert float(field_input(page, "learning_rate").input_value()) == pytest.approx(4e-3)
     assert field_input(page, "train_data_dir").input_value().endswith("toy-star")
-    assert "600 steps" in page.locator("#training-plan").inner_text()
+    assert "1000 steps" in page.locator("#training-plan").inner_text()
     shots = screenshot_tabs(page, tmp_path)
     assert [p.name for p in shots] == [f"tab-{t.lower()}.png" for t in TAB_LABELS]
     for shot in shots:

@@ -226,7 +226,7 @@ def test_check_runs_preflight_on_this_machine(page, server):
     for name in cases:
         set_field(page, name, originals[name])
     page.locator("#training-check").click()
-    expect(summary).to_contain_text("Ready: 600 steps, about")
+    expect(summary).to_contain_text("Ready: 1000 steps, about")
     for name in cases:
         expect(page.locator(f"#error-{name}")).to_be_hidden()
 
