@@ -117,3 +117,27 @@ def test_compare_draws_with_the_runs_own_sample_steps_and_guidance(tmp_path):
     assert run_sampling(tmp_path / "runs", str(tmp_path)) is None  # outside the runs folder: not read
     assert run_sampling(tmp_path / "runs", "../config.toml") is None
     assert run_sampling(tmp_path / "runs", None) is None
+
+
+def test_opening_compare_picks_the_newest_run_and_its_sample_settings_in_one_answer(tmp_path):
+    """Opening the tab (or Refresh) answers with the newest finished run and its steps and guidance together:
+    set by a second, chained event they could arrive after a quick Generate click, and the README's grid was
+    drawn at 7.5 where the run sampled at 4."""
+    import json
+
+    import gradio as gr
+
+    from ui import compare_tab
+    from ui.studio import Studio
+
+    with gr.Blocks(), gr.Tabs() as tabs, gr.Tab("Compare"):
+        studio = Studio(home=tmp_path, shared={"tabs": tabs})
+        compare_tab.build(studio)
+    refresh, outputs = studio.shared["compare_refresh"]
+    run = studio.runs_dir / "toy-star"
+    run.mkdir(parents=True)
+    run.joinpath("config.toml").write_text("[validation]\nguidance_scale = 4.0\nnum_inference_steps = 30\n")
+    run.joinpath("events.jsonl").write_text(json.dumps({"type": "done", "time": 0.0}) + "\n")
+    answer = refresh()
+    assert len(answer) == len(outputs) == 3
+    assert answer[0]["value"] == str(run) and answer[1:] == (30, 4.0)

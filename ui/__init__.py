@@ -80,8 +80,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                 with gr.Tab(label, id=key, elem_id=f"tab-{key}") as tab:
                     tab_objects[key] = tab
                     builders[key](studio)
-        refresh, run_box = studio.shared["compare_refresh"]
-        tab_objects["compare"].select(refresh, [], [run_box])  # a run that just finished is there to pick
+        refresh, refreshed = studio.shared["compare_refresh"]
+        tab_objects["compare"].select(refresh, [], refreshed)  # a run that just finished is there to pick
         run_tab.wire_compare_this(studio, tabs)
         demo.load(None, js=STUDIO_JS)
     return demo

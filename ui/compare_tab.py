@@ -293,19 +293,23 @@ def build(studio: Studio) -> None:
     editor.upload(editor_fit, [editor], [editor, edit_status])
 
     def refresh():
+        """The finished runs, the newest picked, with its sample settings in the same answer: a chained
+        run_box.change could land after a quick Generate click, which then drew at the old guidance."""
         found = [str(p) for p in finished_runs(studio.runs_dir)]
-        return gr.update(choices=found, value=found[0] if found else None)
+        first = found[0] if found else None
+        return (gr.update(choices=found, value=first), *(run_sampling(studio.runs_dir, first)
+                                                          or (gr.skip(), gr.skip())))
 
     def pick_file(path: str, base: str, note: str):
         """Another tab's "compare this one": the file and its base in the boxes, the accordion open."""
         return gr.update(open=True), path, base, note
 
-    refresh_btn.click(refresh, [], [run_box])
+    refresh_btn.click(refresh, [], [run_box, steps, guidance])
 
     def follow_run(run):
         """The picked run's sample settings; anything else leaves the boxes as they are."""
         return run_sampling(studio.runs_dir, run) or (gr.skip(), gr.skip())
 
     run_box.change(follow_run, [run_box], [steps, guidance])
-    studio.shared["compare_refresh"] = (refresh, run_box)
+    studio.shared["compare_refresh"] = (refresh, [run_box, steps, guidance])
     studio.shared["compare_pick"] = (pick_file, [lora_accordion, lora_file, base_box, status])
