@@ -33,7 +33,7 @@ def _status(page) -> tuple[str | None, int]:
 def _train_and_shoot_run(page, steps: int, out: Path | None) -> list[Path]:
     """Train the toy preset; the Run tab's shot (into out, when given) is taken mid-run."""
     every = max(1, steps // 5)
-    start_training(page, max_train_steps=steps, validation_prompt="\n".join(PROMPTS), validation_epochs=every,
+    start_training(page, max_train_steps=steps, validation_prompt="\n".join(PROMPTS), sample_every_n_steps=every,
                    num_validation_images=1, checkpointing_steps=every, save_every_n_steps=2 * every)
     deadline = time.time() + 1200
     while time.time() < deadline:  # mid-run: samples and intermediate adaptors, the run still going
@@ -60,6 +60,7 @@ def main() -> int:
     ap.add_argument("--tabs", nargs="+", default=list(TAB_LABELS), choices=TAB_LABELS, help="tabs to capture")
     args = ap.parse_args()
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     from PIL import Image
     from playwright.sync_api import sync_playwright
 
@@ -76,6 +77,8 @@ def main() -> int:
             shots += _train_and_shoot_run(page, args.steps, out if "Run" in args.tabs else None)
         if "Compare" in rest:
             open_tab(page, "Compare")
+            from engine.builtin.toy.arch import GUIDANCE  # the toy run's own guidance, filled in on opening
+            page.wait_for_function(f"() => document.querySelector('#compare-guidance input')?.value === '{GUIDANCE:g}'")
             page.locator("#compare-generate").click()
             page.locator("#compare-status").get_by_text("prompts x 3 columns").wait_for(timeout=600_000)
             page.evaluate("window.scrollTo(0, 0)")
